@@ -1,0 +1,44 @@
+// Helpers for .cu files: dtype conversion and dtype dispatch without ATen.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common/dtype.h"
+
+namespace detops {
+
+// The arithmetic type of each storage type: reduced precision computes in float.
+template <typename T> struct OpMath { using type = T; };
+template <> struct OpMath<__half> { using type = float; };
+template <> struct OpMath<__nv_bfloat16> { using type = float; };
+template <typename T> using opmath_t = typename OpMath<T>::type;
+
+template <typename To, typename From>
+__device__ __forceinline__ To convert(From x) { return static_cast<To>(x); }
+template <> __device__ __forceinline__ float convert<float, __half>(__half x) { return __half2float(x); }
+template <> __device__ __forceinline__ float convert<float, __nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <> __device__ __forceinline__ __half convert<__half, float>(float x) { return __float2half(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 convert<__nv_bfloat16, float>(float x) { return __float2bfloat16(x); }
+
+// Calls f(T{}) with T the storage type named by dtype.
+template <typename F>
+inline void dispatch_dtype(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kFloat: f(float{}); break;
+    case DType::kDouble: f(double{}); break;
+    case DType::kHalf: f(__half{}); break;
+    case DType::kBFloat16: f(__nv_bfloat16{}); break;
+  }
+}
+
+inline unsigned int blocks_for(int64_t n, int threads, int64_t max_blocks = 65535LL * 16) {
+  int64_t blocks = (n + threads - 1) / threads;
+  if (blocks > max_blocks) blocks = max_blocks;
+  return static_cast<unsigned int>(blocks < 1 ? 1 : blocks);
+}
+
+}  // namespace detops

@@ -1,0 +1,17 @@
+"""detops: fast custom ops for object detection and segmentation in PyTorch.
+
+Every op is a real operator, ``torch.ops.detops.<name>``, with a C++ CPU kernel
+and a GPU kernel (CUDA C++ or Triton), and a Python function here with
+torchvision's signature. Boxes are ``(x1, y1, x2, y2)`` unless a docstring says
+otherwise.
+"""
+
+import torch  # noqa: F401  (libtorch must be loaded before the extension)
+
+from . import _C  # noqa: F401  (registers torch.ops.detops.*)
+from ._build import build_info
+from .ops import *  # noqa: F401,F403
+from .ops import __all__ as _ops_all
+
+__version__ = "0.1.0"
+__all__ = ["build_info", *_ops_all]

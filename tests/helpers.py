@@ -1,0 +1,18 @@
+"""Random inputs and comparisons shared by the op tests."""
+
+from __future__ import annotations
+
+import torch
+
+
+def random_boxes(n: int, *, scale: float = 100.0, dtype=torch.float32, device="cpu", generator=None) -> torch.Tensor:
+    """``[n, 4]`` valid ``(x1, y1, x2, y2)`` boxes with corners in ``[0, scale]``-ish."""
+    xy = torch.rand(n, 2, dtype=torch.float64, generator=generator) * scale
+    wh = torch.rand(n, 2, dtype=torch.float64, generator=generator) * scale / 2 + scale / 1000
+    return torch.cat([xy, xy + wh], dim=1).to(dtype=dtype, device=device)
+
+
+def assert_close(actual, expected, *, rtol=1e-6, atol=1e-6, msg=""):
+    """Same shape and dtype, values close, NaN where expected is NaN."""
+    assert actual.shape == expected.shape, f"{msg} shape {actual.shape} != {expected.shape}"
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, equal_nan=True, msg=msg or None)
