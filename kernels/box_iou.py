@@ -4,6 +4,9 @@ both boxes' gradients. The formulas mirror ``csrc/box_iou/box_iou_math.h``
 (``loss_forward`` / ``loss_backward``) operation for operation; the CPU tests
 compare the two.
 
+eps is a compile-time constant (a Triton float argument would be float32,
+too coarse for float64 boxes); it rarely changes.
+
 Boxes are ``[K, 4]`` ``(x1, y1, x2, y2)``, contiguous; float16/bfloat16 are
 computed in float32, the loss (and the incoming gradient) is float32 for them.
 """
@@ -20,21 +23,30 @@ _BLOCK = 256
 
 
 @triton.jit
-def _atan(x):
+def _const(value: tl.constexpr, DT: tl.constexpr):
+    """A constant in the compute dtype. A bare Python float becomes a float32
+    constant in Triton, which would cost float64 kernels their precision."""
+    return tl.full((), value, DT)
+
+
+@triton.jit
+def _atan(x, DT: tl.constexpr):
     """Cephes' atan (rational approximation after range reduction). Triton's
     interpreter has no libdevice, and this keeps CPU and GPU on one formula."""
     sign = tl.where(x < 0, -1.0, 1.0)
     ax = tl.abs(x)
-    big = ax > 2.414213562373095
-    mid = (ax > 0.66) & (~big)
+    big = ax > _const(2.414213562373095, DT)
+    mid = (ax > _const(0.66, DT)) & (~big)
     xr = tl.where(big, -1.0 / tl.where(big, ax, 1.0), tl.where(mid, (ax - 1.0) / (ax + 1.0), ax))
-    base = tl.where(big, 1.5707963267948966, tl.where(mid, 0.7853981633974483, 0.0))
-    morebits = tl.where(big, 6.123233995736766e-17, tl.where(mid, 3.061616997868383e-17, 0.0))
+    base = tl.where(big, _const(1.5707963267948966, DT), tl.where(mid, _const(0.7853981633974483, DT), 0.0))
+    morebits = tl.where(big, _const(6.123233995736766e-17, DT), tl.where(mid, _const(3.061616997868383e-17, DT), 0.0))
     z = xr * xr
-    p = (((-8.750608600031904e-1 * z - 1.615753718733365e1) * z - 7.500855792314705e1) * z
-         - 1.228866684490136e2) * z - 6.485021904942025e1
-    q = ((((z + 2.485846490142306e1) * z + 1.650270098316988e2) * z + 4.328810604912903e2) * z
-         + 4.853903996359137e2) * z + 1.945506571482614e2
+    p = (((_const(-8.750608600031904e-1, DT) * z + _const(-1.615753718733365e1, DT)) * z
+          + _const(-7.500855792314705e1, DT)) * z + _const(-1.228866684490136e2, DT)) * z \
+        + _const(-6.485021904942025e1, DT)
+    q = ((((z + _const(2.485846490142306e1, DT)) * z + _const(1.650270098316988e2, DT)) * z
+          + _const(4.328810604912903e2, DT)) * z + _const(4.853903996359137e2, DT)) * z \
+        + _const(1.945506571482614e2, DT)
     y = base + (xr * (z * p / q) + xr + morebits)
     return sign * y
 
@@ -67,7 +79,7 @@ def _load_pair(b1_ptr, b2_ptr, offs, mask, COMPUTE: tl.constexpr):
 
 
 @triton.jit
-def box_iou_loss_forward_kernel(b1_ptr, b2_ptr, out_ptr, K, eps, VARIANT: tl.constexpr,
+def box_iou_loss_forward_kernel(b1_ptr, b2_ptr, out_ptr, K, EPS: tl.constexpr, VARIANT: tl.constexpr,
                                  COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < K
@@ -78,28 +90,28 @@ def box_iou_loss_forward_kernel(b1_ptr, b2_ptr, out_ptr, K, eps, VARIANT: tl.con
     yk2 = tl.minimum(py2, ty2)
     inter = tl.where((yk2 > yk1) & (xk2 > xk1), (xk2 - xk1) * (yk2 - yk1), 0.0)
     uni = (px2 - px1) * (py2 - py1) + (tx2 - tx1) * (ty2 - ty1) - inter
-    iou_eps = 1e-7 if VARIANT == 3 else eps
+    iou_eps = _const(1e-7, COMPUTE) if VARIANT == 3 else _const(EPS, COMPUTE)
     iou = inter / (uni + iou_eps)
     dxc = tl.maximum(px2, tx2) - tl.minimum(px1, tx1)
     dyc = tl.maximum(py2, ty2) - tl.minimum(py1, ty1)
     if VARIANT == 1:
         area_c = dxc * dyc
-        loss = 1.0 - (iou - ((area_c - uni) / (area_c + eps)))
+        loss = 1.0 - (iou - ((area_c - uni) / (area_c + _const(EPS, COMPUTE))))
     else:
         diag = dxc * dxc + dyc * dyc + iou_eps
         dx = (px2 + px1) / 2.0 - (tx1 + tx2) / 2.0
         dy = (py2 + py1) / 2.0 - (ty1 + ty2) / 2.0
         loss = 1.0 - iou + (dx * dx + dy * dy) / diag
         if VARIANT == 3:
-            dt = _atan((tx2 - tx1) / (ty2 - ty1)) - _atan((px2 - px1) / (py2 - py1))
-            v = 0.40528473456935108578 * (dt * dt)
-            alpha = v / (1.0 - iou + v + eps)
+            dt = _atan((tx2 - tx1) / (ty2 - ty1), COMPUTE) - _atan((px2 - px1) / (py2 - py1), COMPUTE)
+            v = _const(0.40528473456935108578, COMPUTE) * (dt * dt)
+            alpha = v / (1.0 - iou + v + _const(EPS, COMPUTE))
             loss = loss + alpha * v
     tl.store(out_ptr + offs, loss.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def box_iou_loss_backward_kernel(grad_ptr, b1_ptr, b2_ptr, g1_ptr, g2_ptr, K, eps,
+def box_iou_loss_backward_kernel(grad_ptr, b1_ptr, b2_ptr, g1_ptr, g2_ptr, K, EPS: tl.constexpr,
                                  VARIANT: tl.constexpr, COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < K
@@ -119,7 +131,7 @@ def box_iou_loss_backward_kernel(grad_ptr, b1_ptr, b2_ptr, g1_ptr, g2_ptr, K, ep
     wt = tx2 - tx1
     ht = ty2 - ty1
     uni = wp * hp + wt * ht - inter
-    iou_eps = 1e-7 if VARIANT == 3 else eps
+    iou_eps = _const(1e-7, COMPUTE) if VARIANT == 3 else _const(EPS, COMPUTE)
     den_iou = uni + iou_eps
     iou = inter / den_iou
     dxc = tl.maximum(px2, tx2) - tl.minimum(px1, tx1)
@@ -142,7 +154,7 @@ def box_iou_loss_backward_kernel(grad_ptr, b1_ptr, b2_ptr, g1_ptr, g2_ptr, K, ep
     g_iou = -g
     if VARIANT == 1:
         area_c = dxc * dyc
-        den = area_c + eps
+        den = area_c + _const(EPS, COMPUTE)
         g_num = g / den
         g_area_c = g_num - g * (area_c - uni) / (den * den)
         g_uni = g_uni - g_num
@@ -170,10 +182,10 @@ def box_iou_loss_backward_kernel(grad_ptr, b1_ptr, b2_ptr, g1_ptr, g2_ptr, K, ep
         if VARIANT == 3:
             rt = wt / ht
             rp = wp / hp
-            dt = _atan(rt) - _atan(rp)
-            v = 0.40528473456935108578 * (dt * dt)
-            alpha = v / (1.0 - iou + v + eps)
-            g_dt = 0.40528473456935108578 * (g * alpha) * 2.0 * dt
+            dt = _atan(rt, COMPUTE) - _atan(rp, COMPUTE)
+            v = _const(0.40528473456935108578, COMPUTE) * (dt * dt)
+            alpha = v / (1.0 - iou + v + _const(EPS, COMPUTE))
+            g_dt = _const(0.40528473456935108578, COMPUTE) * (g * alpha) * 2.0 * dt
             g_rt = g_dt / (rt * rt + 1.0)
             g_rp = -g_dt / (rp * rp + 1.0)
             g_wt += g_rt / ht
@@ -264,7 +276,7 @@ def box_iou_loss_forward(boxes1: torch.Tensor, boxes2: torch.Tensor, variant: st
     out = torch.empty(k, dtype=_out_dtype(boxes1.dtype), device=boxes1.device)
     if k:
         grid = (triton.cdiv(k, _BLOCK),)
-        box_iou_loss_forward_kernel[grid](boxes1, boxes2, out, k, eps, VARIANT=code,
+        box_iou_loss_forward_kernel[grid](boxes1, boxes2, out, k, EPS=float(eps), VARIANT=code,
                                           COMPUTE=_compute(boxes1.dtype), BLOCK=_BLOCK)
     return out
 
@@ -282,6 +294,6 @@ def box_iou_loss_backward(grad: torch.Tensor, boxes1: torch.Tensor, boxes2: torc
     grad2 = torch.empty_like(boxes2)
     if k:
         grid = (triton.cdiv(k, _BLOCK),)
-        box_iou_loss_backward_kernel[grid](grad, boxes1, boxes2, grad1, grad2, k, eps, VARIANT=code,
+        box_iou_loss_backward_kernel[grid](grad, boxes1, boxes2, grad1, grad2, k, EPS=float(eps), VARIANT=code,
                                            COMPUTE=_compute(boxes1.dtype), BLOCK=_BLOCK)
     return grad1, grad2

@@ -14,6 +14,8 @@ CUDA C++ for the matrices, Triton (``detops.kernels.box_iou``) for the losses.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -160,9 +162,9 @@ def _pairwise(boxes1: Tensor, boxes2: Tensor, variant: str, eps: float, aligned:
             f"the batch dimensions of boxes1 {list(boxes1.shape[:-2])} and boxes2 "
             f"{list(boxes2.shape[:-2])} do not broadcast"
         ) from None
-    n, m = b1.shape[-2], b2.shape[-2]
-    b1 = b1.expand(*batch, n, 4).reshape(-1, n, 4)
-    b2 = b2.expand(*batch, m, 4).reshape(-1, m, 4)
+    n, m, flat = b1.shape[-2], b2.shape[-2], math.prod(batch)
+    b1 = b1.expand(*batch, n, 4).reshape(flat, n, 4)
+    b2 = b2.expand(*batch, m, 4).reshape(flat, m, 4)
     out = _ops.box_iou_matrix(b1, b2, variant, eps)
     return out.reshape(*batch, n, m).to(out_dtype)
 
