@@ -1,0 +1,180 @@
+// Schemas of the transposed convolution (see conv_transpose2d.h), the argument
+// checks and the device-independent driver of the dense (kernel == stride)
+// algorithm.
+//
+//   conv_transpose2d(input [N, Cin, H, W], weight [Cin, Cout/groups, kH, kW], bias [Cout]?,
+//                    skip [N, Cout, SH, SW]?, stride, offset, output_size, skip_offset, groups,
+//                    activation) -> [N, Cout, OH, OW]
+//   activation: 0 = none, 1 = ReLU (applied after bias and skip).
+#include "conv_transpose2d/conv_transpose2d.h"
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/matmul.h>
+#include <ATen/ops/sum.h>
+#include <ATen/ops/zeros_like.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+namespace detops {
+namespace conv_transpose2d {
+
+namespace {
+
+void check_pair(at::IntArrayRef v, const char* name, int64_t min_value) {
+  TORCH_CHECK(v.size() == 2, "conv_transpose2d: ", name, " must have 2 values, got ", v.size());
+  TORCH_CHECK(v[0] >= min_value && v[1] >= min_value, "conv_transpose2d: ", name, " must be >= ", min_value,
+              ", got ", v);
+}
+
+}  // namespace
+
+Activation parse_activation(int64_t activation) {
+  TORCH_CHECK(activation == 0 || activation == 1, "conv_transpose2d: activation must be 0 (none) or 1 (relu), got ",
+              activation);
+  return static_cast<Activation>(activation);
+}
+
+Geometry make_geometry(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                       const std::optional<at::Tensor>& skip, at::IntArrayRef stride, at::IntArrayRef offset,
+                       at::IntArrayRef output_size, at::IntArrayRef skip_offset, int64_t groups) {
+  TORCH_CHECK(input.dim() == 4, "conv_transpose2d: input must be [N, Cin, H, W], got ", input.sizes());
+  TORCH_CHECK(weight.dim() == 4, "conv_transpose2d: weight must be [Cin, Cout / groups, kH, kW], got ",
+              weight.sizes());
+  TORCH_CHECK(is_kernel_float(input.scalar_type()),
+              "conv_transpose2d: input must be float16, bfloat16, float32 or float64, got ", input.scalar_type());
+  check_same_dtype_device(input, "input", weight, "weight");
+  check_pair(stride, "stride", 1);
+  check_pair(offset, "offset", 0);
+  check_pair(output_size, "output_size", 0);
+  check_pair(skip_offset, "skip_offset", 0);
+  TORCH_CHECK(groups >= 1, "conv_transpose2d: groups must be >= 1, got ", groups);
+  Geometry g{};
+  g.N = input.size(0);
+  g.Cin = input.size(1);
+  g.H = input.size(2);
+  g.W = input.size(3);
+  TORCH_CHECK(weight.size(0) == g.Cin, "conv_transpose2d: weight.size(0) must equal input channels ", g.Cin,
+              ", got ", weight.size(0));
+  TORCH_CHECK(g.Cin % groups == 0, "conv_transpose2d: input channels ", g.Cin, " must be divisible by groups ",
+              groups);
+  TORCH_CHECK(weight.size(2) >= 1 && weight.size(3) >= 1, "conv_transpose2d: empty kernel ", weight.sizes());
+  g.Cout = weight.size(1) * groups;
+  g.kH = weight.size(2);
+  g.kW = weight.size(3);
+  g.sH = stride[0];
+  g.sW = stride[1];
+  g.offH = offset[0];
+  g.offW = offset[1];
+  g.OH = output_size[0];
+  g.OW = output_size[1];
+  g.groups = groups;
+  if (bias.has_value()) {
+    check_same_dtype_device(input, "input", *bias, "bias");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.Cout, "conv_transpose2d: bias must be [", g.Cout, "], got ",
+                bias->sizes());
+  }
+  if (skip.has_value()) {
+    check_same_dtype_device(input, "input", *skip, "skip");
+    TORCH_CHECK(skip->dim() == 4 && skip->size(0) == g.N && skip->size(1) == g.Cout,
+                "conv_transpose2d: skip must be [", g.N, ", ", g.Cout, ", H, W], got ", skip->sizes());
+    g.skipH = skip->size(2);
+    g.skipW = skip->size(3);
+    g.skip_offH = skip_offset[0];
+    g.skip_offW = skip_offset[1];
+    TORCH_CHECK(g.skip_offH + g.OH <= g.skipH && g.skip_offW + g.OW <= g.skipW, "conv_transpose2d: skip ",
+                skip->sizes(), " is too small for an output of ", g.OH, "x", g.OW, " at skip_offset ", skip_offset);
+  }
+  return g;
+}
+
+void check_grad(const at::Tensor& grad, const Geometry& g) {
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == g.N && grad.size(1) == g.Cout,
+              "conv_transpose2d_backward: grad must be [", g.N, ", ", g.Cout, ", OH, OW], got ", grad.sizes());
+}
+
+namespace {
+
+// Images per matrix product: keeps the column buffer near 8M elements.
+int64_t dense_chunk(const Geometry& g) {
+  const int64_t per_image = std::max<int64_t>(1, g.Cout * g.kH * g.kW * g.H * g.W);
+  return std::clamp<int64_t>((int64_t(8) << 20) / per_image, 1, std::max<int64_t>(g.N, 1));
+}
+
+}  // namespace
+
+at::Tensor dense_forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                         const std::optional<at::Tensor>& skip, const Geometry& g, Activation act,
+                         ShuffleFn shuffle) {
+  at::Tensor out = at::empty({g.N, g.Cout, g.OH, g.OW}, input.options());
+  if (out.numel() == 0) return out;
+  const int64_t R = g.Cout * g.kH * g.kW, HW = g.H * g.W;
+  const at::Tensor w2d = weight.contiguous().view({g.Cin, R});
+  const bool channels_last = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast &&
+                             input.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor x = channels_last ? input : input.contiguous();
+  const int64_t chunk = dense_chunk(g);
+  for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
+    const int64_t nb = std::min(chunk, g.N - n0);
+    const at::Tensor xs = x.narrow(0, n0, nb);
+    if (channels_last) {
+      // [nb * HW, Cin] @ [Cin, R]: rows are pixels, columns the (oc, ky, kx) taps.
+      const at::Tensor y = at::matmul(xs.permute({0, 2, 3, 1}).reshape({nb * HW, g.Cin}), w2d);
+      shuffle(y, {1, HW * R, R}, n0, nb, bias, skip, out, g, act);
+    } else {
+      // [R, Cin] @ [nb, Cin, HW] -> [nb, R, HW]
+      const at::Tensor y = at::matmul(w2d.t(), xs.view({nb, g.Cin, HW}));
+      shuffle(y, {HW, R * HW, 1}, n0, nb, bias, skip, out, g, act);
+    }
+  }
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_backward(const at::Tensor& grad_in, const at::Tensor& input,
+                                                              const at::Tensor& weight, const Geometry& g,
+                                                              std::array<bool, 3> output_mask,
+                                                              UnshuffleFn unshuffle) {
+  const at::Tensor grad = grad_in.contiguous();
+  const at::Tensor x = input.contiguous();
+  const int64_t R = g.Cout * g.kH * g.kW, HW = g.H * g.W;
+  const at::Tensor w2d = weight.contiguous().view({g.Cin, R});
+  at::Tensor grad_input = output_mask[0] ? at::empty_like(x) : at::empty({0}, x.options());
+  at::Tensor grad_weight = output_mask[1] ? at::zeros_like(weight, at::MemoryFormat::Contiguous)
+                                          : at::empty({0}, x.options());
+  at::Tensor grad_bias = output_mask[2] ? grad.sum({0, 2, 3}) : at::empty({0}, x.options());
+  if ((!output_mask[0] && !output_mask[1]) || x.numel() == 0) {
+    if (output_mask[0]) grad_input.zero_();
+    return {grad_input, grad_weight, grad_bias};
+  }
+  const int64_t chunk = dense_chunk(g);
+  at::Tensor gw2d = output_mask[1] ? grad_weight.view({g.Cin, R}) : at::Tensor();
+  for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
+    const int64_t nb = std::min(chunk, g.N - n0);
+    // The gradient columns [R, nb * HW]: one matrix product per input for the whole chunk.
+    at::Tensor cols = at::empty({R, nb * HW}, grad.options());
+    unshuffle(grad, n0, nb, cols, {nb * HW, HW, 1}, g);
+    if (output_mask[0]) {
+      // [Cin, R] @ [R, nb * HW] -> [Cin, nb, HW] -> grad_input[n0 : n0 + nb]
+      const at::Tensor gi = at::matmul(w2d, cols).view({g.Cin, nb, HW});
+      grad_input.narrow(0, n0, nb).view({nb, g.Cin, HW}).copy_(gi.transpose(0, 1));
+    }
+    if (output_mask[1]) {
+      const at::Tensor xs = x.narrow(0, n0, nb).view({nb, g.Cin, HW}).transpose(0, 1).reshape({g.Cin, nb * HW});
+      gw2d.addmm_(xs, cols.t());
+    }
+  }
+  return {grad_input, grad_weight, grad_bias};
+}
+
+}  // namespace conv_transpose2d
+}  // namespace detops
+
+TORCH_LIBRARY_FRAGMENT(detops, m) {
+  m.def(
+      "conv_transpose2d(Tensor input, Tensor weight, Tensor? bias, Tensor? skip, int[2] stride, int[2] offset, "
+      "int[2] output_size, int[2] skip_offset, int groups, int activation) -> Tensor");
+  m.def(
+      "conv_transpose2d_backward(Tensor grad, Tensor input, Tensor weight, int[2] stride, int[2] offset, "
+      "int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+}
