@@ -1,0 +1,779 @@
+"""COCO-style detection metrics (mAP / mAR) with exactly pycocotools' semantics,
+vectorised in torch (CPU or GPU: the work runs where the tensors are).
+
+* :func:`coco_stats` takes a COCO ground-truth dict and a list of COCO result
+  dicts and returns the 12 numbers of ``COCOeval.stats``.
+* :class:`MeanAveragePrecision` takes per-image dicts of tensors (boxes, scores,
+  labels, masks) through ``update()`` and returns the metrics, per-class AP and
+  the precision/recall arrays from ``compute()``.
+* :func:`plot_pr_curves` writes a PNG of precision/recall curves.
+
+Semantics copied from ``pycocotools.cocoeval.COCOeval`` (``evaluate`` +
+``accumulate`` + ``summarize``): IoU thresholds .50:.05:.95, 101 recall points,
+area ranges all/small/medium/large with inclusive bounds on the ground truth's
+``area`` field, maxDets 1/10/100 per image and category, crowd ground truths
+(IoU over the detection's area, matchable any number of times, ignored), greedy
+matching of detections in descending score order (stable sort) to the best
+still-free ground truth, non-ignored first, and -1 for categories without
+ground truth.
+
+How it is vectorised: detections and ground truths are sorted once into
+(image, category) groups; the IoU of every same-group pair is computed in one
+elementwise pass; pairs below the lowest threshold can never match and are
+dropped. Greedy matching is sequential only in the detection's rank inside its
+group (at most maxDets steps); each step resolves every group, IoU threshold
+and area range at once. Accumulation needs, for every true positive, the count
+of false positives ranked above it in its category (one cumulative sum), then a
+segment max per (threshold, area, maxDets, category, recall bin) gives the
+interpolated precision without a per-category loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import mask as _mask
+
+__all__ = [
+    "COCOParams",
+    "COCOEvalResult",
+    "coco_evaluate",
+    "coco_stats",
+    "MeanAveragePrecision",
+    "plot_pr_curves",
+    "STAT_NAMES",
+]
+
+STAT_NAMES = (
+    "map",
+    "map_50",
+    "map_75",
+    "map_small",
+    "map_medium",
+    "map_large",
+    "mar_1",
+    "mar_10",
+    "mar_100",
+    "mar_small",
+    "mar_medium",
+    "mar_large",
+)
+
+_EPS = float(np.spacing(1))  # pycocotools' np.spacing(1) in the precision denominator
+
+
+@dataclass
+class COCOParams:
+    """pycocotools' ``Params`` for bbox/segm (same defaults, same float values)."""
+
+    iou_thresholds: Sequence[float] = field(
+        default_factory=lambda: np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1).tolist()
+    )
+    rec_thresholds: Sequence[float] = field(
+        default_factory=lambda: np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1).tolist()
+    )
+    max_dets: Sequence[int] = (1, 10, 100)
+    area_ranges: Sequence[tuple[float, float]] = (
+        (0**2, 1e5**2),
+        (0**2, 32**2),
+        (32**2, 96**2),
+        (96**2, 1e5**2),
+    )
+    area_labels: Sequence[str] = ("all", "small", "medium", "large")
+
+
+@dataclass
+class COCOEvalResult:
+    """Accumulated results, in pycocotools' layout.
+
+    precision: ``[T, R, K, A, M]`` interpolated precision (-1 where a category
+        has no ground truth in that area range).
+    recall: ``[T, K, A, M]`` final recall (-1 likewise).
+    stats: the 12 summary numbers of ``COCOeval.stats`` (float64 ``[12]``).
+    """
+
+    precision: Tensor
+    recall: Tensor
+    stats: Tensor
+    params: COCOParams
+    category_ids: list
+
+    def per_class_ap(self, area: int = 0, max_det_index: int = -1) -> Tensor:
+        """AP@[.5:.95] per category ``[K]`` (-1 for categories without ground truth)."""
+        p = self.precision[:, :, :, area, max_det_index]  # [T, R, K]
+        valid = p > -1
+        total = torch.where(valid, p, torch.zeros_like(p)).sum((0, 1))
+        n = valid.sum((0, 1))
+        return torch.where(n > 0, total / n.clamp(min=1), torch.full_like(total, -1.0))
+
+    def per_class_ar(self, area: int = 0, max_det_index: int = -1) -> Tensor:
+        """AR@[.5:.95] per category ``[K]`` at a maxDets setting (-1 without ground truth)."""
+        r = self.recall[:, :, area, max_det_index]  # [T, K]
+        valid = r > -1
+        total = torch.where(valid, r, torch.zeros_like(r)).sum(0)
+        n = valid.sum(0)
+        return torch.where(n > 0, total / n.clamp(min=1), torch.full_like(total, -1.0))
+
+
+# ------------------------------------------------------------------ core
+
+
+@dataclass
+class _Instances:
+    """Flat instance arrays. ``image``/``category`` are positions in the sorted
+    image/category id lists; boxes are ``(x, y, w, h)`` float64."""
+
+    image: Tensor
+    category: Tensor
+    boxes: Tensor
+    area: Tensor
+    score: Tensor | None = None  # detections
+    crowd: Tensor | None = None  # ground truths
+    id_nonzero: Tensor | None = None  # ground truths: pycocotools records matches by id
+    masks: list | None = None  # per-instance RLE dicts (segm)
+
+
+def _pair_box_iou(d: Tensor, g: Tensor, crowd: Tensor) -> Tensor:
+    """pycocotools' bbIou on pairs of ``(x, y, w, h)`` float64 boxes, operation for
+    operation (areas are w*h; right edges are w+x), so IoU values are bit-equal.
+    This is not ``detops.box_iou``: that op takes (x1, y1, x2, y2) boxes and
+    computes areas as (x2-x1)*(y2-y1), which differs in the last bit for xywh
+    input and could flip a tie."""
+    w = torch.minimum(d[:, 2] + d[:, 0], g[:, 2] + g[:, 0]) - torch.maximum(d[:, 0], g[:, 0])
+    h = torch.minimum(d[:, 3] + d[:, 1], g[:, 3] + g[:, 1]) - torch.maximum(d[:, 1], g[:, 1])
+    inter = w * h
+    da = d[:, 2] * d[:, 3]
+    ga = g[:, 2] * g[:, 3]
+    union = torch.where(crowd, da, da + ga - inter)
+    ok = (w > 0) & (h > 0)
+    return torch.where(ok, inter / torch.where(ok, union, torch.ones_like(union)), torch.zeros_like(inter))
+
+
+def _pair_mask_iou(
+    dt: _Instances, gt: _Instances, pair_d: Tensor, pair_g: Tensor, crowd: Tensor
+) -> Tensor:
+    """Mask IoU of (detection, ground truth) pairs, one image at a time: decode the
+    masks involved, one matmul for the intersections (exact integer counts)."""
+    device = pair_d.device
+    out = torch.zeros(pair_d.numel(), dtype=torch.float64, device=device)
+    if pair_d.numel() == 0:
+        return out
+    img = dt.image[pair_d]
+    order = torch.argsort(img, stable=True)
+    img_sorted = img[order]
+    bounds = torch.unique_consecutive(img_sorted, return_counts=True)[1].cumsum(0).tolist()
+    pd_all, pg_all = pair_d[order].tolist(), pair_g[order].tolist()
+    start = 0
+    for stop in bounds:
+        pds, pgs = pd_all[start:stop], pg_all[start:stop]
+        ud = sorted(set(pds))
+        ug = sorted(set(pgs))
+        sizes = {tuple(int(v) for v in dt.masks[i]["size"]) for i in ud} | {
+            tuple(int(v) for v in gt.masks[j]["size"]) for j in ug
+        }
+        if len(sizes) != 1:
+            raise ValueError(f"masks of one image have different sizes: {sorted(sizes)}")
+        dm = torch.from_numpy(np.stack([_mask.rle_flat(dt.masks[i]) for i in ud])).to(device)
+        gm = torch.from_numpy(np.stack([_mask.rle_flat(gt.masks[j]) for j in ug])).to(device)
+        crowd_g = gt.crowd[torch.tensor(ug, device=device)]
+        ious = _mask._flat_mask_iou(dm, gm, crowd_g)
+        di = {v: i for i, v in enumerate(ud)}
+        gi = {v: i for i, v in enumerate(ug)}
+        rows = torch.tensor([di[v] for v in pds], device=device)
+        cols = torch.tensor([gi[v] for v in pgs], device=device)
+        out[order[start:stop]] = ious[rows, cols]
+        start = stop
+    return out
+
+
+def _segment_starts(sorted_keys: Tensor) -> Tensor:
+    """For a sorted key array, the index where each element's run of equal keys starts."""
+    n = sorted_keys.numel()
+    pos = torch.arange(n, device=sorted_keys.device)
+    is_start = torch.ones(n, dtype=torch.bool, device=sorted_keys.device)
+    if n > 1:
+        is_start[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    return torch.cummax(torch.where(is_start, pos, torch.zeros_like(pos)), 0).values
+
+
+def coco_evaluate(
+    gt: _Instances,
+    dt: _Instances,
+    num_images: int,
+    num_categories: int,
+    iou_type: str = "bbox",
+    params: COCOParams | None = None,
+    category_ids: list | None = None,
+) -> COCOEvalResult:
+    """Evaluate flat instance arrays (see :func:`coco_stats` for the COCO-dict entry
+    point and :class:`MeanAveragePrecision` for the tensor one)."""
+    p = params or COCOParams()
+    device = gt.boxes.device
+    f64, i64 = torch.float64, torch.int64
+    thr = torch.tensor(list(p.iou_thresholds), dtype=f64, device=device)
+    thr_eff = thr.clamp(max=1 - 1e-10)  # pycocotools: iou = min([t, 1 - 1e-10])
+    rec_thr = torch.tensor(list(p.rec_thresholds), dtype=f64, device=device)
+    max_dets = sorted(int(m) for m in p.max_dets)
+    area_lo = torch.tensor([a[0] for a in p.area_ranges], dtype=f64, device=device)
+    area_hi = torch.tensor([a[1] for a in p.area_ranges], dtype=f64, device=device)
+    T, R, A, M, K = thr.numel(), rec_thr.numel(), area_lo.numel(), len(max_dets), num_categories
+    max_det = max_dets[-1]
+
+    # -- detections: sort by (image, category, -score) stably, keep the top maxDet per group
+    n_dt = dt.score.numel()
+    d_order = torch.sort(-dt.score, stable=True).indices
+    d_group = (dt.image * K + dt.category)[d_order]
+    by_group = torch.sort(d_group, stable=True).indices
+    d_order, d_group = d_order[by_group], d_group[by_group]
+    d_rank = torch.arange(n_dt, device=device) - _segment_starts(d_group)
+    keep = d_rank < max_det
+    d_order, d_group, d_rank = d_order[keep], d_group[keep], d_rank[keep]
+    D = d_order.numel()
+    d_box = dt.boxes[d_order]
+    d_score = dt.score[d_order]
+    d_area = dt.area[d_order]
+    d_cat = dt.category[d_order]
+    d_img = dt.image[d_order]
+
+    # -- ground truths: sort by group stably (dataset order inside a group)
+    g_group_raw = gt.image * K + gt.category
+    g_order = torch.sort(g_group_raw, stable=True).indices
+    g_group = g_group_raw[g_order]
+    G = g_order.numel()
+    g_crowd = gt.crowd[g_order]
+    g_area = gt.area[g_order]
+    g_valid_id = gt.id_nonzero[g_order]
+    # gtIg per area range: crowd, or area outside [lo, hi]
+    g_ignore = g_crowd[:, None] | (g_area[:, None] < area_lo) | (g_area[:, None] > area_hi)  # [G, A]
+    # npig: non-ignored ground truths per (category, area)
+    npig = torch.zeros(K, A, dtype=i64, device=device)
+    g_cat = gt.category[g_order]
+    npig.index_put_((g_cat[:, None].expand(G, A), torch.arange(A, device=device).expand(G, A)),
+                    (~g_ignore).to(i64), accumulate=True)
+
+    # -- every (detection, ground truth) pair of the same group
+    lo = torch.searchsorted(g_group, d_group, side="left")
+    hi = torch.searchsorted(g_group, d_group, side="right")
+    cnt = hi - lo
+    P = int(cnt.sum())
+    pair_d = torch.repeat_interleave(torch.arange(D, device=device), cnt, output_size=P)
+    first = torch.cumsum(cnt, 0) - cnt
+    pair_g = lo[pair_d] + torch.arange(P, device=device) - first[pair_d]
+    pair_crowd = g_crowd[pair_g]
+    if iou_type == "bbox":
+        pair_iou = _pair_box_iou(d_box[pair_d], gt.boxes[g_order][pair_g], pair_crowd)
+    else:
+        pair_iou = _pair_mask_iou(dt, gt, d_order[pair_d], g_order[pair_g], pair_crowd)
+
+    # -- greedy matching, one detection rank at a time across all groups
+    cand = pair_iou >= thr_eff.min()
+    c_d, c_g, c_iou = pair_d[cand], pair_g[cand], pair_iou[cand]
+    by_rank = torch.sort(d_rank[c_d], stable=True).indices  # pairs of one detection stay together
+    c_d, c_g, c_iou = c_d[by_rank], c_g[by_rank], c_iou[by_rank]
+    c_crowd = g_crowd[c_g]
+    c_rank = d_rank[c_d]
+    n_c = c_d.numel()
+    new_det = torch.ones(n_c, dtype=torch.bool, device=device)
+    if n_c > 1:
+        new_det[1:] = c_d[1:] != c_d[:-1]
+    c_slot = torch.cumsum(new_det, 0) - 1  # consecutive index of the pair's detection
+    slot_det = c_d[new_det]
+    n_slot = slot_det.numel()
+    # Preference key, larger wins: non-ignored first, then higher IoU, then the
+    # later ground truth in dataset order (pycocotools keeps the last of equals).
+    if n_c:
+        _, iou_rank = torch.unique(c_iou, return_inverse=True)
+        n_iou = int(iou_rank.max()) + 1
+    else:
+        iou_rank, n_iou = c_iou.to(i64), 1
+    base_key = (iou_rank * G + c_g)[:, None] + (~g_ignore[c_g]).to(i64) * (n_iou * G)  # [n_c, A]
+    above = c_iou[:, None] >= thr_eff[None, :]  # [n_c, T]
+    gt_taken = torch.zeros(G, T, A, dtype=torch.bool, device=device)
+    slot_match = torch.full((n_slot, T, A), -1, dtype=i64, device=device)
+    rank_counts = torch.bincount(c_rank, minlength=1).tolist() if n_c else []
+    start = 0
+    for count in rank_counts:
+        if count == 0:
+            continue
+        stop = start + count
+        g_idx = c_g[start:stop]
+        free = ~gt_taken[g_idx] | c_crowd[start:stop, None, None]  # [n, T, A]
+        ok = free & above[start:stop, :, None]
+        key = torch.where(ok, base_key[start:stop, None, :], torch.full_like(base_key[start:stop, None, :], -1))
+        slot = c_slot[start:stop]
+        slot0 = int(slot[0])
+        local = (slot - slot0)[:, None, None].expand_as(key)
+        best = torch.full((int(slot[-1]) - slot0 + 1, T, A), -1, dtype=i64, device=device)
+        best.scatter_reduce_(0, local, key, reduce="amax")
+        win = (key >= 0) & (key == best.gather(0, local))
+        pi, ti, ai = win.nonzero(as_tuple=True)
+        gw = g_idx[pi]
+        not_crowd = ~c_crowd[start:stop][pi]
+        gt_taken[gw[not_crowd], ti[not_crowd], ai[not_crowd]] = True
+        slot_match[slot[pi], ti, ai] = gw
+        start = stop
+
+    # -- per detection and (threshold, area): matched / ignored / TP / FP
+    d_out = (d_area[:, None] < area_lo) | (d_area[:, None] > area_hi)  # [D, A]
+    # Detections without a candidate pair are unmatched at every threshold.
+    tp = torch.zeros(D, T, A, dtype=torch.bool, device=device)
+    fp = (~d_out)[:, None, :].expand(D, T, A).clone()
+    if n_slot:
+        m = slot_match
+        has = m >= 0
+        mc = m.clamp(min=0)
+        a_idx = torch.arange(A, device=device).expand_as(mc)
+        m_ignored = g_ignore[mc, a_idx]
+        m_nonzero = has & g_valid_id[mc]  # pycocotools stores the gt id: id 0 reads as "no match"
+        ignored = (has & m_ignored) | (~m_nonzero & d_out[slot_det][:, None, :])
+        tp[slot_det] = m_nonzero & ~ignored
+        fp[slot_det] = ~m_nonzero & ~ignored
+
+    # -- accumulate: detections of a category in (-score, image, rank) order
+    acc = torch.sort(-d_score, stable=True).indices  # ties keep (image, rank) order
+    acc = acc[torch.sort(d_cat[acc], stable=True).indices]
+    a_cat, a_rank = d_cat[acc], d_rank[acc]
+    tp_a = tp[acc].reshape(D, T * A)
+    fp_a = fp[acc].reshape(D, T * A)
+    cat_start = torch.searchsorted(a_cat, torch.arange(K, device=device), side="left")  # [K]
+
+    precision = torch.full((T, R, K, A, M), -1.0, dtype=f64, device=device)
+    recall = torch.full((T, K, A, M), -1.0, dtype=f64, device=device)
+    has_gt = npig > 0  # [K, A]
+    ta_t = torch.arange(T, device=device).repeat_interleave(A)  # channel -> t
+    ta_a = torch.arange(A, device=device).repeat(T)  # channel -> a
+    npig_f = npig.to(f64)
+    for mi, md in enumerate(max_dets):
+        valid = (a_rank < md)[:, None]
+        tpm = tp_a & valid
+        fpm = fp_a & valid
+        fp_cum = torch.cumsum(fpm, 0, dtype=torch.int32)
+        tp_cum = torch.cumsum(tpm, 0, dtype=torch.int32)
+        zero_row = torch.zeros(1, T * A, dtype=torch.int32, device=device)
+        fp_base = torch.cat([zero_row, fp_cum])[cat_start]  # [K, TA]: counts before each category
+        tp_base = torch.cat([zero_row, tp_cum])[cat_start]
+        di, ci = tpm.nonzero(as_tuple=True)
+        k = a_cat[di]
+        j = (tp_cum[di, ci] - tp_base[k, ci]).to(f64)  # TP count so far (this one included)
+        f = (fp_cum[di, ci] - fp_base[k, ci]).to(f64)
+        pr = j / (f + j + _EPS)
+        t_i, a_i = ta_t[ci], ta_a[ci]
+        rc = j / npig_f[k, a_i]
+        # The first rank reaching recall r is the first whose rc >= r, so this TP
+        # counts for every recall threshold <= rc: interpolated precision at r is
+        # the max over TPs whose bin is beyond r.
+        rbin = torch.searchsorted(rec_thr, rc, right=True)  # in 1..R
+        seg = (ci * K + k) * (R + 1) + rbin
+        bins = torch.zeros(T * A * K * (R + 1), dtype=f64, device=device)
+        bins.scatter_reduce_(0, seg, pr, reduce="amax")
+        bins = bins.view(T * A * K, R + 1)
+        suffix = torch.flip(torch.cummax(torch.flip(bins, [1]), 1).values, [1])[:, 1:]  # [TA*K, R]
+        q = suffix.view(T, A, K, R).permute(0, 3, 2, 1)  # [T, R, K, A]
+        n_tp = torch.zeros(T * A * K, dtype=f64, device=device)
+        n_tp.index_add_(0, ci * K + k, torch.ones_like(pr))
+        rc_final = n_tp.view(T, A, K).permute(0, 2, 1) / npig_f.clamp(min=1)[None]  # [T, K, A]
+        precision[..., mi] = torch.where(has_gt[None, None], q, precision[..., mi])
+        recall[..., mi] = torch.where(has_gt[None], rc_final, recall[..., mi])
+
+    stats = _summarize(precision, recall, p, max_dets)
+    return COCOEvalResult(
+        precision=precision, recall=recall, stats=stats, params=p,
+        category_ids=list(category_ids) if category_ids is not None else list(range(K)),
+    )
+
+
+def _summarize(precision: Tensor, recall: Tensor, p: COCOParams, max_dets: list[int]) -> Tensor:
+    """``COCOeval.summarize`` for bbox/segm: mean over entries > -1, else -1."""
+    labels = list(p.area_labels)
+    thr = np.asarray(list(p.iou_thresholds))
+
+    def mean_valid(s: Tensor) -> float:
+        v = s[s > -1]
+        return -1.0 if v.numel() == 0 else float(v.mean())
+
+    def one(ap: bool, iou: float | None = None, area: str = "all", md: int = 100) -> float:
+        if area not in labels or md not in max_dets:
+            return -1.0
+        a, m = labels.index(area), max_dets.index(md)
+        s = precision[..., a, m] if ap else recall[..., a, m]
+        if iou is not None:
+            t = np.where(iou == thr)[0]
+            if t.size == 0:
+                return -1.0
+            s = s[int(t[0])]
+        return mean_valid(s)
+
+    m0, m1, m2 = (max_dets + [100, 100, 100])[:3] if len(max_dets) < 3 else max_dets[:3]
+    vals = [
+        one(True, md=m2),
+        one(True, 0.5, md=m2),
+        one(True, 0.75, md=m2),
+        one(True, area="small", md=m2),
+        one(True, area="medium", md=m2),
+        one(True, area="large", md=m2),
+        one(False, md=m0),
+        one(False, md=m1),
+        one(False, md=m2),
+        one(False, area="small", md=m2),
+        one(False, area="medium", md=m2),
+        one(False, area="large", md=m2),
+    ]
+    return torch.tensor(vals, dtype=torch.float64)
+
+
+# ------------------------------------------------------------------ COCO dicts
+
+
+def _coco_instances(
+    gt: dict, dt: list[dict], iou_type: str, device: torch.device | str
+) -> tuple[_Instances, _Instances, int, list]:
+    images = gt.get("images", [])
+    img_ids = sorted({im["id"] for im in images})
+    cat_ids = sorted({c["id"] for c in gt.get("categories", [])})
+    img_pos = {v: i for i, v in enumerate(img_ids)}
+    cat_pos = {v: i for i, v in enumerate(cat_ids)}
+    sizes = {im["id"]: (im.get("height"), im.get("width")) for im in images}
+    f64 = torch.float64
+
+    anns = [a for a in gt.get("annotations", []) if a["image_id"] in img_pos and a["category_id"] in cat_pos]
+    g_img = torch.tensor([img_pos[a["image_id"]] for a in anns], dtype=torch.int64)
+    g_cat = torch.tensor([cat_pos[a["category_id"]] for a in anns], dtype=torch.int64)
+    g_box = torch.tensor(np.asarray([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4), dtype=f64)
+    g_area = torch.tensor([float(a["area"]) for a in anns], dtype=f64)
+    g_crowd = torch.tensor([bool(a.get("iscrowd", 0)) for a in anns], dtype=torch.bool)
+    g_idnz = torch.tensor([a.get("id", 1) != 0 for a in anns], dtype=torch.bool)
+    g_masks = None
+    if iou_type == "segm":
+        g_masks = [_mask.to_rle(a["segmentation"], *sizes[a["image_id"]]) for a in anns]
+
+    unknown = {d["image_id"] for d in dt} - set(img_pos)
+    if unknown:
+        raise ValueError(f"detections refer to image ids absent from gt['images']: {sorted(unknown)[:5]}")
+    dets = [d for d in dt if d["category_id"] in cat_pos]
+    d_img = torch.tensor([img_pos[d["image_id"]] for d in dets], dtype=torch.int64)
+    d_cat = torch.tensor([cat_pos[d["category_id"]] for d in dets], dtype=torch.int64)
+    d_score = torch.tensor([float(d["score"]) for d in dets], dtype=f64)
+    d_masks = None
+    # pycocotools' loadRes picks the branch from the first result: with a
+    # non-empty 'bbox' the area is w*h, else (segm) the mask area.
+    box_branch = bool(dt) and "bbox" in dt[0] and len(dt[0]["bbox"]) > 0
+    if iou_type == "segm":
+        d_masks = [_mask.to_rle(d["segmentation"], *sizes[d["image_id"]]) for d in dets]
+    if box_branch:
+        d_box = torch.tensor(np.asarray([d["bbox"] for d in dets], dtype=np.float64).reshape(-1, 4), dtype=f64)
+        d_area = d_box[:, 2] * d_box[:, 3]
+    elif iou_type == "segm":
+        d_area = torch.tensor([float(_mask.rle_area(r)) for r in d_masks], dtype=f64)
+        d_box = torch.tensor([_mask.rle_to_bbox(r) for r in d_masks], dtype=f64).reshape(-1, 4)
+    else:
+        raise ValueError("bbox evaluation needs a 'bbox' in every detection")
+
+    gts = _Instances(g_img, g_cat, g_box, g_area, crowd=g_crowd, id_nonzero=g_idnz, masks=g_masks)
+    dts = _Instances(d_img, d_cat, d_box, d_area, score=d_score, masks=d_masks)
+    if torch.device(device).type != "cpu":
+        gts, dts = _to_device(gts, device), _to_device(dts, device)
+    return gts, dts, len(img_ids), cat_ids
+
+
+def _to_device(x: _Instances, device) -> _Instances:
+    moved = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in x.__dict__.items()}
+    return _Instances(**moved)
+
+
+def coco_stats(
+    gt: dict,
+    dt: list[dict],
+    iou_type: str = "bbox",
+    *,
+    params: COCOParams | None = None,
+    device: torch.device | str = "cpu",
+    return_result: bool = False,
+) -> list[float] | tuple[list[float], COCOEvalResult]:
+    """The 12 numbers of ``pycocotools`` ``COCOeval(...).stats`` (AP@[.5:.95], AP50,
+    AP75, AP S/M/L, AR@1, AR@10, AR@100, AR S/M/L), equal to pycocotools'.
+
+    Args:
+        gt: COCO ground truth: ``images`` (``id``, and ``height``/``width`` for
+            polygon masks), ``annotations`` (``image_id``, ``category_id``,
+            ``bbox`` ``[x, y, w, h]``, ``area``, ``iscrowd``, ``id``,
+            ``segmentation`` for segm), ``categories`` (``id``).
+        dt: COCO results: ``image_id``, ``category_id``, ``score`` and ``bbox``
+            ``[x, y, w, h]`` (bbox) or ``segmentation`` (segm: RLE, polygons or
+            a dense ``[H, W]`` mask).
+        iou_type: ``"bbox"`` or ``"segm"``.
+        params: evaluation parameters (pycocotools' defaults).
+        device: where to run (``"cuda"`` for the GPU).
+        return_result: also return the :class:`COCOEvalResult` (precision,
+            recall arrays, per-class AP).
+    """
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
+    gts, dts, n_img, cat_ids = _coco_instances(gt, dt, iou_type, device)
+    result = coco_evaluate(gts, dts, n_img, len(cat_ids), iou_type, params, cat_ids)
+    stats = result.stats.tolist()
+    return (stats, result) if return_result else stats
+
+
+# ------------------------------------------------------------------ tensor interface
+
+
+def _xyxy_to_xywh(boxes: Tensor) -> Tensor:
+    return torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)
+
+
+def _boxes_to_xywh(boxes: Tensor, fmt: str) -> Tensor:
+    boxes = boxes.to(torch.float64).reshape(-1, 4)
+    if fmt == "xyxy":
+        return _xyxy_to_xywh(boxes)
+    if fmt == "xywh":
+        return boxes
+    if fmt == "cxcywh":
+        return torch.cat([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, 2:]], dim=1)
+    raise ValueError(f"box_format must be 'xyxy', 'xywh' or 'cxcywh', got {fmt!r}")
+
+
+class MeanAveragePrecision:
+    """COCO mAP over a stream of images, with torchmetrics' interface.
+
+    ``update(preds, target)`` takes one dict per image:
+
+    * preds: ``boxes`` ``[N, 4]`` (``box_format``, default ``(x1, y1, x2, y2)``),
+      ``scores`` ``[N]``, ``labels`` ``[N]`` (int), and ``masks`` ``[N, H, W]``
+      (bool) for ``iou_type="segm"``;
+    * target: ``boxes`` ``[G, 4]``, ``labels`` ``[G]``, optional ``iscrowd``
+      ``[G]``, optional ``area`` ``[G]`` (default: box area, or mask area for
+      segm), and ``masks`` ``[G, H, W]`` for segm.
+
+    ``compute()`` returns a dict of 0-d float tensors named as torchmetrics'
+    (``map``, ``map_50``, ..., ``mar_large``; see :data:`STAT_NAMES`) plus
+    ``map_per_class``, ``mar_100_per_class``, ``classes`` and, with
+    ``extended_summary=True``, ``precision`` ``[T, R, K, A, M]`` and ``recall``
+    ``[T, K, A, M]``. Results equal pycocotools' on the same data.
+    """
+
+    def __init__(
+        self,
+        iou_type: str = "bbox",
+        box_format: str = "xyxy",
+        *,
+        params: COCOParams | None = None,
+        class_metrics: bool = True,
+        extended_summary: bool = False,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if iou_type not in ("bbox", "segm"):
+            raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
+        if box_format not in ("xyxy", "xywh", "cxcywh"):
+            raise ValueError(f"box_format must be 'xyxy', 'xywh' or 'cxcywh', got {box_format!r}")
+        self.iou_type = iou_type
+        self.box_format = box_format
+        self.params = params or COCOParams()
+        self.class_metrics = class_metrics
+        self.extended_summary = extended_summary
+        self.device = device
+        self.result: COCOEvalResult | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        self._preds: list[dict[str, Tensor]] = []
+        self._targets: list[dict[str, Tensor]] = []
+
+    def _check(self, item: dict, name: str, i: int, keys: tuple[str, ...]) -> dict:
+        if not isinstance(item, dict):
+            raise TypeError(f"{name}[{i}] must be a dict, got {type(item).__name__}")
+        for k in keys:
+            if k not in item:
+                raise ValueError(f"{name}[{i}] is missing the key {k!r}")
+        n = item["labels"].shape[0]
+        if self.iou_type == "bbox" or "boxes" in item:
+            boxes = item["boxes"]
+            if boxes.numel() and (boxes.dim() != 2 or boxes.shape[1] != 4):
+                raise ValueError(f"{name}[{i}]['boxes'] must have shape [N, 4], got {list(boxes.shape)}")
+            if boxes.reshape(-1, 4).shape[0] != n:
+                raise ValueError(f"{name}[{i}]: {boxes.reshape(-1, 4).shape[0]} boxes but {n} labels")
+        if self.iou_type == "segm":
+            masks = item["masks"]
+            if masks.dim() != 3 or masks.shape[0] != n:
+                raise ValueError(f"{name}[{i}]['masks'] must have shape [N, H, W] with N={n}, got {list(masks.shape)}")
+        if "scores" in keys and item["scores"].shape[0] != n:
+            raise ValueError(f"{name}[{i}]: {item['scores'].shape[0]} scores but {n} labels")
+        return item
+
+    def update(self, preds: list[dict[str, Tensor]], target: list[dict[str, Tensor]]) -> None:
+        """Add a batch of images: ``preds[i]`` and ``target[i]`` describe image i."""
+        if len(preds) != len(target):
+            raise ValueError(f"preds and target must have the same length, got {len(preds)} and {len(target)}")
+        need = ("masks",) if self.iou_type == "segm" else ("boxes",)
+        for i, (p, t) in enumerate(zip(preds, target)):
+            self._preds.append(self._check(p, "preds", i, ("scores", "labels") + need))
+            self._targets.append(self._check(t, "target", i, ("labels",) + need))
+
+    def _flatten(self) -> tuple[_Instances, _Instances, list[int]]:
+        preds, targets = self._preds, self._targets
+        device = self.device
+        if device is None:
+            device = targets[0]["labels"].device if targets else "cpu"
+        labels = [t["labels"].reshape(-1).to(device, torch.int64) for t in targets] + [
+            p["labels"].reshape(-1).to(device, torch.int64) for p in preds
+        ]
+        classes = torch.unique(torch.cat(labels)) if labels else torch.zeros(0, dtype=torch.int64)
+        segm = self.iou_type == "segm"
+
+        def boxes_of(item: dict) -> Tensor:
+            if segm:  # mask IoU does not read boxes
+                return torch.zeros(item["labels"].shape[0], 4, dtype=torch.float64, device=device)
+            return _boxes_to_xywh(item["boxes"].to(device), self.box_format)
+
+        def cat_of(item: dict) -> Tensor:
+            return torch.searchsorted(classes, item["labels"].reshape(-1).to(device, torch.int64))
+
+        def image_index(items: list[dict]) -> Tensor:
+            counts = torch.tensor([it["labels"].shape[0] for it in items], dtype=torch.int64)
+            return torch.repeat_interleave(torch.arange(len(items)), counts).to(device)
+
+        f64 = torch.float64
+        g_box = torch.cat([boxes_of(t) for t in targets]) if targets else torch.zeros(0, 4, dtype=f64)
+        g_masks = d_masks = None
+        if segm:
+            g_masks = [r for t in targets for r in _mask.rle_encode(t["masks"].reshape(-1, *t["masks"].shape[-2:]))]
+            d_masks = [r for p in preds for r in _mask.rle_encode(p["masks"].reshape(-1, *p["masks"].shape[-2:]))]
+
+        def gt_area(t: dict) -> Tensor:
+            if "area" in t:
+                return t["area"].reshape(-1).to(device, f64)
+            if segm:
+                return t["masks"].to(device).flatten(1).sum(1).to(f64)
+            b = _boxes_to_xywh(t["boxes"].to(device), self.box_format)
+            return b[:, 2] * b[:, 3]
+
+        def dt_area(p: dict) -> Tensor:
+            if segm:
+                return p["masks"].to(device).flatten(1).sum(1).to(f64)
+            b = _boxes_to_xywh(p["boxes"].to(device), self.box_format)
+            return b[:, 2] * b[:, 3]
+
+        gts = _Instances(
+            image=image_index(targets),
+            category=torch.cat([cat_of(t) for t in targets]),
+            boxes=g_box.to(device),
+            area=torch.cat([gt_area(t) for t in targets]),
+            crowd=torch.cat([
+                t.get("iscrowd", torch.zeros_like(t["labels"])).reshape(-1).to(device).bool() for t in targets
+            ]),
+            masks=g_masks,
+        )
+        gts.id_nonzero = torch.ones_like(gts.crowd)
+        dts = _Instances(
+            image=image_index(preds),
+            category=torch.cat([cat_of(p) for p in preds]),
+            boxes=torch.cat([boxes_of(p) for p in preds]).to(device),
+            area=torch.cat([dt_area(p) for p in preds]),
+            score=torch.cat([p["scores"].reshape(-1).to(device, f64) for p in preds]),
+            masks=d_masks,
+        )
+        return gts, dts, classes.tolist()
+
+    def compute(self) -> dict[str, Tensor]:
+        """Evaluate every image added so far (see the class docstring for the keys)."""
+        if not self._targets:
+            raise RuntimeError("compute() called before update(): no images to evaluate")
+        gts, dts, classes = self._flatten()
+        result = coco_evaluate(gts, dts, len(self._targets), len(classes), self.iou_type, self.params, classes)
+        self.result = result
+        out = {name: torch.tensor(v, dtype=torch.float32) for name, v in zip(STAT_NAMES, result.stats.tolist())}
+        out["classes"] = torch.tensor(classes, dtype=torch.int32)
+        if self.class_metrics:
+            out["map_per_class"] = result.per_class_ap().float().cpu()
+            out["mar_100_per_class"] = result.per_class_ar().float().cpu()
+        else:
+            out["map_per_class"] = torch.tensor(-1.0)
+            out["mar_100_per_class"] = torch.tensor(-1.0)
+        if self.extended_summary:
+            out["precision"] = result.precision
+            out["recall"] = result.recall
+        return out
+
+    def plot_pr_curves(self, path: str, **kwargs: Any) -> None:
+        """Write the precision/recall curves of the last ``compute()`` to a PNG."""
+        if self.result is None:
+            raise RuntimeError("call compute() before plot_pr_curves()")
+        plot_pr_curves(self.result, path, **kwargs)
+
+
+# ------------------------------------------------------------------ plotting
+
+
+def plot_pr_curves(
+    result: COCOEvalResult,
+    path: str,
+    *,
+    iou_threshold: float | None = 0.5,
+    area: str = "all",
+    max_dets: int | None = None,
+    class_names: dict | Sequence[str] | None = None,
+    max_classes: int = 20,
+) -> None:
+    """Write a PNG of interpolated precision vs recall, one curve per category
+    (the ``max_classes`` with the highest AP) plus their mean.
+
+    Args:
+        result: from ``coco_stats(..., return_result=True)`` or
+            ``MeanAveragePrecision.result``.
+        path: output file (``.png``).
+        iou_threshold: one IoU threshold (e.g. 0.5), or None for the mean over
+            all thresholds.
+        area: ``"all"``, ``"small"``, ``"medium"`` or ``"large"``.
+        max_dets: maxDets setting (default: the largest).
+        class_names: names by category id (dict) or by category position.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = result.params
+    a = list(p.area_labels).index(area)
+    mds = sorted(int(m) for m in p.max_dets)
+    m = mds.index(max_dets) if max_dets is not None else len(mds) - 1
+    prec = result.precision[..., a, m].cpu()  # [T, R, K]
+    if iou_threshold is None:
+        valid = prec > -1
+        curves = torch.where(valid, prec, torch.zeros_like(prec)).sum(0) / valid.sum(0).clamp(min=1)
+        curves = torch.where(valid.any(0), curves, torch.full_like(curves, -1.0))
+        title_iou = "IoU=.50:.95"
+    else:
+        t = int(np.argmin(np.abs(np.asarray(list(p.iou_thresholds)) - iou_threshold)))
+        curves = prec[t]
+        title_iou = f"IoU={p.iou_thresholds[t]:.2f}"
+    rec = np.asarray(list(p.rec_thresholds))
+    has = (curves > -1).all(0)
+    ap = torch.where(has, curves.clamp(min=0).mean(0), torch.full_like(curves[0], -1.0))
+    order = [int(k) for k in torch.argsort(ap, descending=True, stable=True) if has[k]][:max_classes]
+    fig, axis = plt.subplots(figsize=(7, 6), dpi=100)
+    for k in order:
+        cid = result.category_ids[k]
+        if isinstance(class_names, dict):
+            name = class_names.get(cid, str(cid))
+        elif class_names is not None:
+            name = class_names[k]
+        else:
+            name = str(cid)
+        axis.plot(rec, curves[:, k].numpy(), linewidth=1, label=f"{name} (AP {float(ap[k]):.3f})")
+    if has.any():
+        mean_curve = curves[:, has].mean(1).numpy()
+        axis.plot(rec, mean_curve, color="black", linewidth=2.5, label=f"mean (AP {float(ap[has].mean()):.3f})")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1.02)
+    axis.set_xlabel("recall")
+    axis.set_ylabel("precision")
+    axis.set_title(f"Precision/recall, {title_iou}, area={area}, maxDets={mds[m]}")
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
