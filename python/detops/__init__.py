@@ -11,6 +11,7 @@ import torch  # noqa: F401  (libtorch must be loaded before the extension)
 from . import _C  # noqa: F401  (registers torch.ops.detops.*)
 from ._build import build_info
 from .ops import *  # noqa: F401,F403
+from . import nn  # noqa: F401
 from .ops import __all__ as _ops_all
 
 __version__ = "0.1.0"

@@ -1,0 +1,5 @@
+"""Modules built on detops ops (drop-ins for torch.nn modules where one exists)."""
+
+from .conv_transpose import BilinearUpsample, ConvTranspose2d, bilinear_kernel
+
+__all__ = ["ConvTranspose2d", "BilinearUpsample", "bilinear_kernel"]

@@ -1,0 +1,312 @@
+"""Transposed convolution for upsampling heads (FCN, deconvolution networks,
+U-Net decoders, the Mask R-CNN mask head), with the skip connection and the
+activation fused in.
+
+Operators (``torch.ops.detops.*``), with autograd (first order):
+
+* ``conv_transpose2d(input [N,Cin,H,W], weight [Cin,Cout/groups,kH,kW], bias [Cout]?,
+  skip [N,Cout,SH,SW]?, stride, offset, output_size, skip_offset, groups, activation)
+  -> [N,Cout,OH,OW]``: the window ``[offset, offset + output_size)`` of the uncropped
+  transposed convolution (``offset`` is torch's ``padding``), plus bias, plus the
+  window of ``skip`` at ``skip_offset``, then the activation (0 none, 1 ReLU).
+* ``conv_transpose2d_backward(grad, input, weight, stride, offset, groups, output_mask)
+  -> (grad_input, grad_weight, grad_bias)`` (empty tensors where the mask is False).
+
+Algorithms (the C++ CPU and CUDA kernels choose):
+
+* gather, for grouped and depthwise layers (FCN's bilinear 4/2, 16/8, 64/32):
+  each output pixel reads only the ``ceil(k/s)**2`` taps that reach it;
+* dense, for ``groups == 1`` and ``kernel == stride`` (Mask R-CNN 2/2, U-Net):
+  one matrix product, then one pass that shuffles pixels and adds bias and skip
+  and applies the activation.
+
+:func:`conv_transpose2d` uses these kernels for depthwise/grouped layers with at
+most 16 (input, output) channel pairs per group, and for dense layers with
+kernel == stride; every other configuration (dilation > 1, wide groups, dense
+layers with kernel != stride, integer or complex tensors) falls back to
+``torch.nn.functional.conv_transpose2d`` (plus ``relu`` when asked).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._common import KERNEL_FLOAT_DTYPES, check_same_device, check_tensor
+
+__all__ = ["conv_transpose2d", "upsample_add"]
+
+_ops = torch.ops.detops
+
+# Gather costs ceil(k/s)^2 * (Cin/groups) multiply-adds per output and reuses
+# nothing across channels; past this many channel pairs per group torch's
+# matrix-product form wins.
+_MAX_GATHER_CHANNEL_PAIRS = 16
+
+_ACTIVATIONS = {None: 0, "none": 0, "relu": 1}
+
+# False when detops was built without its CUDA kernels (CUDA tensors then use torch).
+_HAS_CUDA_KERNEL = torch._C._dispatch_has_kernel_for_dispatch_key("detops::conv_transpose2d", "CUDA")
+
+
+# ------------------------------------------------------------------ registration
+
+
+@torch.library.register_fake("detops::conv_transpose2d")
+def _forward_fake(input, weight, bias, skip, stride, offset, output_size, skip_offset, groups, activation):
+    torch._check(input.dim() == 4 and weight.dim() == 4, lambda: "input and weight must be 4-D")
+    return input.new_empty((input.shape[0], weight.shape[1] * groups, output_size[0], output_size[1]))
+
+
+@torch.library.register_fake("detops::conv_transpose2d_backward")
+def _backward_fake(grad, input, weight, stride, offset, groups, output_mask):
+    empty = input.new_empty((0,))
+    return (
+        torch.empty_like(input, memory_format=torch.contiguous_format) if output_mask[0] else empty,
+        torch.empty_like(weight, memory_format=torch.contiguous_format) if output_mask[1] else input.new_empty((0,)),
+        input.new_empty((weight.shape[1] * groups,)) if output_mask[2] else input.new_empty((0,)),
+    )
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    input, weight, bias, skip, stride, offset, output_size, skip_offset, groups, activation = inputs
+    ctx.save_for_backward(input, weight, output if activation == 1 else None)
+    ctx.stride, ctx.offset, ctx.groups, ctx.activation = stride, offset, groups, activation
+    ctx.has_bias = bias is not None
+    ctx.skip_shape = None if skip is None else skip.shape
+    ctx.skip_offset = skip_offset
+
+
+def _backward(ctx, grad: Tensor):
+    input, weight, output = ctx.saved_tensors
+    if ctx.activation == 1:
+        # ReLU's gradient: zero where the output was clamped (torch's threshold_backward).
+        grad = torch.where(output > 0, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
+    need = ctx.needs_input_grad
+    mask = [need[0], need[1], need[2] and ctx.has_bias]
+    grad_input = grad_weight = grad_bias = grad_skip = None
+    if any(mask):
+        gi, gw, gb = _ops.conv_transpose2d_backward(grad, input, weight, ctx.stride, ctx.offset, ctx.groups, mask)
+        grad_input = gi if mask[0] else None
+        grad_weight = gw if mask[1] else None
+        grad_bias = gb if mask[2] else None
+    if ctx.skip_shape is not None and need[3]:
+        sy, sx = ctx.skip_offset
+        oh, ow = grad.shape[-2:]
+        grad_skip = F.pad(grad, (sx, ctx.skip_shape[3] - sx - ow, sy, ctx.skip_shape[2] - sy - oh))
+    return grad_input, grad_weight, grad_bias, grad_skip, None, None, None, None, None, None
+
+
+torch.library.register_autograd("detops::conv_transpose2d", _backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------ argument handling
+
+
+def _pair(value: int | Sequence[int], name: str, minimum: int) -> tuple[int, int]:
+    if isinstance(value, int):
+        pair = (value, value)
+    else:
+        pair = tuple(value)
+        if len(pair) == 1:
+            pair = (pair[0], pair[0])
+    if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def _activation_code(activation: str | None) -> int:
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be None, 'none' or 'relu', got {activation!r}")
+    return _ACTIVATIONS[activation]
+
+
+def _check_inputs(input: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> None:
+    check_tensor(input, "input")
+    check_tensor(weight, "weight")
+    if input.dim() != 4:
+        raise ValueError(f"input must be [N, Cin, H, W] (or [Cin, H, W]), got {list(input.shape)}")
+    if weight.dim() != 4:
+        raise ValueError(f"weight must be [Cin, Cout / groups, kH, kW], got {list(weight.shape)}")
+    if not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    if input.shape[1] != weight.shape[0]:
+        raise ValueError(
+            f"weight.shape[0] must equal the input channels {input.shape[1]}, got weight {list(weight.shape)}"
+        )
+    if input.shape[1] % groups != 0:
+        raise ValueError(f"input channels {input.shape[1]} must be divisible by groups {groups}")
+    tensors, names = [input, weight], ["input", "weight"]
+    if bias is not None:
+        check_tensor(bias, "bias")
+        if bias.shape != (weight.shape[1] * groups,):
+            raise ValueError(f"bias must be [{weight.shape[1] * groups}], got {list(bias.shape)}")
+        tensors.append(bias)
+        names.append("bias")
+    check_same_device(tensors, names)
+    for t, n in zip(tensors[1:], names[1:]):
+        if t.dtype != input.dtype:
+            raise TypeError(f"{n} must have the input's dtype {input.dtype}, got {t.dtype}")
+
+
+def _uses_kernels(input: Tensor, weight: Tensor, stride: tuple[int, int], groups: int) -> bool:
+    """Whether our kernels serve this layer (else torch's conv_transpose2d does)."""
+    if input.dtype not in KERNEL_FLOAT_DTYPES or input.device.type not in ("cpu", "cuda"):
+        return False
+    if input.device.type == "cuda" and not _HAS_CUDA_KERNEL:
+        return False
+    kernel = (weight.shape[2], weight.shape[3])
+    if groups == 1 and kernel == stride:
+        return True
+    return (input.shape[1] // groups) * weight.shape[1] <= _MAX_GATHER_CHANNEL_PAIRS
+
+
+def _natural_size(size: int, stride: int, kernel: int) -> int:
+    return (size - 1) * stride + kernel
+
+
+# ------------------------------------------------------------------ public functions
+
+
+def conv_transpose2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    output_padding: int | Sequence[int] = 0,
+    groups: int = 1,
+    dilation: int | Sequence[int] = 1,
+    *,
+    activation: str | None = None,
+) -> Tensor:
+    """Drop-in for :func:`torch.nn.functional.conv_transpose2d`, with an optional fused ReLU.
+
+    Args:
+        input: ``[N, Cin, H, W]`` or unbatched ``[Cin, H, W]``.
+        weight: ``[Cin, Cout / groups, kH, kW]``.
+        bias: ``[Cout]`` or None.
+        stride, padding, output_padding, dilation: ints or pairs, as in torch.
+        groups: channel groups (``groups == Cin`` is depthwise).
+        activation: None or ``"relu"``, applied after the bias.
+
+    Returns:
+        ``[N, Cout, OH, OW]`` with ``OH = (H - 1) * sH - 2 * pH + dH * (kH - 1) + opH + 1``.
+
+    Depthwise/grouped layers (at most 16 channel pairs per group) and dense layers
+    with ``kernel == stride`` run detops' kernels; any other configuration
+    (including ``dilation > 1``) falls back to torch's implementation.
+    """
+    if check_tensor(input, "input").dim() == 3:
+        return conv_transpose2d(
+            input.unsqueeze(0), weight, bias, stride, padding, output_padding, groups, dilation,
+            activation=activation,
+        ).squeeze(0)
+    _check_inputs(input, weight, bias, groups)
+    act = _activation_code(activation)
+    stride_ = _pair(stride, "stride", 1)
+    padding_ = _pair(padding, "padding", 0)
+    output_padding_ = _pair(output_padding, "output_padding", 0)
+    dilation_ = _pair(dilation, "dilation", 1)
+    for op, s, d in zip(output_padding_, stride_, dilation_):
+        if op >= s and op >= d:
+            raise ValueError(
+                f"output_padding must be smaller than stride or dilation, got output_padding={output_padding!r}, "
+                f"stride={stride!r}, dilation={dilation!r}"
+            )
+    out_size = [
+        (size - 1) * s - 2 * p + d * (k - 1) + op + 1
+        for size, s, p, d, k, op in zip(
+            input.shape[2:], stride_, padding_, dilation_, weight.shape[2:], output_padding_
+        )
+    ]
+    if min(out_size) < 1:
+        raise ValueError(
+            f"the output would be {out_size[0]}x{out_size[1]}: padding {padding!r} is too large for input "
+            f"{list(input.shape)} and kernel {list(weight.shape[2:])}"
+        )
+    if dilation_ != (1, 1) or not _uses_kernels(input, weight, stride_, groups):
+        out = F.conv_transpose2d(input, weight, bias, stride_, padding_, output_padding_, groups, dilation_)
+        return F.relu(out) if act == 1 else out
+    return _ops.conv_transpose2d(input, weight, bias, None, stride_, padding_, out_size, [0, 0], groups, act)
+
+
+def upsample_add(
+    input: Tensor,
+    skip: Tensor | None,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    crop: int | Sequence[int] = 0,
+    skip_offset: int | Sequence[int] = 0,
+    groups: int = 1,
+    output_size: Sequence[int] | None = None,
+    *,
+    activation: str | None = None,
+) -> Tensor:
+    """Upsample with a transposed convolution, crop, and add a cropped skip connection, in one kernel.
+
+    Computes ``act(up[..., cy : cy + OH, cx : cx + OW] + bias + skip[..., sy : sy + OH, sx : sx + OW])``
+    where ``up = conv_transpose2d(input, weight, stride=stride, groups=groups)`` is the
+    uncropped upsampling (FCN's ``Deconvolution`` then ``Crop`` then ``Eltwise`` sum).
+
+    Args:
+        input: ``[N, Cin, H, W]`` (e.g. FCN's ``score_fr``).
+        skip: ``[N, Cout, SH, SW]`` (e.g. ``score_pool4``) or None for a crop alone.
+        weight: ``[Cin, Cout / groups, kH, kW]`` (e.g. :func:`detops.nn.bilinear_kernel`).
+        bias: ``[Cout]`` or None.
+        stride: upsampling factor(s).
+        crop: ``(cy, cx)``, where the output window starts in ``up`` (FCN-8s: 31 for the final
+            ``upscore8``); acts as ``padding`` of a transposed convolution.
+        skip_offset: ``(sy, sx)``, where the window starts in ``skip`` (FCN-8s: 5 for
+            ``score_pool4``, 9 for ``score_pool3``).
+        groups: channel groups of the transposed convolution.
+        output_size: ``(OH, OW)``; default ``up``'s size less ``2 * crop``. Positions past
+            ``up``'s extent receive the bias (and skip) only.
+        activation: None or ``"relu"``, applied last.
+
+    Returns:
+        ``[N, Cout, OH, OW]``.
+    """
+    _check_inputs(input, weight, bias, groups)
+    act = _activation_code(activation)
+    stride_ = _pair(stride, "stride", 1)
+    crop_ = _pair(crop, "crop", 0)
+    skip_offset_ = _pair(skip_offset, "skip_offset", 0)
+    natural = [_natural_size(s, st, k) for s, st, k in zip(input.shape[2:], stride_, weight.shape[2:])]
+    if output_size is None:
+        size = [n - 2 * c for n, c in zip(natural, crop_)]
+    else:
+        size = list(_pair(tuple(output_size)[-2:], "output_size", 0))
+    if min(size) < 0:
+        raise ValueError(f"crop {crop!r} is larger than the upsampled size {natural}")
+    cout = weight.shape[1] * groups
+    if skip is not None:
+        check_tensor(skip, "skip")
+        check_same_device([input, skip], ["input", "skip"])
+        if skip.dtype != input.dtype:
+            raise TypeError(f"skip must have the input's dtype {input.dtype}, got {skip.dtype}")
+        if skip.dim() != 4 or skip.shape[0] != input.shape[0] or skip.shape[1] != cout:
+            raise ValueError(f"skip must be [{input.shape[0]}, {cout}, SH, SW], got {list(skip.shape)}")
+        if skip_offset_[0] + size[0] > skip.shape[2] or skip_offset_[1] + size[1] > skip.shape[3]:
+            raise ValueError(
+                f"skip {list(skip.shape)} is too small for a {size[0]}x{size[1]} window at skip_offset {skip_offset_}"
+            )
+    if _uses_kernels(input, weight, stride_, groups):
+        return _ops.conv_transpose2d(input, weight, bias, skip, stride_, crop_, size, skip_offset_, groups, act)
+    # Unfused fallback: the same window arithmetic with torch ops.
+    up = F.conv_transpose2d(input, weight, None, stride_, 0, 0, groups)
+    out = F.pad(
+        up, (-crop_[1], size[1] - (natural[1] - crop_[1]), -crop_[0], size[0] - (natural[0] - crop_[0]))
+    )
+    if bias is not None:
+        out = out + bias.view(1, -1, 1, 1)
+    if skip is not None:
+        sy, sx = skip_offset_
+        out = out + skip[:, :, sy : sy + size[0], sx : sx + size[1]]
+    return F.relu(out) if act == 1 else out
