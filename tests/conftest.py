@@ -12,12 +12,15 @@ if not torch.cuda.is_available():
 
 import detops  # noqa: E402,F401
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
 
 
 @pytest.fixture(params=DEVICES)
 def device(request) -> str:
-    """Every test that takes `device` runs on the CPU and, when present, on CUDA."""
+    """Every test that takes `device` runs on the CPU and on CUDA (skipped
+    without a GPU)."""
     return request.param
 
 
@@ -41,5 +44,3 @@ def triton_dtypes(device: str) -> list[torch.dtype]:
     base = [torch.float32, torch.float16]
     return base + ([torch.bfloat16, torch.float64] if device == "cuda" else [torch.float64])
 
-
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
