@@ -1,0 +1,431 @@
+"""detops.conv_transpose2d / upsample_add / detops.nn upsampling modules against
+torch.nn.functional.conv_transpose2d (the reference: torchvision has no such op)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import detops
+from detops.nn import BilinearUpsample, ConvTranspose2d, bilinear_kernel
+from tests.helpers import assert_close
+
+ops = torch.ops.detops
+
+
+def _random_config(rng: random.Random, dense: bool | None = None) -> dict:
+    """A random valid transposed-convolution layer: groups, strides, paddings,
+    output_padding, non-square kernels and inputs."""
+    while True:
+        if dense is None:
+            dense_ = rng.random() < 0.3
+        else:
+            dense_ = dense
+        groups = 1 if dense_ else rng.choice([1, 2, 3, 4])
+        cin_g, cout_g = (rng.randint(1, 3), rng.randint(1, 3)) if rng.random() < 0.6 else (1, 1)
+        s = (rng.randint(1, 4), rng.randint(1, 4))
+        k = s if dense_ else (rng.randint(1, 7), rng.randint(1, 7))
+        p = (rng.randint(0, k[0] - 1), rng.randint(0, k[1] - 1))
+        op = (rng.randint(0, s[0] - 1), rng.randint(0, s[1] - 1))
+        h, w = rng.randint(1, 6), rng.randint(1, 6)
+        out = [(i - 1) * st + kk - 2 * pp + o for i, st, kk, pp, o in zip((h, w), s, k, p, op)]
+        if min(out) >= 1:
+            return dict(n=rng.randint(1, 2), groups=groups, cin=groups * cin_g, cout_g=cout_g, k=k, s=s, p=p,
+                        op=op, h=h, w=w, bias=rng.random() < 0.7)
+
+
+def _make(cfg: dict, dtype=torch.float64, device="cpu", generator=None):
+    x = torch.randn(cfg["n"], cfg["cin"], cfg["h"], cfg["w"], dtype=dtype, generator=generator).to(device)
+    weight = torch.randn(cfg["cin"], cfg["cout_g"], *cfg["k"], dtype=dtype, generator=generator).to(device)
+    bias = torch.randn(cfg["cout_g"] * cfg["groups"], dtype=dtype, generator=generator).to(device) if cfg["bias"] else None
+    return x, weight, bias
+
+
+def _grads(fn, tensors, grad_out):
+    leaves = [t.detach().clone().requires_grad_(True) if t is not None else None for t in tensors]
+    out = fn(*leaves)
+    wanted = [t for t in leaves if t is not None]
+    return out.detach(), torch.autograd.grad(out, wanted, grad_out)
+
+
+def _raw_op(x, weight, bias, cfg, act=0):
+    out_size = [(i - 1) * st + kk - 2 * pp + o for i, st, kk, pp, o in
+                zip((cfg["h"], cfg["w"]), cfg["s"], cfg["k"], cfg["p"], cfg["op"])]
+    return ops.conv_transpose2d(x, weight, bias, None, list(cfg["s"]), list(cfg["p"]), out_size, [0, 0],
+                                cfg["groups"], act)
+
+
+def _torch_ref(x, weight, bias, cfg):
+    return F.conv_transpose2d(x, weight, bias, cfg["s"], cfg["p"], cfg["op"], cfg["groups"])
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("entry", ["public", "kernel"])
+def test_forward_and_grads_equal_torch(device, seed, entry):
+    """Forward and input/weight/bias gradients equal F.conv_transpose2d for random
+    layers; "kernel" calls the operator directly so that our kernels are tested even
+    on configurations the public function hands to torch."""
+    rng = random.Random(1000 * seed + (entry == "kernel"))
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(12):
+        cfg = _random_config(rng)
+        x, weight, bias = _make(cfg, device=device, generator=gen)
+        ref_out = _torch_ref(x, weight, bias, cfg)
+        grad_out = torch.randn(ref_out.shape, dtype=x.dtype, generator=gen).to(device)
+        if entry == "public":
+            fn = lambda a, b, c: detops.conv_transpose2d(a, b, c, cfg["s"], cfg["p"], cfg["op"], cfg["groups"])  # noqa: E731
+        else:
+            fn = lambda a, b, c: _raw_op(a, b, c, cfg)  # noqa: E731
+        out, grads = _grads(fn, (x, weight, bias), grad_out)
+        ref, ref_grads = _grads(lambda a, b, c: _torch_ref(a, b, c, cfg), (x, weight, bias), grad_out)
+        assert_close(out, ref, rtol=1e-10, atol=1e-10, msg=f"forward {cfg}")
+        for g, r, name in zip(grads, ref_grads, ["input", "weight", "bias"]):
+            assert_close(g, r, rtol=1e-10, atol=1e-10, msg=f"grad {name} {cfg}")
+
+
+@pytest.mark.parametrize(
+    "n,c,k,s,hw",
+    [(1, 21, 64, 32, (16, 16)), (2, 21, 16, 8, (9, 7)), (2, 21, 4, 2, (16, 12)), (3, 5, 3, 1, (6, 5))],
+)
+def test_fcn_depthwise_float32(device, n, c, k, s, hw):
+    """FCN's depthwise bilinear layers (and a 3x3 depthwise), float32 against a float64 reference."""
+    gen = torch.Generator().manual_seed(k)
+    x = torch.randn(n, c, *hw, generator=gen).to(device)
+    weight = torch.randn(c, 1, k, k, generator=gen).to(device)
+    out = detops.conv_transpose2d(x, weight, stride=s, groups=c)
+    ref = F.conv_transpose2d(x.double(), weight.double(), stride=s, groups=c)
+    assert out.dtype == torch.float32
+    assert_close(out.double(), ref, rtol=1e-5, atol=1e-4)
+    grad_out = torch.randn(ref.shape, generator=gen).to(device)
+    _, grads = _grads(lambda a, b: detops.conv_transpose2d(a, b, stride=s, groups=c), (x, weight), grad_out)
+    _, ref_grads = _grads(lambda a, b: F.conv_transpose2d(a, b, stride=s, groups=c), (x.double(), weight.double()),
+                          grad_out.double())
+    for g, r in zip(grads, ref_grads):
+        assert_close(g.double(), r, rtol=1e-4, atol=1e-3 * max(1.0, r.abs().max().item()) / 10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dense", [True, False])
+def test_dtypes(device, dtype, dense):
+    gen = torch.Generator().manual_seed(3)
+    if dense:
+        x, weight, bias = torch.randn(2, 8, 5, 4, generator=gen), torch.randn(8, 6, 2, 2, generator=gen), None
+        kwargs = dict(stride=2)
+    else:
+        x, weight, bias = torch.randn(2, 6, 5, 4, generator=gen), torch.randn(6, 1, 4, 4, generator=gen), None
+        kwargs = dict(stride=2, padding=1, groups=6)
+    bias = torch.randn(weight.shape[1] * kwargs.get("groups", 1), generator=gen)
+    ref = F.conv_transpose2d(x.to(dtype).double(), weight.to(dtype).double(), bias.to(dtype).double(), **kwargs)
+    out = detops.conv_transpose2d(x.to(device, dtype), weight.to(device, dtype), bias.to(device, dtype), **kwargs)
+    assert out.dtype == dtype
+    tol = {torch.float16: 1e-2, torch.bfloat16: 5e-2}.get(dtype, 1e-5)
+    assert_close(out.double().cpu(), ref, rtol=tol, atol=tol * 4)
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_relu_fused(device, dense):
+    gen = torch.Generator().manual_seed(5)
+    if dense:
+        cfg = dict(n=2, groups=1, cin=6, cout_g=5, k=(2, 3), s=(2, 3), p=(0, 1), op=(1, 0), h=4, w=3, bias=True)
+    else:
+        cfg = dict(n=2, groups=3, cin=3, cout_g=2, k=(4, 5), s=(2, 3), p=(1, 2), op=(1, 2), h=4, w=3, bias=True)
+    x, weight, bias = _make(cfg, device=device, generator=gen)
+    ref_fn = lambda a, b, c: F.relu(_torch_ref(a, b, c, cfg))  # noqa: E731
+    fn = lambda a, b, c: detops.conv_transpose2d(  # noqa: E731
+        a, b, c, cfg["s"], cfg["p"], cfg["op"], cfg["groups"], activation="relu")
+    grad_out = torch.randn(ref_fn(x, weight, bias).shape, dtype=x.dtype, generator=gen).to(device)
+    out, grads = _grads(fn, (x, weight, bias), grad_out)
+    ref, ref_grads = _grads(ref_fn, (x, weight, bias), grad_out)
+    assert (out == 0).any() and (out > 0).any()
+    assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    for g, r in zip(grads, ref_grads):
+        assert_close(g, r, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_channels_last_and_unbatched(device, dense):
+    gen = torch.Generator().manual_seed(6)
+    groups = 1 if dense else 4
+    x = torch.randn(2, 8, 5, 6, generator=gen).to(device)
+    weight = torch.randn(8, 3 if dense else 1, 2, 2, generator=gen).to(device)
+    bias = torch.randn(weight.shape[1] * groups, generator=gen).to(device)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    ref = F.conv_transpose2d(x, weight, bias, stride=2, groups=groups)
+    assert_close(detops.conv_transpose2d(x_cl, weight, bias, stride=2, groups=groups), ref, rtol=1e-5, atol=1e-5)
+    assert_close(detops.conv_transpose2d(x[0], weight, bias, stride=2, groups=groups), ref[0], rtol=1e-5, atol=1e-5)
+    # gradients through the channels-last input
+    xg = x_cl.clone().requires_grad_(True)
+    detops.conv_transpose2d(xg, weight, bias, stride=2, groups=groups).sum().backward()
+    xr = x.clone().requires_grad_(True)
+    F.conv_transpose2d(xr, weight, bias, stride=2, groups=groups).sum().backward()
+    assert_close(xg.grad.contiguous(), xr.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_empty_batch_and_fallbacks(device):
+    weight = torch.randn(4, 1, 4, 4, device=device)
+    out = detops.conv_transpose2d(torch.randn(0, 4, 3, 3, device=device), weight, stride=2, groups=4)
+    assert out.shape == (0, 4, 8, 8)
+    # dilation > 1 and wide groups go to torch and give torch's result
+    x = torch.randn(2, 8, 4, 5, device=device, dtype=torch.float64)
+    w = torch.randn(8, 4, 3, 3, device=device, dtype=torch.float64)
+    assert_close(detops.conv_transpose2d(x, w, stride=2, dilation=2), F.conv_transpose2d(x, w, stride=2, dilation=2))
+    assert_close(detops.conv_transpose2d(x, w, stride=2, groups=2, padding=1),
+                 F.conv_transpose2d(x, w, stride=2, groups=2, padding=1))
+
+
+# ------------------------------------------------------------------ fused skip add
+
+
+def _upsample_add_reference(x, skip, weight, bias, stride, crop, skip_offset, groups, size, act):
+    """The unfused FCN sequence: Deconvolution, Crop, Eltwise sum (torch ops)."""
+    up = F.conv_transpose2d(x, weight, None, stride, 0, 0, groups)
+    oh, ow = size
+    # positions past the upsampled extent have no taps: zeros, then bias and skip
+    full = F.pad(up, (0, max(0, crop[1] + ow - up.shape[3]), 0, max(0, crop[0] + oh - up.shape[2])))
+    out = full[:, :, crop[0] : crop[0] + oh, crop[1] : crop[1] + ow]
+    if bias is not None:
+        out = out + bias.view(1, -1, 1, 1)
+    if skip is not None:
+        out = out + skip[:, :, skip_offset[0] : skip_offset[0] + oh, skip_offset[1] : skip_offset[1] + ow]
+    return F.relu(out) if act else out
+
+
+@pytest.mark.parametrize(
+    "name,cin,cout_g,groups,k,s,crop,skip_offset,size,skip_hw,act,bias",
+    [
+        # FCN-8s: upscore2 (k4 s2) + crop(score_pool4, 5)
+        ("fcn_pool4", 21, 1, 21, 4, 2, (0, 0), (5, 5), None, (22, 24), False, False),
+        # FCN-8s: upscore8 (k16 s8) cropped at 31 to the image, no skip
+        ("fcn_final", 21, 1, 21, 16, 8, (31, 31), (0, 0), (40, 33), None, False, False),
+        # window past the upsampled extent: bias + skip only there
+        ("past_extent", 4, 2, 2, 3, 2, (1, 2), (0, 1), (14, 13), (15, 16), True, True),
+        # dense kernel == stride with skip and ReLU (U-Net style)
+        ("dense", 6, 5, 1, 2, 2, (1, 0), (2, 3), (7, 8), (10, 12), True, True),
+        # wide groups: the unfused torch fallback must agree too
+        ("fallback", 8, 8, 1, 3, 2, (1, 1), (1, 1), None, (12, 14), False, True),
+    ],
+)
+def test_upsample_add_equals_unfused(device, name, cin, cout_g, groups, k, s, crop, skip_offset, size, skip_hw,
+                                     act, bias):
+    gen = torch.Generator().manual_seed(hash(name) % 1000)
+    n, h, w = 2, 5, 6
+    x = torch.randn(n, cin, h, w, dtype=torch.float64, generator=gen).to(device)
+    weight = torch.randn(cin, cout_g, k, k, dtype=torch.float64, generator=gen).to(device)
+    b = torch.randn(cout_g * groups, dtype=torch.float64, generator=gen).to(device) if bias else None
+    skip = None
+    if skip_hw is not None:
+        skip = torch.randn(n, cout_g * groups, *skip_hw, dtype=torch.float64, generator=gen).to(device)
+    natural = ((h - 1) * s + k, (w - 1) * s + k)
+    out_size = size if size is not None else (natural[0] - 2 * crop[0], natural[1] - 2 * crop[1])
+    activation = "relu" if act else None
+    fused = lambda a, bb, c, d: detops.upsample_add(  # noqa: E731
+        a, d, bb, c, s, crop, skip_offset, groups, size, activation=activation)
+    ref = lambda a, bb, c, d: _upsample_add_reference(a, d, bb, c, s, crop, skip_offset, groups, out_size, act)  # noqa: E731
+    out0 = ref(x, weight, b, skip)
+    grad_out = torch.randn(out0.shape, dtype=torch.float64, generator=gen).to(device)
+    out, grads = _grads(fused, (x, weight, b, skip), grad_out)
+    ref_out, ref_grads = _grads(ref, (x, weight, b, skip), grad_out)
+    assert out.shape == (n, cout_g * groups, *out_size)
+    assert_close(out, ref_out, rtol=1e-10, atol=1e-10)
+    for g, r in zip(grads, ref_grads):
+        assert_close(g, r, rtol=1e-10, atol=1e-10)
+
+
+def test_upsample_add_bad_skip():
+    x, weight = torch.randn(1, 3, 4, 4), torch.randn(3, 1, 4, 4)
+    with pytest.raises(ValueError, match="skip"):
+        detops.upsample_add(x, torch.randn(1, 3, 9, 9), weight, stride=2, groups=3, skip_offset=1)
+    with pytest.raises(ValueError, match="skip"):
+        detops.upsample_add(x, torch.randn(1, 4, 20, 20), weight, stride=2, groups=3)
+    with pytest.raises(TypeError, match="skip"):
+        detops.upsample_add(x, torch.randn(1, 3, 20, 20, dtype=torch.float64), weight, stride=2, groups=3)
+
+
+# ------------------------------------------------------------------ modules
+
+
+def _fcn_upsample_filt(size: int) -> np.ndarray:
+    """The FCN reference code's bilinear filter (surgery.upsample_filt)."""
+    factor = (size + 1) // 2
+    if size % 2 == 1:
+        center = factor - 1
+    else:
+        center = factor - 0.5
+    og = np.ogrid[:size, :size]
+    return (1 - abs(og[0] - center) / factor) * (1 - abs(og[1] - center) / factor)
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3, 8, 32])
+def test_bilinear_init_equals_fcn(factor):
+    m = BilinearUpsample(21, factor)
+    k = 2 * factor - factor % 2
+    assert m.weight.shape == (21, 1, k, k)
+    expected = torch.from_numpy(_fcn_upsample_filt(k)).float()
+    for c in range(21):
+        assert_close(m.weight[c, 0], expected, rtol=0, atol=1e-7)
+    assert_close(bilinear_kernel(k, torch.float64), torch.from_numpy(_fcn_upsample_filt(k)), rtol=0, atol=0)
+    # FCN's dense layout: the filter on the diagonal, zero elsewhere, same output.
+    dense = BilinearUpsample(4, factor, depthwise=False)
+    assert dense.weight.shape == (4, 4, k, k)
+    assert dense.weight[0, 1].abs().sum() == 0
+    x = torch.randn(2, 4, 5, 3)
+    out = dense(x)
+    assert out.shape == (2, 4, 5 * factor, 3 * factor)
+    assert_close(out, BilinearUpsample(4, factor)(x), rtol=1e-5, atol=1e-5)
+
+
+def test_bilinear_upsample_fixed_and_learnable():
+    fixed = BilinearUpsample(3, 4)
+    assert "weight" in dict(fixed.named_buffers()) and not list(fixed.parameters())
+    learn = BilinearUpsample(3, 4, learnable=True)
+    assert [n for n, _ in learn.named_parameters()] == ["weight"]
+    x = torch.randn(1, 3, 5, 5, requires_grad=True)
+    learn(x).square().sum().backward()
+    assert learn.weight.grad is not None and learn.weight.grad.abs().sum() > 0
+    # A bilinear upsampling of a linear ramp is a linear ramp away from the borders.
+    ramp = torch.arange(8.0).view(1, 1, 1, 8).expand(1, 3, 8, 8)
+    up = BilinearUpsample(3, 2)(ramp)[0, 0, 4]
+    diffs = up[2:-2].diff()
+    assert_close(diffs, torch.full_like(diffs, 0.5), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "args,kwargs",
+    [((8, 6, 2), dict(stride=2)), ((8, 8, 4), dict(stride=2, padding=1, groups=8, bias=False)),
+     ((6, 4, 3), dict(stride=2, padding=1, output_padding=1)), ((4, 4, 3), dict(dilation=2))],
+)
+def test_conv_transpose2d_module_state_dict(device, args, kwargs):
+    ours = ConvTranspose2d(*args, **kwargs).to(device)
+    theirs = torch.nn.ConvTranspose2d(*args, **kwargs).to(device)
+    theirs.load_state_dict(ours.state_dict())
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    x = torch.randn(2, args[0], 5, 7, device=device)
+    assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+    if kwargs.get("stride", 1) == 2 and not kwargs.get("output_padding"):
+        # forward(output_size=...) picks the output_padding, as torch's module does
+        want = [s + 1 for s in theirs(x).shape[-2:]]
+        assert_close(ours(x, output_size=want), theirs(x, output_size=want), rtol=1e-5, atol=1e-5)
+    relu = ConvTranspose2d(*args, **kwargs, activation="relu").to(device)
+    relu.load_state_dict(theirs.state_dict())
+    assert_close(relu(x), F.relu(theirs(x)), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------ torch.library checks
+
+
+def _sample_args(dense: bool, with_skip: bool, act: int):
+    gen = torch.Generator().manual_seed(11)
+    if dense:
+        x, w = torch.randn(2, 3, 3, 4, generator=gen, dtype=torch.float64), torch.randn(3, 2, 2, 3, generator=gen,
+                                                                                          dtype=torch.float64)
+        stride, offset, groups, cout = [2, 3], [1, 0], 1, 2
+    else:
+        x, w = torch.randn(2, 4, 3, 4, generator=gen, dtype=torch.float64), torch.randn(4, 1, 4, 3, generator=gen,
+                                                                                          dtype=torch.float64)
+        stride, offset, groups, cout = [2, 2], [1, 1], 4, 4
+    size = [5, 7]
+    bias = torch.randn(cout, generator=gen, dtype=torch.float64)
+    skip = torch.randn(2, cout, 7, 8, generator=gen, dtype=torch.float64) if with_skip else None
+    return x, w, bias, skip, stride, offset, size, [1, 1] if with_skip else [0, 0], groups, act
+
+
+@pytest.mark.parametrize("dense", [True, False])
+@pytest.mark.parametrize("with_skip,act", [(False, 0), (True, 1)])
+def test_gradcheck(dense, with_skip, act):
+    x, w, bias, skip, *rest = _sample_args(dense, with_skip, act)
+    tensors = [t.requires_grad_(True) for t in (x, w, bias)] + ([skip.requires_grad_(True)] if with_skip else [])
+
+    def fn(x, w, bias, *maybe_skip):
+        return ops.conv_transpose2d(x, w, bias, maybe_skip[0] if maybe_skip else None, *rest)
+
+    assert torch.autograd.gradcheck(fn, tensors)
+
+
+@pytest.mark.parametrize("dense", [True, False])
+@pytest.mark.parametrize("with_skip,act", [(False, 0), (True, 1)])
+def test_opcheck(dense, with_skip, act):
+    args = _sample_args(dense, with_skip, act)
+    for t in args[:4]:
+        if t is not None:
+            t.requires_grad_(True)
+    torch.library.opcheck(ops.conv_transpose2d, args)
+    grad = torch.randn(2, args[1].shape[1] * args[8], 5, 7, dtype=torch.float64)
+    torch.library.opcheck(ops.conv_transpose2d_backward, (grad, args[0].detach(), args[1].detach(), args[4], args[5],
+                                                          args[8], [True, True, True]))
+
+
+def test_torch_compile_fullgraph():
+    torch._dynamo.reset()
+
+    def head(score_fr, score_pool4, w2, w_dense, b_dense):
+        fused = detops.upsample_add(score_fr, score_pool4, w2, stride=2, skip_offset=5, groups=21)
+        return detops.conv_transpose2d(fused, w_dense, b_dense, stride=2, activation="relu")
+
+    gen = torch.Generator().manual_seed(2)
+    score_fr = torch.randn(1, 21, 4, 5, generator=gen, requires_grad=True)
+    score_pool4 = torch.randn(1, 21, 20, 22, generator=gen)
+    w2 = bilinear_kernel(4).expand(21, 1, 4, 4).contiguous()
+    w_dense = torch.randn(21, 3, 2, 2, generator=gen, requires_grad=True)
+    b_dense = torch.randn(3, generator=gen)
+    compiled = torch.compile(head, fullgraph=True, backend="aot_eager")
+    out = compiled(score_fr, score_pool4, w2, w_dense, b_dense)
+    ref = head(score_fr, score_pool4, w2, w_dense, b_dense)
+    assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    g1 = torch.autograd.grad(out.sum(), (score_fr, w_dense))
+    g2 = torch.autograd.grad(ref.sum(), (score_fr, w_dense))
+    for a, b in zip(g1, g2):
+        assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------ bad inputs
+
+
+def test_bad_inputs():
+    x, w = torch.randn(1, 4, 3, 3), torch.randn(4, 1, 4, 4)
+    with pytest.raises(ValueError, match="input"):
+        detops.conv_transpose2d(torch.randn(4, 3), w)
+    with pytest.raises(ValueError, match="weight"):
+        detops.conv_transpose2d(x, torch.randn(4, 4, 4))
+    with pytest.raises(ValueError, match="weight"):
+        detops.conv_transpose2d(x, torch.randn(3, 1, 4, 4))
+    with pytest.raises(ValueError, match="groups"):
+        detops.conv_transpose2d(x, w, groups=3)
+    with pytest.raises(ValueError, match="bias"):
+        detops.conv_transpose2d(x, w, torch.randn(3), groups=4)
+    with pytest.raises(TypeError, match="weight"):
+        detops.conv_transpose2d(x, w.double(), groups=4)
+    with pytest.raises(ValueError, match="output_padding"):
+        detops.conv_transpose2d(x, w, stride=2, output_padding=2, groups=4)
+    with pytest.raises(ValueError, match="stride"):
+        detops.conv_transpose2d(x, w, stride=0, groups=4)
+    with pytest.raises(ValueError, match="padding"):
+        detops.conv_transpose2d(x, w, padding=9, groups=4)
+    with pytest.raises(ValueError, match="activation"):
+        detops.conv_transpose2d(x, w, groups=4, activation="gelu")
+    with pytest.raises(TypeError, match="input"):
+        detops.conv_transpose2d(x.numpy(), w)
+    # the operator's own checks (direct torch.ops calls)
+    with pytest.raises(RuntimeError, match="skip"):
+        ops.conv_transpose2d(x, w, None, torch.randn(1, 4, 5, 5), [2, 2], [0, 0], [8, 8], [0, 0], 4, 0)
+    with pytest.raises(RuntimeError, match="stride"):
+        ops.conv_transpose2d(x, w, None, None, [0, 2], [0, 0], [8, 8], [0, 0], 4, 0)
+    with pytest.raises(RuntimeError, match="activation"):
+        ops.conv_transpose2d(x, w, None, None, [2, 2], [0, 0], [8, 8], [0, 0], 4, 7)
+    with pytest.raises(RuntimeError, match="float32"):
+        ops.conv_transpose2d(x.int(), w.int(), None, None, [2, 2], [0, 0], [8, 8], [0, 0], 4, 0)
+    with pytest.raises(RuntimeError, match="dtype"):
+        ops.conv_transpose2d(x, w.double(), None, None, [2, 2], [0, 0], [8, 8], [0, 0], 4, 0)
+
+
+def test_nan_propagates(device):
+    x = torch.randn(1, 2, 3, 3, device=device)
+    x[0, 0, 1, 1] = float("nan")
+    w = torch.rand(2, 1, 4, 4, device=device) + 0.1
+    out = detops.conv_transpose2d(x, w, stride=2, groups=2, activation="relu")
+    ref = F.relu(F.conv_transpose2d(x, w, stride=2, groups=2))
+    assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert out.isnan().sum() == 16
