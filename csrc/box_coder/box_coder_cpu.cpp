@@ -1,0 +1,155 @@
+// CPU kernels of box encoding/decoding: at::parallel_for over boxes, one pass
+// that reads each input once and writes each output once.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "box_coder/box_coder.h"
+
+namespace detops {
+namespace box_coder {
+namespace {
+
+constexpr int64_t kGrain = 4096;  // boxes per parallel task
+
+template <typename T, typename scalar_t>
+Box4<T> load(const scalar_t* p) {
+  return {{T(p[0]), T(p[1]), T(p[2]), T(p[3])}};
+}
+
+template <typename scalar_t, typename T>
+void store(scalar_t* p, const Box4<T>& b) {
+  p[0] = scalar_t(b.v[0]);
+  p[1] = scalar_t(b.v[1]);
+  p[2] = scalar_t(b.v[2]);
+  p[3] = scalar_t(b.v[3]);
+}
+
+at::Tensor decode_cpu(const at::Tensor& rel_codes_in, const at::Tensor& boxes_in, at::ArrayRef<double> weights,
+                      double bbox_xform_clip) {
+  check_decode_args(rel_codes_in, boxes_in);
+  const CoderParams<double> params = make_params(weights, bbox_xform_clip, "box_decode");
+  const at::Tensor rel_codes = rel_codes_in.contiguous(), boxes = boxes_in.contiguous();
+  const int64_t N = rel_codes.size(0), K = rel_codes.size(1) / 4;
+  at::Tensor out = at::empty_like(rel_codes);
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rel_codes.scalar_type(), "box_decode_cpu", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const CoderParams<T> p = cast_params<T>(params);
+    const scalar_t* rel = rel_codes.const_data_ptr<scalar_t>();
+    const scalar_t* box = boxes.const_data_ptr<scalar_t>();
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, N, std::max<int64_t>(1, kGrain / K), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const Box4<T> b = load<T>(box + 4 * i);
+        for (int64_t k = 0; k < K; ++k) {
+          const int64_t off = (i * K + k) * 4;
+          store(o + off, decode_forward(b, load<T>(rel + off), p));
+        }
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> decode_backward_cpu(const at::Tensor& grad_in, const at::Tensor& rel_codes_in,
+                                                       const at::Tensor& boxes_in, at::ArrayRef<double> weights,
+                                                       double bbox_xform_clip) {
+  check_decode_args(rel_codes_in, boxes_in);
+  check_grad(grad_in, rel_codes_in);
+  const CoderParams<double> params = make_params(weights, bbox_xform_clip, "box_decode_backward");
+  const at::Tensor rel_codes = rel_codes_in.contiguous(), boxes = boxes_in.contiguous();
+  const at::Tensor grad = grad_in.contiguous().to(rel_codes.scalar_type());
+  const int64_t N = rel_codes.size(0), K = rel_codes.size(1) / 4;
+  at::Tensor grad_rel = at::empty_like(rel_codes), grad_boxes = at::empty_like(boxes);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rel_codes.scalar_type(), "box_decode_backward_cpu", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const CoderParams<T> p = cast_params<T>(params);
+    const scalar_t* rel = rel_codes.const_data_ptr<scalar_t>();
+    const scalar_t* box = boxes.const_data_ptr<scalar_t>();
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    scalar_t* g_rel = grad_rel.mutable_data_ptr<scalar_t>();
+    scalar_t* g_box = grad_boxes.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, N, std::max<int64_t>(1, kGrain / std::max<int64_t>(K, 1)), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const Box4<T> b = load<T>(box + 4 * i);
+        Box4<T> gb{{T(0), T(0), T(0), T(0)}};
+        for (int64_t k = 0; k < K; ++k) {
+          const int64_t off = (i * K + k) * 4;
+          Box4<T> gr;
+          decode_backward(b, load<T>(rel + off), p, load<T>(g + off), gr, gb);
+          store(g_rel + off, gr);
+        }
+        store(g_box + 4 * i, gb);
+      }
+    });
+  });
+  return {grad_rel, grad_boxes};
+}
+
+at::Tensor encode_cpu(const at::Tensor& reference_in, const at::Tensor& proposals_in, at::ArrayRef<double> weights) {
+  check_encode_args(reference_in, proposals_in);
+  const CoderParams<double> params = make_params(weights, 0.0, "box_encode");
+  const at::Tensor reference = reference_in.contiguous(), proposals = proposals_in.contiguous();
+  const int64_t N = reference.size(0);
+  at::Tensor out = at::empty_like(reference);
+  if (N == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, reference.scalar_type(), "box_encode_cpu", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const CoderParams<T> p = cast_params<T>(params);
+    const scalar_t* ref = reference.const_data_ptr<scalar_t>();
+    const scalar_t* prop = proposals.const_data_ptr<scalar_t>();
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        store(o + 4 * i, encode_forward(load<T>(ref + 4 * i), load<T>(prop + 4 * i), p));
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> encode_backward_cpu(const at::Tensor& grad_in, const at::Tensor& reference_in,
+                                                       const at::Tensor& proposals_in, at::ArrayRef<double> weights) {
+  check_encode_args(reference_in, proposals_in);
+  check_grad(grad_in, reference_in);
+  const CoderParams<double> params = make_params(weights, 0.0, "box_encode_backward");
+  const at::Tensor reference = reference_in.contiguous(), proposals = proposals_in.contiguous();
+  const at::Tensor grad = grad_in.contiguous().to(reference.scalar_type());
+  const int64_t N = reference.size(0);
+  at::Tensor grad_ref = at::empty_like(reference), grad_prop = at::empty_like(proposals);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, reference.scalar_type(), "box_encode_backward_cpu", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const CoderParams<T> p = cast_params<T>(params);
+    const scalar_t* ref = reference.const_data_ptr<scalar_t>();
+    const scalar_t* prop = proposals.const_data_ptr<scalar_t>();
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    scalar_t* g_ref = grad_ref.mutable_data_ptr<scalar_t>();
+    scalar_t* g_prop = grad_prop.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        Box4<T> gr, gp;
+        encode_backward(load<T>(ref + 4 * i), load<T>(prop + 4 * i), p, load<T>(g + 4 * i), gr, gp);
+        store(g_ref + 4 * i, gr);
+        store(g_prop + 4 * i, gp);
+      }
+    });
+  });
+  return {grad_ref, grad_prop};
+}
+
+}  // namespace
+}  // namespace box_coder
+}  // namespace detops
+
+TORCH_LIBRARY_IMPL(detops, CPU, m) {
+  using namespace detops::box_coder;
+  m.impl("box_decode", &decode_cpu);
+  m.impl("box_decode_backward", &decode_backward_cpu);
+  m.impl("box_encode", &encode_cpu);
+  m.impl("box_encode_backward", &encode_backward_cpu);
+}
