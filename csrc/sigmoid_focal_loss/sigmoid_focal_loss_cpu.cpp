@@ -1,0 +1,696 @@
+// CPU kernels of the focal-loss family. Each pass reads the logits and the
+// targets (or labels) once and writes the loss, its sum, or the gradient:
+// nothing is saved between forward and backward but the inputs.
+//
+// Work is split into fixed blocks of elements (or rows), run by at::parallel_for;
+// reduced losses keep one partial sum per block and add the partials in block
+// order, so the result does not depend on the thread count. The float loops
+// are compiled for AVX-512, AVX2 and baseline x86-64 (target_clones, chosen at
+// load time) and vectorise: exp and log1p are the polynomials of
+// sigmoid_focal_loss_math.h. float16/bfloat16 blocks are converted to float
+// buffers, computed, and converted back.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/scalar_tensor.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <type_traits>
+#include <vector>
+
+#include "sigmoid_focal_loss/sigmoid_focal_loss.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define DETOPS_FOCAL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define DETOPS_FOCAL_CLONES
+#endif
+
+namespace detops {
+namespace focal {
+namespace {
+
+constexpr int64_t kBlock = 2048;       // elements per block (dense form)
+constexpr int64_t kBlocksPerTask = 4;  // parallel grain, in blocks
+constexpr int64_t kRowElems = 8192;    // elements per row block (indexed and softmax forms)
+
+// ------------------------------------------------------------------ element loops
+// Templates on the gamma kind and the element type; `label` >= 0 selects the
+// indexed form (target 1 at column `label`, 0 elsewhere), otherwise t[] is read.
+
+template <GammaKind G, typename T>
+DETOPS_HD void forward_store(const T* __restrict__ x, const T* __restrict__ t, int64_t label, T* __restrict__ out,
+                             int64_t n, const Coeffs<T>& c) {
+  if (t != nullptr) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) out[i] = sigmoid_focal_forward<G>(x[i], t[i], c);
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) out[i] = sigmoid_focal_forward<G>(x[i], T(i == label), c);
+  }
+}
+
+template <GammaKind G, typename T>
+DETOPS_HD T forward_sum(const T* __restrict__ x, const T* __restrict__ t, int64_t label, int64_t n,
+                        const Coeffs<T>& c) {
+  T sum = 0;
+  if (t != nullptr) {
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < n; ++i) sum += sigmoid_focal_forward<G>(x[i], t[i], c);
+  } else {
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < n; ++i) sum += sigmoid_focal_forward<G>(x[i], T(i == label), c);
+  }
+  return sum;
+}
+
+// grad_x[i] = d(g_i loss_i)/dx_i with g_i = g[i], or the scalar g_scalar when g is null.
+template <GammaKind G, typename T>
+DETOPS_HD void backward_input(const T* __restrict__ x, const T* __restrict__ t, int64_t label,
+                              const T* __restrict__ g, T g_scalar, T* __restrict__ grad_x, int64_t n,
+                              const Coeffs<T>& c) {
+  if (t != nullptr && g != nullptr) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) grad_x[i] = sigmoid_focal_grad_input<G>(x[i], t[i], g[i], c);
+  } else if (t != nullptr) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) grad_x[i] = sigmoid_focal_grad_input<G>(x[i], t[i], g_scalar, c);
+  } else if (g != nullptr) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) grad_x[i] = sigmoid_focal_grad_input<G>(x[i], T(i == label), g[i], c);
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) grad_x[i] = sigmoid_focal_grad_input<G>(x[i], T(i == label), g_scalar, c);
+  }
+}
+
+template <GammaKind G, typename T>
+DETOPS_HD void backward_target(const T* __restrict__ x, const T* __restrict__ t, const T* __restrict__ g,
+                               T g_scalar, T* __restrict__ grad_t, int64_t n, const Coeffs<T>& c) {
+  if (g != nullptr) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) grad_t[i] = sigmoid_focal_grad_target<G>(x[i], t[i], g[i], c);
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) grad_t[i] = sigmoid_focal_grad_target<G>(x[i], t[i], g_scalar, c);
+  }
+}
+
+// exp(x[i] - shift) summed, for the softmax denominators (x[i] <= shift).
+template <typename T>
+DETOPS_HD T sum_exp_shifted(const T* __restrict__ x, T shift, int64_t n) {
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) sum += exp_nonpos(x[i] - shift);
+  return sum;
+}
+
+// grad[j] = dl * ([j == k] - exp(x[j] - lse)).
+template <typename T>
+DETOPS_HD void softmax_grad_row(const T* __restrict__ x, int64_t k, T lse, T dl, T* __restrict__ grad, int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) grad[j] = dl * (T(j == k) - exp_nonpos(x[j] - lse));
+}
+
+// The float entry points, one machine-code clone per instruction set.
+#define DETOPS_FOCAL_SWITCH(kind, CALL)                            \
+  switch (kind) {                                                  \
+    case GammaKind::kZero: return CALL(GammaKind::kZero);          \
+    case GammaKind::kOne: return CALL(GammaKind::kOne);            \
+    case GammaKind::kTwo: return CALL(GammaKind::kTwo);            \
+    default: return CALL(GammaKind::kGeneral);                     \
+  }
+
+DETOPS_FOCAL_CLONES void forward_store_f32(const float* x, const float* t, int64_t label, float* out, int64_t n,
+                                           const Coeffs<float>& c, GammaKind kind) {
+#define CALL(G) forward_store<G>(x, t, label, out, n, c)
+  DETOPS_FOCAL_SWITCH(kind, CALL)
+#undef CALL
+}
+
+DETOPS_FOCAL_CLONES float forward_sum_f32(const float* x, const float* t, int64_t label, int64_t n,
+                                          const Coeffs<float>& c, GammaKind kind) {
+#define CALL(G) forward_sum<G>(x, t, label, n, c)
+  DETOPS_FOCAL_SWITCH(kind, CALL)
+#undef CALL
+}
+
+DETOPS_FOCAL_CLONES void backward_input_f32(const float* x, const float* t, int64_t label, const float* g,
+                                            float g_scalar, float* grad_x, int64_t n, const Coeffs<float>& c,
+                                            GammaKind kind) {
+#define CALL(G) backward_input<G>(x, t, label, g, g_scalar, grad_x, n, c)
+  DETOPS_FOCAL_SWITCH(kind, CALL)
+#undef CALL
+}
+
+DETOPS_FOCAL_CLONES void backward_target_f32(const float* x, const float* t, const float* g, float g_scalar,
+                                             float* grad_t, int64_t n, const Coeffs<float>& c, GammaKind kind) {
+#define CALL(G) backward_target<G>(x, t, g, g_scalar, grad_t, n, c)
+  DETOPS_FOCAL_SWITCH(kind, CALL)
+#undef CALL
+}
+
+DETOPS_FOCAL_CLONES float sum_exp_shifted_f32(const float* x, float shift, int64_t n) {
+  return sum_exp_shifted(x, shift, n);
+}
+
+DETOPS_FOCAL_CLONES void softmax_grad_row_f32(const float* x, int64_t k, float lse, float dl, float* grad,
+                                              int64_t n) {
+  softmax_grad_row(x, k, lse, dl, grad, n);
+}
+
+// The same entry points for double (libm, scalar).
+void forward_store_f64(const double* x, const double* t, int64_t label, double* out, int64_t n,
+                       const Coeffs<double>& c, GammaKind kind) {
+#define CALL(G) forward_store<G>(x, t, label, out, n, c)
+  DETOPS_FOCAL_SWITCH(kind, CALL)
+#undef CALL
+}
+
+double forward_sum_f64(const double* x, const double* t, int64_t label, int64_t n, const Coeffs<double>& c,
+                       GammaKind kind) {
+#define CALL(G) forward_sum<G>(x, t, label, n, c)
+  DETOPS_FOCAL_SWITCH(kind, CALL)
+#undef CALL
+}
+
+void backward_input_f64(const double* x, const double* t, int64_t label, const double* g, double g_scalar,
+                        double* grad_x, int64_t n, const Coeffs<double>& c, GammaKind kind) {
+#define CALL(G) backward_input<G>(x, t, label, g, g_scalar, grad_x, n, c)
+  DETOPS_FOCAL_SWITCH(kind, CALL)
+#undef CALL
+}
+
+void backward_target_f64(const double* x, const double* t, const double* g, double g_scalar, double* grad_t,
+                         int64_t n, const Coeffs<double>& c, GammaKind kind) {
+#define CALL(G) backward_target<G>(x, t, g, g_scalar, grad_t, n, c)
+  DETOPS_FOCAL_SWITCH(kind, CALL)
+#undef CALL
+}
+#undef DETOPS_FOCAL_SWITCH
+
+// Overloads by compute type, so that the drivers below are written once.
+struct Kernels {
+  static void forward_store(const float* x, const float* t, int64_t l, float* o, int64_t n, const Coeffs<float>& c,
+                            GammaKind k) { forward_store_f32(x, t, l, o, n, c, k); }
+  static void forward_store(const double* x, const double* t, int64_t l, double* o, int64_t n,
+                            const Coeffs<double>& c, GammaKind k) { forward_store_f64(x, t, l, o, n, c, k); }
+  static float forward_sum(const float* x, const float* t, int64_t l, int64_t n, const Coeffs<float>& c,
+                           GammaKind k) { return forward_sum_f32(x, t, l, n, c, k); }
+  static double forward_sum(const double* x, const double* t, int64_t l, int64_t n, const Coeffs<double>& c,
+                            GammaKind k) { return forward_sum_f64(x, t, l, n, c, k); }
+  static void backward_input(const float* x, const float* t, int64_t l, const float* g, float gs, float* gx,
+                             int64_t n, const Coeffs<float>& c, GammaKind k) {
+    backward_input_f32(x, t, l, g, gs, gx, n, c, k);
+  }
+  static void backward_input(const double* x, const double* t, int64_t l, const double* g, double gs, double* gx,
+                             int64_t n, const Coeffs<double>& c, GammaKind k) {
+    backward_input_f64(x, t, l, g, gs, gx, n, c, k);
+  }
+  static void backward_target(const float* x, const float* t, const float* g, float gs, float* gt, int64_t n,
+                              const Coeffs<float>& c, GammaKind k) { backward_target_f32(x, t, g, gs, gt, n, c, k); }
+  static void backward_target(const double* x, const double* t, const double* g, double gs, double* gt, int64_t n,
+                              const Coeffs<double>& c, GammaKind k) {
+    backward_target_f64(x, t, g, gs, gt, n, c, k);
+  }
+  static float sum_exp_shifted(const float* x, float s, int64_t n) { return sum_exp_shifted_f32(x, s, n); }
+  static double sum_exp_shifted(const double* x, double s, int64_t n) { return focal::sum_exp_shifted(x, s, n); }
+  static void softmax_grad_row(const float* x, int64_t k, float lse, float dl, float* g, int64_t n) {
+    softmax_grad_row_f32(x, k, lse, dl, g, n);
+  }
+  static void softmax_grad_row(const double* x, int64_t k, double lse, double dl, double* g, int64_t n) {
+    focal::softmax_grad_row(x, k, lse, dl, g, n);
+  }
+};
+
+// ------------------------------------------------------------------ block views
+// A block of `n` elements of a scalar_t array seen as the compute type T:
+// the pointer itself when scalar_t == T, else a converted copy in `buf`.
+
+template <typename T, typename scalar_t>
+const T* load_block(const scalar_t* src, int64_t n, T* buf) {
+  if constexpr (std::is_same_v<T, scalar_t>) {
+    return src;
+  } else {
+    for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<T>(src[i]);
+    return buf;
+  }
+}
+
+// Where to compute a block that will be stored to dst: dst itself, or `buf`.
+template <typename T, typename scalar_t>
+T* out_block(scalar_t* dst, T* buf) {
+  if constexpr (std::is_same_v<T, scalar_t>) {
+    return dst;
+  } else {
+    return buf;
+  }
+}
+
+template <typename T, typename scalar_t>
+void store_block(const T* src, int64_t n, scalar_t* dst) {
+  if constexpr (!std::is_same_v<T, scalar_t>) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<scalar_t>(src[i]);
+  }
+}
+
+template <typename scalar_t>
+using compute_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+// Sum of per-block partial sums, in block order.
+double ordered_sum(const std::vector<double>& partials) {
+  double sum = 0;
+  for (double p : partials) sum += p;
+  return sum;
+}
+
+at::Tensor scalar_like(double value, const at::Tensor& like) {
+  return at::scalar_tensor(value, like.options());
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// ------------------------------------------------------------------ dense sigmoid focal loss
+
+at::Tensor sigmoid_forward_cpu(const at::Tensor& inputs_in, const at::Tensor& targets_in, double alpha,
+                               double gamma, c10::string_view reduction_name) {
+  check_dense_args(inputs_in, targets_in);
+  check_coeffs(alpha, gamma);
+  const Reduction reduction = parse_reduction(reduction_name);
+  const at::Tensor inputs = inputs_in.contiguous(), targets = targets_in.contiguous();
+  const int64_t n = inputs.numel();
+  const int64_t blocks = ceil_div(n, kBlock);
+  const GammaKind kind = gamma_kind(gamma);
+  at::Tensor out;
+  if (reduction == Reduction::kNone) out = at::empty_like(inputs);
+  std::vector<double> partials(reduction == Reduction::kNone ? 0 : blocks, 0.0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, inputs.scalar_type(), "sigmoid_focal_loss_cpu", [&] {
+    using T = compute_t<scalar_t>;
+    const Coeffs<T> c = make_coeffs<T>(alpha, gamma);
+    const scalar_t* x = inputs.const_data_ptr<scalar_t>();
+    const scalar_t* t = targets.const_data_ptr<scalar_t>();
+    scalar_t* o = reduction == Reduction::kNone ? out.mutable_data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, blocks, kBlocksPerTask, [&](int64_t b0, int64_t b1) {
+      std::vector<T> buf(std::is_same_v<T, scalar_t> ? 0 : 3 * kBlock);
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t off = b * kBlock, len = std::min(kBlock, n - off);
+        const T* xb = load_block<T>(x + off, len, buf.data());
+        const T* tb = load_block<T>(t + off, len, buf.data() + kBlock);
+        if (o != nullptr) {
+          T* ob = out_block<T>(o + off, buf.data() + 2 * kBlock);
+          Kernels::forward_store(xb, tb, -1, ob, len, c, kind);
+          store_block(ob, len, o + off);
+        } else {
+          partials[b] = static_cast<double>(Kernels::forward_sum(xb, tb, -1, len, c, kind));
+        }
+      }
+    });
+  });
+  if (reduction == Reduction::kNone) return out;
+  const double sum = ordered_sum(partials);
+  return scalar_like(reduction == Reduction::kSum ? sum : sum / static_cast<double>(n), inputs);
+}
+
+std::tuple<at::Tensor, at::Tensor> sigmoid_backward_cpu(const at::Tensor& grad_in, const at::Tensor& inputs_in,
+                                                        const at::Tensor& targets_in, double alpha, double gamma,
+                                                        c10::string_view reduction_name, bool targets_grad) {
+  check_dense_args(inputs_in, targets_in);
+  check_coeffs(alpha, gamma);
+  const Reduction reduction = parse_reduction(reduction_name);
+  check_grad(grad_in, inputs_in.sizes(), reduction);
+  const at::Tensor inputs = inputs_in.contiguous(), targets = targets_in.contiguous();
+  const at::Tensor grad = grad_in.to(inputs.scalar_type()).contiguous();
+  const int64_t n = inputs.numel();
+  const int64_t blocks = ceil_div(n, kBlock);
+  const GammaKind kind = gamma_kind(gamma);
+  at::Tensor grad_inputs = at::empty_like(inputs);
+  at::Tensor grad_targets = targets_grad ? at::empty_like(targets) : at::empty({0}, inputs.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, inputs.scalar_type(), "sigmoid_focal_loss_backward_cpu",
+                                  [&] {
+    using T = compute_t<scalar_t>;
+    const Coeffs<T> c = make_coeffs<T>(alpha, gamma);
+    const scalar_t* x = inputs.const_data_ptr<scalar_t>();
+    const scalar_t* t = targets.const_data_ptr<scalar_t>();
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    T g_scalar = 0;
+    if (reduction != Reduction::kNone) {
+      g_scalar = static_cast<T>(g[0]);
+      if (reduction == Reduction::kMean) g_scalar /= static_cast<T>(n);
+    }
+    scalar_t* gx = grad_inputs.mutable_data_ptr<scalar_t>();
+    scalar_t* gt = targets_grad ? grad_targets.mutable_data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, blocks, kBlocksPerTask, [&](int64_t b0, int64_t b1) {
+      std::vector<T> buf(std::is_same_v<T, scalar_t> ? 0 : 4 * kBlock);
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t off = b * kBlock, len = std::min(kBlock, n - off);
+        const T* xb = load_block<T>(x + off, len, buf.data());
+        const T* tb = load_block<T>(t + off, len, buf.data() + kBlock);
+        const T* gb = reduction == Reduction::kNone ? load_block<T>(g + off, len, buf.data() + 2 * kBlock) : nullptr;
+        T* ob = out_block<T>(gx + off, buf.data() + 3 * kBlock);
+        Kernels::backward_input(xb, tb, -1, gb, g_scalar, ob, len, c, kind);
+        store_block(ob, len, gx + off);
+        if (gt != nullptr) {
+          ob = out_block<T>(gt + off, buf.data() + 3 * kBlock);
+          Kernels::backward_target(xb, tb, gb, g_scalar, ob, len, c, kind);
+          store_block(ob, len, gt + off);
+        }
+      }
+    });
+  });
+  return {grad_inputs, grad_targets};
+}
+
+// ------------------------------------------------------------------ indexed sigmoid focal loss
+
+void check_special_labels(int64_t num_classes, int64_t background, int64_t ignore_index) {
+  TORCH_CHECK(background < 0 || background >= num_classes,
+              "background must not be a class index in [0, ", num_classes, "), got ", background);
+  TORCH_CHECK(ignore_index < 0 || ignore_index >= num_classes,
+              "ignore_index must not be a class index in [0, ", num_classes, "), got ", ignore_index);
+  TORCH_CHECK(background != ignore_index, "background and ignore_index must differ, both are ", background);
+}
+
+// Rows per block so that a block holds about kRowElems elements.
+int64_t rows_per_block(int64_t cols) { return std::max<int64_t>(1, kRowElems / std::max<int64_t>(cols, 1)); }
+
+// Column of the target 1 for a row's label: the label, or -1 (all zeros) for background.
+struct LabelRule {
+  int64_t num_classes, background, ignore_index;
+  // Returns false for an ignored row; throws through `bad` for a label out of range.
+  bool column(int64_t label, int64_t& col, std::atomic<int64_t>& bad) const {
+    if (label == ignore_index) return false;
+    if (label == background) {
+      col = -1;
+      return true;
+    }
+    if (label < 0 || label >= num_classes) {
+      bad.store(label, std::memory_order_relaxed);
+      return false;
+    }
+    col = label;
+    return true;
+  }
+};
+
+void throw_bad_label(const std::atomic<int64_t>& bad, const std::atomic<bool>& seen, const char* name,
+                     const LabelRule& rule, bool with_background) {
+  if (!seen.load()) return;
+  if (with_background) {
+    TORCH_CHECK_VALUE(false, name, " must be in [0, ", rule.num_classes, "), background (", rule.background,
+                ") or ignore_index (", rule.ignore_index, "), found ", bad.load());
+  }
+  TORCH_CHECK_VALUE(false, name, " must be in [0, ", rule.num_classes, ") or ignore_index (", rule.ignore_index,
+              "), found ", bad.load());
+}
+
+at::Tensor indexed_forward_cpu(const at::Tensor& inputs_in, const at::Tensor& labels_in, double alpha, double gamma,
+                               c10::string_view reduction_name, int64_t background, int64_t ignore_index) {
+  check_indexed_args(inputs_in, labels_in, "labels");
+  check_coeffs(alpha, gamma);
+  const Reduction reduction = parse_reduction(reduction_name);
+  const at::Tensor inputs = inputs_in.contiguous(), labels = labels_in.contiguous();
+  const int64_t rows = inputs.size(0), cols = inputs.size(1);
+  check_special_labels(cols, background, ignore_index);
+  const LabelRule rule{cols, background, ignore_index};
+  const int64_t per_block = rows_per_block(cols), blocks = ceil_div(rows, per_block);
+  const GammaKind kind = gamma_kind(gamma);
+  at::Tensor out;
+  if (reduction == Reduction::kNone) out = at::empty_like(inputs);
+  std::vector<double> partials(reduction == Reduction::kNone ? 0 : blocks, 0.0);
+  std::vector<int64_t> counts(partials.size(), 0);
+  std::atomic<int64_t> bad{0};
+  std::atomic<bool> seen{false};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, inputs.scalar_type(), "sigmoid_focal_loss_indexed_cpu",
+                                  [&] {
+    using T = compute_t<scalar_t>;
+    const Coeffs<T> c = make_coeffs<T>(alpha, gamma);
+    const scalar_t* x = inputs.const_data_ptr<scalar_t>();
+    const int64_t* lab = labels.const_data_ptr<int64_t>();
+    scalar_t* o = reduction == Reduction::kNone ? out.mutable_data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<T> buf(std::is_same_v<T, scalar_t> ? 0 : 2 * cols);
+      for (int64_t b = b0; b < b1; ++b) {
+        double sum = 0;
+        int64_t count = 0;
+        for (int64_t r = b * per_block; r < std::min(rows, (b + 1) * per_block); ++r) {
+          const scalar_t* xr = x + r * cols;
+          int64_t col = -1;
+          const bool valid = rule.column(lab[r], col, bad);
+          if (!valid && lab[r] != ignore_index) seen.store(true);
+          if (o != nullptr) {
+            if (!valid) {
+              std::fill(o + r * cols, o + (r + 1) * cols, scalar_t(0));
+              continue;
+            }
+            const T* xb = load_block<T>(xr, cols, buf.data());
+            T* ob = out_block<T>(o + r * cols, buf.data() + cols);
+            Kernels::forward_store(xb, static_cast<const T*>(nullptr), col, ob, cols, c, kind);
+            store_block(ob, cols, o + r * cols);
+          } else if (valid) {
+            const T* xb = load_block<T>(xr, cols, buf.data());
+            sum += static_cast<double>(Kernels::forward_sum(xb, static_cast<const T*>(nullptr), col, cols, c, kind));
+            ++count;
+          }
+        }
+        if (o == nullptr) {
+          partials[b] = sum;
+          counts[b] = count;
+        }
+      }
+    });
+  });
+  throw_bad_label(bad, seen, "labels", rule, true);
+  if (reduction == Reduction::kNone) return out;
+  const double sum = ordered_sum(partials);
+  int64_t valid_rows = 0;
+  for (int64_t k : counts) valid_rows += k;
+  // "mean" averages over the elements of the rows that are not ignored, as the
+  // one-hot form does on inputs[valid], targets[valid].
+  return scalar_like(reduction == Reduction::kSum ? sum : sum / static_cast<double>(valid_rows * cols), inputs);
+}
+
+// Rows not ignored, for the "mean" of the backward pass.
+int64_t count_valid_rows(const at::Tensor& labels, int64_t ignore_index) {
+  const int64_t* lab = labels.const_data_ptr<int64_t>();
+  int64_t count = 0;
+  for (int64_t r = 0; r < labels.numel(); ++r) count += lab[r] != ignore_index;
+  return count;
+}
+
+at::Tensor indexed_backward_cpu(const at::Tensor& grad_in, const at::Tensor& inputs_in, const at::Tensor& labels_in,
+                                double alpha, double gamma, c10::string_view reduction_name, int64_t background,
+                                int64_t ignore_index) {
+  check_indexed_args(inputs_in, labels_in, "labels");
+  check_coeffs(alpha, gamma);
+  const Reduction reduction = parse_reduction(reduction_name);
+  check_grad(grad_in, inputs_in.sizes(), reduction);
+  const at::Tensor inputs = inputs_in.contiguous(), labels = labels_in.contiguous();
+  const at::Tensor grad = grad_in.to(inputs.scalar_type()).contiguous();
+  const int64_t rows = inputs.size(0), cols = inputs.size(1);
+  check_special_labels(cols, background, ignore_index);
+  const LabelRule rule{cols, background, ignore_index};
+  const int64_t per_block = rows_per_block(cols), blocks = ceil_div(rows, per_block);
+  const GammaKind kind = gamma_kind(gamma);
+  const int64_t valid_rows = reduction == Reduction::kMean ? count_valid_rows(labels, ignore_index) : 0;
+  at::Tensor grad_inputs = at::empty_like(inputs);
+  std::atomic<int64_t> bad{0};
+  std::atomic<bool> seen{false};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, inputs.scalar_type(),
+                                  "sigmoid_focal_loss_indexed_backward_cpu", [&] {
+    using T = compute_t<scalar_t>;
+    const Coeffs<T> c = make_coeffs<T>(alpha, gamma);
+    const scalar_t* x = inputs.const_data_ptr<scalar_t>();
+    const int64_t* lab = labels.const_data_ptr<int64_t>();
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    T g_scalar = 0;
+    if (reduction != Reduction::kNone) {
+      g_scalar = static_cast<T>(g[0]);
+      if (reduction == Reduction::kMean) g_scalar /= static_cast<T>(valid_rows * cols);
+    }
+    scalar_t* gx = grad_inputs.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<T> buf(std::is_same_v<T, scalar_t> ? 0 : 3 * cols);
+      for (int64_t r = b0 * per_block; r < std::min(rows, b1 * per_block); ++r) {
+        int64_t col = -1;
+        const bool valid = rule.column(lab[r], col, bad);
+        if (!valid && lab[r] != ignore_index) seen.store(true);
+        if (!valid) {
+          std::fill(gx + r * cols, gx + (r + 1) * cols, scalar_t(0));
+          continue;
+        }
+        const T* xb = load_block<T>(x + r * cols, cols, buf.data());
+        const T* gb = reduction == Reduction::kNone ? load_block<T>(g + r * cols, cols, buf.data() + cols) : nullptr;
+        T* ob = out_block<T>(gx + r * cols, buf.data() + 2 * cols);
+        Kernels::backward_input(xb, static_cast<const T*>(nullptr), col, gb, g_scalar, ob, cols, c, kind);
+        store_block(ob, cols, gx + r * cols);
+      }
+    });
+  });
+  throw_bad_label(bad, seen, "labels", rule, true);
+  return grad_inputs;
+}
+
+// ------------------------------------------------------------------ softmax focal loss
+
+// log p_k and logsumexp of one row (in the compute type).
+template <typename T>
+void row_log_softmax(const T* x, int64_t cols, int64_t k, T& logp, T& lse) {
+  T mx = x[0];
+  for (int64_t j = 1; j < cols; ++j) mx = x[j] > mx ? x[j] : mx;
+  lse = mx + std::log(Kernels::sum_exp_shifted(x, mx, cols));
+  logp = x[k] - lse;
+}
+
+template <typename T>
+T softmax_loss(T logp, T scale, T gamma, GammaKind kind) {
+  switch (kind) {
+    case GammaKind::kZero: return softmax_focal_from_logp<GammaKind::kZero>(logp, scale, gamma);
+    case GammaKind::kOne: return softmax_focal_from_logp<GammaKind::kOne>(logp, scale, gamma);
+    case GammaKind::kTwo: return softmax_focal_from_logp<GammaKind::kTwo>(logp, scale, gamma);
+    default: return softmax_focal_from_logp<GammaKind::kGeneral>(logp, scale, gamma);
+  }
+}
+
+template <typename T>
+T softmax_dlogp(T logp, T scale, T gamma, GammaKind kind) {
+  switch (kind) {
+    case GammaKind::kZero: return softmax_focal_dlogp<GammaKind::kZero>(logp, scale, gamma);
+    case GammaKind::kOne: return softmax_focal_dlogp<GammaKind::kOne>(logp, scale, gamma);
+    case GammaKind::kTwo: return softmax_focal_dlogp<GammaKind::kTwo>(logp, scale, gamma);
+    default: return softmax_focal_dlogp<GammaKind::kGeneral>(logp, scale, gamma);
+  }
+}
+
+void check_softmax_cols(const at::Tensor& inputs) {
+  TORCH_CHECK(inputs.size(1) > 0 || inputs.size(0) == 0, "inputs must have at least one class, got shape ",
+              inputs.sizes());
+}
+
+at::Tensor softmax_forward_cpu(const at::Tensor& inputs_in, const at::Tensor& targets_in, double alpha,
+                               double gamma, c10::string_view reduction_name, int64_t ignore_index) {
+  check_indexed_args(inputs_in, targets_in, "targets");
+  check_coeffs(alpha, gamma);
+  check_softmax_cols(inputs_in);
+  const Reduction reduction = parse_reduction(reduction_name);
+  const at::Tensor inputs = inputs_in.contiguous(), targets = targets_in.contiguous();
+  const int64_t rows = inputs.size(0), cols = inputs.size(1);
+  TORCH_CHECK(ignore_index < 0 || ignore_index >= cols, "ignore_index must not be a class index in [0, ", cols,
+              "), got ", ignore_index);
+  // No background value: every label that is not ignored must be a class.
+  const LabelRule rule{cols, ignore_index, ignore_index};
+  const int64_t per_block = rows_per_block(cols), blocks = ceil_div(rows, per_block);
+  const GammaKind kind = gamma_kind(gamma);
+  at::Tensor out = at::empty({reduction == Reduction::kNone ? rows : 0}, inputs.options());
+  std::vector<double> partials(blocks, 0.0);
+  std::vector<int64_t> counts(blocks, 0);
+  std::atomic<int64_t> bad{0};
+  std::atomic<bool> seen{false};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, inputs.scalar_type(), "softmax_focal_loss_cpu", [&] {
+    using T = compute_t<scalar_t>;
+    const T scale = alpha >= 0 ? T(alpha) : T(1);
+    const scalar_t* x = inputs.const_data_ptr<scalar_t>();
+    const int64_t* lab = targets.const_data_ptr<int64_t>();
+    scalar_t* o = reduction == Reduction::kNone ? out.mutable_data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<T> buf(std::is_same_v<T, scalar_t> ? 0 : cols);
+      for (int64_t b = b0; b < b1; ++b) {
+        double sum = 0;
+        int64_t count = 0;
+        for (int64_t r = b * per_block; r < std::min(rows, (b + 1) * per_block); ++r) {
+          int64_t k = -1;
+          if (lab[r] != ignore_index && !rule.column(lab[r], k, bad)) seen.store(true);
+          T loss = 0;
+          if (k >= 0) {
+            T logp, lse;
+            row_log_softmax(load_block<T>(x + r * cols, cols, buf.data()), cols, k, logp, lse);
+            loss = softmax_loss(logp, scale, T(gamma), kind);
+            sum += static_cast<double>(loss);
+            ++count;
+          }
+          if (o != nullptr) o[r] = static_cast<scalar_t>(loss);
+        }
+        partials[b] = sum;
+        counts[b] = count;
+      }
+    });
+  });
+  throw_bad_label(bad, seen, "targets", rule, false);
+  if (reduction == Reduction::kNone) return out;
+  const double sum = ordered_sum(partials);
+  int64_t valid_rows = 0;
+  for (int64_t k : counts) valid_rows += k;
+  return scalar_like(reduction == Reduction::kSum ? sum : sum / static_cast<double>(valid_rows), inputs);
+}
+
+at::Tensor softmax_backward_cpu(const at::Tensor& grad_in, const at::Tensor& inputs_in, const at::Tensor& targets_in,
+                                double alpha, double gamma, c10::string_view reduction_name, int64_t ignore_index) {
+  check_indexed_args(inputs_in, targets_in, "targets");
+  check_coeffs(alpha, gamma);
+  check_softmax_cols(inputs_in);
+  const Reduction reduction = parse_reduction(reduction_name);
+  check_grad(grad_in, {inputs_in.size(0)}, reduction);
+  const at::Tensor inputs = inputs_in.contiguous(), targets = targets_in.contiguous();
+  const at::Tensor grad = grad_in.to(inputs.scalar_type()).contiguous();
+  const int64_t rows = inputs.size(0), cols = inputs.size(1);
+  TORCH_CHECK(ignore_index < 0 || ignore_index >= cols, "ignore_index must not be a class index in [0, ", cols,
+              "), got ", ignore_index);
+  const LabelRule rule{cols, ignore_index, ignore_index};
+  const int64_t per_block = rows_per_block(cols), blocks = ceil_div(rows, per_block);
+  const GammaKind kind = gamma_kind(gamma);
+  const int64_t valid_rows = reduction == Reduction::kMean ? count_valid_rows(targets, ignore_index) : 0;
+  at::Tensor grad_inputs = at::empty_like(inputs);
+  std::atomic<int64_t> bad{0};
+  std::atomic<bool> seen{false};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, inputs.scalar_type(), "softmax_focal_loss_backward_cpu",
+                                  [&] {
+    using T = compute_t<scalar_t>;
+    const T scale = alpha >= 0 ? T(alpha) : T(1);
+    const scalar_t* x = inputs.const_data_ptr<scalar_t>();
+    const int64_t* lab = targets.const_data_ptr<int64_t>();
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    T g_scalar = 0;
+    if (reduction != Reduction::kNone) {
+      g_scalar = static_cast<T>(g[0]);
+      if (reduction == Reduction::kMean) g_scalar /= static_cast<T>(valid_rows);
+    }
+    scalar_t* gx = grad_inputs.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<T> buf(std::is_same_v<T, scalar_t> ? 0 : 2 * cols);
+      for (int64_t r = b0 * per_block; r < std::min(rows, b1 * per_block); ++r) {
+        int64_t k = -1;
+        if (lab[r] != ignore_index && !rule.column(lab[r], k, bad)) seen.store(true);
+        if (k < 0) {
+          std::fill(gx + r * cols, gx + (r + 1) * cols, scalar_t(0));
+          continue;
+        }
+        const T* xb = load_block<T>(x + r * cols, cols, buf.data());
+        T logp, lse;
+        row_log_softmax(xb, cols, k, logp, lse);
+        const T gr = reduction == Reduction::kNone ? static_cast<T>(g[r]) : g_scalar;
+        const T dl = gr * softmax_dlogp(logp, scale, T(gamma), kind);
+        T* ob = out_block<T>(gx + r * cols, buf.data() + cols);
+        Kernels::softmax_grad_row(xb, k, lse, dl, ob, cols);
+        store_block(ob, cols, gx + r * cols);
+      }
+    });
+  });
+  throw_bad_label(bad, seen, "targets", rule, false);
+  return grad_inputs;
+}
+
+}  // namespace
+}  // namespace focal
+}  // namespace detops
+
+TORCH_LIBRARY_IMPL(detops, CPU, m) {
+  using namespace detops::focal;
+  m.impl("sigmoid_focal_loss", &sigmoid_forward_cpu);
+  m.impl("sigmoid_focal_loss_backward", &sigmoid_backward_cpu);
+  m.impl("sigmoid_focal_loss_indexed", &indexed_forward_cpu);
+  m.impl("sigmoid_focal_loss_indexed_backward", &indexed_backward_cpu);
+  m.impl("softmax_focal_loss", &softmax_forward_cpu);
+  m.impl("softmax_focal_loss_backward", &softmax_backward_cpu);
+}
