@@ -107,12 +107,17 @@ def plot(rows: list[dict], env: dict, path: Path) -> None:
         return
     labels = [f"{r['name']} {r['size']}" for r in good]
     fig, ax = plt.subplots(figsize=(9, 0.35 * len(good) + 1.5))
-    y = range(len(good))
-    ax.barh([i + 0.2 for i in y], [r["speedup"] for r in good], height=0.4, label="vs eager baseline")
-    ax.barh([i - 0.2 for i in y], [r.get("speedup_vs_compiled", 0) for r in good], height=0.4,
-            label="vs torch.compile(baseline)")
+    y = list(range(len(good)))
+    has_compiled = any("speedup_vs_compiled" in r for r in good)
+    offset = 0.2 if has_compiled else 0.0
+    bars = ax.barh([i + offset for i in y], [r["speedup"] for r in good], height=0.4,
+                   label="vs the eager baseline")
+    ax.bar_label(bars, labels=[f"{r['speedup']:.1f}x" for r in good], fontsize=7, padding=2)
+    if has_compiled:
+        ax.barh([i - offset for i in y], [r.get("speedup_vs_compiled", 0) for r in good], height=0.4,
+                label="vs torch.compile(baseline)")
     ax.axvline(1.0, color="black", linewidth=0.8)
-    ax.set_yticks(list(y))
+    ax.set_yticks(y)
     ax.set_yticklabels(labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")

@@ -34,6 +34,9 @@ std::tuple<at::Tensor, at::Tensor> matrix_backward_op(const at::Tensor& grad_in,
   const at::Tensor boxes1 = boxes1_in.contiguous(), boxes2 = boxes2_in.contiguous();
   const int64_t B = boxes1.size(0), N = boxes1.size(1), M = boxes2.size(1);
   check_grad(grad_in, {B, N, M});
+  // one block per row of boxes1, and the batch on grid.y for boxes2's columns
+  TORCH_CHECK(B * N < (int64_t(1) << 31) && B <= 65535,
+              "box_iou_matrix_backward (CUDA): at most 2^31 rows and 65535 batches, got B=", B, ", N=", N);
   const at::Tensor grad = grad_in.contiguous().to(compute_dtype(boxes1.scalar_type()));
   at::Tensor grad1 = at::empty_like(boxes1), grad2 = at::empty_like(boxes2);
   DETOPS_CUDA_CHECK(matrix_backward_cuda(to_dtype(boxes1.scalar_type()), parse_variant(variant),
