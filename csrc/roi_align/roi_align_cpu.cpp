@@ -1,0 +1,436 @@
+// CPU kernels of RoI Align (single map and fused multi-level).
+//
+// A per-RoI plan is built once: the batch index (checked), the level, and the
+// separable sample lists of roi_align_math.h (row samples per output row,
+// column samples per output column, invalid samples dropped).
+//
+// Work is split so that each thread owns what it writes (no atomics, the
+// same result for any thread count):
+//   NCHW maps: a task is one (level, image, channel) plane; it visits that
+//     image's RoIs in order. The plane stays in L2 while all its RoIs read it
+//     (forward) or scatter into it (backward).
+//   channels-last maps: the forward takes (RoI, channel block) tasks whose
+//     inner loop runs over contiguous channels (vectorised); the backward takes
+//     (level, image, channel block) tasks scattering whole channel vectors.
+// Reduced precision is read and written natively and accumulated in float.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "roi_align/roi_align.h"
+
+namespace detops {
+namespace roi_align {
+namespace {
+
+constexpr int64_t kForwardChannelBlock = 64;   // channels-last forward: channels per task
+constexpr int64_t kBackwardChannelBlock = 16;  // channels-last backward: one cache line of floats per pixel
+
+// Shape and memory layout of one feature map (or of its gradient).
+struct MapMeta {
+  int64_t N, C, H, W;
+  bool channels_last;
+  double scale;
+};
+
+template <typename T>
+struct Plan {
+  int64_t K = 0, PH = 0, PW = 0, num_keys = 0;
+  std::vector<int64_t> level;                  // [K]
+  std::vector<int64_t> batch;                  // [K]
+  std::vector<T> count;                        // [K]: divisor of the bin average
+  std::vector<int64_t> y_off, x_off;           // [K]: first sample slot of the RoI
+  std::vector<int64_t> grid_h, grid_w;         // [K]: slots per bin (>= 0)
+  std::vector<int64_t> y_n, x_n;               // [K*PH], [K*PW]: valid samples in the bin
+  std::vector<AxisSample<T>> ys, xs;           // sample slots
+  std::vector<int64_t> keys;                   // [K]: level * N + batch
+
+  // The valid row samples of bin ph of RoI r, as [begin, end).
+  const AxisSample<T>* y_begin(int64_t r, int64_t ph) const { return ys.data() + y_off[r] + ph * grid_h[r]; }
+  const AxisSample<T>* y_end(int64_t r, int64_t ph) const { return y_begin(r, ph) + y_n[r * PH + ph]; }
+  const AxisSample<T>* x_begin(int64_t r, int64_t pw) const { return xs.data() + x_off[r] + pw * grid_w[r]; }
+  const AxisSample<T>* x_end(int64_t r, int64_t pw) const { return x_begin(r, pw) + x_n[r * PW + pw]; }
+};
+
+// Builds the plan; throws on a bad batch index or level (before any kernel reads).
+template <typename T>
+Plan<T> make_plan(const std::vector<MapMeta>& maps, const at::Tensor& rois_in, const at::Tensor& levels_in,
+                  int64_t PH, int64_t PW, int64_t sampling_ratio, bool aligned) {
+  Plan<T> p;
+  const at::Tensor rois = rois_in.to(c10::CppTypeToScalarType<T>::value).contiguous();
+  p.K = rois.size(0);
+  p.PH = PH;
+  p.PW = PW;
+  const int64_t L = static_cast<int64_t>(maps.size()), N = maps[0].N;
+  p.num_keys = L * N;
+  const T* r5 = rois.const_data_ptr<T>();
+  const int64_t* lv = nullptr;
+  at::Tensor levels;
+  if (levels_in.defined()) {
+    levels = levels_in.contiguous();
+    lv = levels.const_data_ptr<int64_t>();
+  }
+  p.level.resize(p.K);
+  p.batch.resize(p.K);
+  p.count.resize(p.K);
+  p.y_off.resize(p.K);
+  p.x_off.resize(p.K);
+  p.grid_h.resize(p.K);
+  p.grid_w.resize(p.K);
+  p.keys.resize(p.K);
+  std::vector<RoiGeometry<T>> geo(p.K);
+  int64_t ny = 0, nx = 0;
+  for (int64_t r = 0; r < p.K; ++r) {
+    const T* b = r5 + 5 * r;
+    const int64_t l = lv ? lv[r] : 0;
+    TORCH_CHECK(l >= 0 && l < L, "levels[", r, "] must be in [0, ", L, "), got ", l);
+    p.level[r] = l;
+    p.batch[r] = roi_batch_index(b[0], N, r);
+    p.keys[r] = l * N + p.batch[r];
+    geo[r] = roi_geometry<T>(b[1], b[2], b[3], b[4], T(maps[l].scale), PH, PW, sampling_ratio, aligned);
+    p.count[r] = geo[r].count;
+    p.grid_h[r] = std::max<int64_t>(geo[r].grid_h, 0);
+    p.grid_w[r] = std::max<int64_t>(geo[r].grid_w, 0);
+    p.y_off[r] = ny;
+    p.x_off[r] = nx;
+    ny += PH * p.grid_h[r];
+    nx += PW * p.grid_w[r];
+  }
+  p.ys.resize(ny);
+  p.xs.resize(nx);
+  p.y_n.assign(p.K * PH, 0);
+  p.x_n.assign(p.K * PW, 0);
+  at::parallel_for(0, p.K, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const RoiGeometry<T>& g = geo[r];
+      const MapMeta& m = maps[p.level[r]];
+      for (int64_t ph = 0; ph < PH; ++ph) {
+        AxisSample<T>* out = p.ys.data() + p.y_off[r] + ph * p.grid_h[r];
+        int64_t n = 0;
+        for (int64_t i = 0; i < p.grid_h[r]; ++i) n += axis_sample(sample_pos(g.start_h, g.bin_h, ph, i, g.grid_h), m.H, out[n]);
+        p.y_n[r * PH + ph] = n;
+      }
+      for (int64_t pw = 0; pw < PW; ++pw) {
+        AxisSample<T>* out = p.xs.data() + p.x_off[r] + pw * p.grid_w[r];
+        int64_t n = 0;
+        for (int64_t i = 0; i < p.grid_w[r]; ++i) n += axis_sample(sample_pos(g.start_w, g.bin_w, pw, i, g.grid_w), m.W, out[n]);
+        p.x_n[r * PW + pw] = n;
+      }
+    }
+  });
+  return p;
+}
+
+MapMeta meta_of(const at::Tensor& t, double scale) {
+  return {t.size(0), t.size(1), t.size(2), t.size(3), is_channels_last(t), scale};
+}
+
+at::MemoryFormat format_of(bool channels_last) {
+  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// ------------------------------------------------------------------ forward
+
+// out [K, C, PH, PW] (any strides) from maps; every output element is written.
+template <typename scalar_t>
+void forward_kernel(const std::vector<at::Tensor>& maps, const Plan<at::opmath_type<scalar_t>>& p,
+                    at::Tensor& out) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t L = static_cast<int64_t>(maps.size()), N = maps[0].size(0), C = maps[0].size(1);
+  const int64_t PH = p.PH, PW = p.PW;
+  const int64_t oK = out.stride(0), oC = out.stride(1), oH = out.stride(2), oW = out.stride(3);
+  scalar_t* o = out.mutable_data_ptr<scalar_t>();
+  RoiBuckets buckets(p.keys, p.num_keys);
+
+  // NCHW maps: (channel, level, image) plane tasks, channel outermost so the
+  // static split gives every thread all images (balanced across batches).
+  std::vector<int64_t> plane_levels;
+  for (int64_t l = 0; l < L; ++l)
+    if (!is_channels_last(maps[l])) plane_levels.push_back(l);
+  const int64_t per_channel = static_cast<int64_t>(plane_levels.size()) * N;
+  if (per_channel > 0) {
+    at::parallel_for(0, C * per_channel, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t c = t / per_channel, ln = t % per_channel;
+        const int64_t l = plane_levels[ln / N], n = ln % N;
+        const at::Tensor& m = maps[l];
+        const int64_t sH = m.stride(2), sW = m.stride(3);
+        const scalar_t* plane = m.const_data_ptr<scalar_t>() + n * m.stride(0) + c * m.stride(1);
+        const int64_t key = l * N + n;
+        for (int64_t i = buckets.begin(key); i < buckets.end(key); ++i) {
+          const int64_t r = buckets.rois[i];
+          scalar_t* orc = o + r * oK + c * oC;
+          const T count = p.count[r];
+          for (int64_t ph = 0; ph < PH; ++ph) {
+            const AxisSample<T>* yb = p.y_begin(r, ph);
+            const AxisSample<T>* ye = p.y_end(r, ph);
+            for (int64_t pw = 0; pw < PW; ++pw) {
+              const AxisSample<T>* xb = p.x_begin(r, pw);
+              const AxisSample<T>* xe = p.x_end(r, pw);
+              T acc = T(0);
+              for (const AxisSample<T>* y = yb; y != ye; ++y) {
+                const scalar_t* rl = plane + y->low * sH;
+                const scalar_t* rh = plane + y->high * sH;
+                for (const AxisSample<T>* x = xb; x != xe; ++x) {
+                  acc += y->w_low * x->w_low * T(rl[x->low * sW]) + y->w_low * x->w_high * T(rl[x->high * sW]) +
+                         y->w_high * x->w_low * T(rh[x->low * sW]) + y->w_high * x->w_high * T(rh[x->high * sW]);
+                }
+              }
+              orc[ph * oH + pw * oW] = scalar_t(acc / count);
+            }
+          }
+        }
+      }
+    });
+  }
+
+  // Channels-last maps: (channel block, RoI) tasks, contiguous channel vectors.
+  bool any_cl = false;
+  for (int64_t l = 0; l < L; ++l) any_cl |= is_channels_last(maps[l]);
+  if (!any_cl) return;
+  const int64_t blocks = (C + kForwardChannelBlock - 1) / kForwardChannelBlock;
+  at::parallel_for(0, blocks * p.K, 1, [&](int64_t begin, int64_t end) {
+    T acc[kForwardChannelBlock];
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t j = t / p.K, r = t % p.K;
+      const at::Tensor& m = maps[p.level[r]];
+      if (!is_channels_last(m)) continue;
+      const int64_t c0 = j * kForwardChannelBlock, nc = std::min(kForwardChannelBlock, C - c0);
+      const int64_t sH = m.stride(2), sW = m.stride(3);
+      const scalar_t* base = m.const_data_ptr<scalar_t>() + p.batch[r] * m.stride(0) + c0;
+      const T count = p.count[r];
+      for (int64_t ph = 0; ph < PH; ++ph) {
+        const AxisSample<T>* yb = p.y_begin(r, ph);
+        const AxisSample<T>* ye = p.y_end(r, ph);
+        for (int64_t pw = 0; pw < PW; ++pw) {
+          std::fill(acc, acc + nc, T(0));
+          for (const AxisSample<T>* y = yb; y != ye; ++y) {
+            for (const AxisSample<T>* x = p.x_begin(r, pw); x != p.x_end(r, pw); ++x) {
+              const T w1 = y->w_low * x->w_low, w2 = y->w_low * x->w_high;
+              const T w3 = y->w_high * x->w_low, w4 = y->w_high * x->w_high;
+              const scalar_t* __restrict__ p1 = base + y->low * sH + x->low * sW;
+              const scalar_t* __restrict__ p2 = base + y->low * sH + x->high * sW;
+              const scalar_t* __restrict__ p3 = base + y->high * sH + x->low * sW;
+              const scalar_t* __restrict__ p4 = base + y->high * sH + x->high * sW;
+#pragma omp simd
+              for (int64_t c = 0; c < nc; ++c) {
+                acc[c] += w1 * T(p1[c]) + w2 * T(p2[c]) + w3 * T(p3[c]) + w4 * T(p4[c]);
+              }
+            }
+          }
+          scalar_t* dst = o + r * oK + c0 * oC + ph * oH + pw * oW;
+          for (int64_t c = 0; c < nc; ++c) dst[c * oC] = scalar_t(acc[c] / count);
+        }
+      }
+    }
+  });
+}
+
+at::Tensor forward_impl(const std::vector<at::Tensor>& maps, const at::Tensor& rois, const at::Tensor& levels,
+                        const std::vector<double>& scales, int64_t PH, int64_t PW, int64_t sampling_ratio,
+                        bool aligned) {
+  const at::Tensor& first = maps[0];
+  const int64_t K = rois.size(0), C = first.size(1);
+  at::Tensor out = at::empty({K, C, PH, PW}, first.options(), format_of(is_channels_last(first)));
+  if (out.numel() == 0) return out;
+  std::vector<MapMeta> metas;
+  for (size_t l = 0; l < maps.size(); ++l) metas.push_back(meta_of(maps[l], scales[l]));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, first.scalar_type(), "roi_align_cpu", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const Plan<T> plan = make_plan<T>(metas, rois, levels, PH, PW, sampling_ratio, aligned);
+    forward_kernel<scalar_t>(maps, plan, out);
+  });
+  return out;
+}
+
+// ------------------------------------------------------------------ backward
+
+// grads[l] (allocated, any content) receives the gradient of map l.
+template <typename scalar_t>
+void backward_kernel(const at::Tensor& grad, const std::vector<MapMeta>& metas,
+                     const Plan<at::opmath_type<scalar_t>>& p, std::vector<at::Tensor>& grads) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t L = static_cast<int64_t>(metas.size()), N = metas[0].N, C = metas[0].C;
+  const int64_t PH = p.PH, PW = p.PW;
+  const int64_t gK = grad.stride(0), gC = grad.stride(1), gH = grad.stride(2), gW = grad.stride(3);
+  const scalar_t* g = grad.const_data_ptr<scalar_t>();
+  RoiBuckets buckets(p.keys, p.num_keys);
+  const int64_t blocks = (C + kBackwardChannelBlock - 1) / kBackwardChannelBlock;
+
+  // Task t: (unit, level, image), unit = a channel (NCHW) or a channel block
+  // (channels-last), unit outermost for balance. Each task owns its slab of
+  // grads[level] and accumulates it in a dense float buffer.
+  std::vector<int64_t> units(L);
+  int64_t max_units = 0;
+  for (int64_t l = 0; l < L; ++l) {
+    units[l] = metas[l].channels_last ? blocks : C;
+    max_units = std::max(max_units, units[l]);
+  }
+  at::parallel_for(0, max_units * L * N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buf;
+    std::vector<T> gv(kBackwardChannelBlock);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t u = t / (L * N), l = (t / N) % L, n = t % N;
+      if (u >= units[l]) continue;
+      const MapMeta& m = metas[l];
+      at::Tensor& gl = grads[l];
+      const int64_t H = m.H, W = m.W, key = l * N + n;
+      scalar_t* dst = gl.mutable_data_ptr<scalar_t>() + n * gl.stride(0);
+      const int64_t dH = gl.stride(2), dW = gl.stride(3), dC = gl.stride(1);
+      if (!m.channels_last) {
+        const int64_t c = u;
+        buf.assign(H * W, T(0));
+        T* plane = buf.data();
+        for (int64_t i = buckets.begin(key); i < buckets.end(key); ++i) {
+          const int64_t r = buckets.rois[i];
+          const scalar_t* grc = g + r * gK + c * gC;
+          const T count = p.count[r];
+          for (int64_t ph = 0; ph < PH; ++ph) {
+            for (int64_t pw = 0; pw < PW; ++pw) {
+              const T go = T(grc[ph * gH + pw * gW]) / count;
+              if (go == T(0)) continue;
+              for (const AxisSample<T>* y = p.y_begin(r, ph); y != p.y_end(r, ph); ++y) {
+                const T gl_ = go * y->w_low, gh_ = go * y->w_high;
+                T* rl = plane + y->low * W;
+                T* rh = plane + y->high * W;
+                for (const AxisSample<T>* x = p.x_begin(r, pw); x != p.x_end(r, pw); ++x) {
+                  rl[x->low] += gl_ * x->w_low;
+                  rl[x->high] += gl_ * x->w_high;
+                  rh[x->low] += gh_ * x->w_low;
+                  rh[x->high] += gh_ * x->w_high;
+                }
+              }
+            }
+          }
+        }
+        scalar_t* out = dst + c * dC;
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t w = 0; w < W; ++w) out[h * dH + w * dW] = scalar_t(plane[h * W + w]);
+      } else {
+        const int64_t c0 = u * kBackwardChannelBlock, nc = std::min(kBackwardChannelBlock, C - c0);
+        buf.assign(H * W * nc, T(0));
+        for (int64_t i = buckets.begin(key); i < buckets.end(key); ++i) {
+          const int64_t r = buckets.rois[i];
+          const scalar_t* grc = g + r * gK + c0 * gC;
+          const T count = p.count[r];
+          for (int64_t ph = 0; ph < PH; ++ph) {
+            for (int64_t pw = 0; pw < PW; ++pw) {
+              bool any = false;
+              for (int64_t c = 0; c < nc; ++c) {
+                gv[c] = T(grc[c * gC + ph * gH + pw * gW]) / count;
+                any |= gv[c] != T(0);
+              }
+              if (!any) continue;
+              const T* __restrict__ gvp = gv.data();
+              for (const AxisSample<T>* y = p.y_begin(r, ph); y != p.y_end(r, ph); ++y) {
+                for (const AxisSample<T>* x = p.x_begin(r, pw); x != p.x_end(r, pw); ++x) {
+                  const T w1 = y->w_low * x->w_low, w2 = y->w_low * x->w_high;
+                  const T w3 = y->w_high * x->w_low, w4 = y->w_high * x->w_high;
+                  T* __restrict__ b1 = buf.data() + (y->low * W + x->low) * nc;
+                  T* __restrict__ b2 = buf.data() + (y->low * W + x->high) * nc;
+                  T* __restrict__ b3 = buf.data() + (y->high * W + x->low) * nc;
+                  T* __restrict__ b4 = buf.data() + (y->high * W + x->high) * nc;
+                  // b1..b4 may alias (clamped taps), so add them one after another.
+                  for (int64_t c = 0; c < nc; ++c) b1[c] += w1 * gvp[c];
+                  for (int64_t c = 0; c < nc; ++c) b2[c] += w2 * gvp[c];
+                  for (int64_t c = 0; c < nc; ++c) b3[c] += w3 * gvp[c];
+                  for (int64_t c = 0; c < nc; ++c) b4[c] += w4 * gvp[c];
+                }
+              }
+            }
+          }
+        }
+        scalar_t* out = dst + c0 * dC;
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t w = 0; w < W; ++w) {
+            const T* src = buf.data() + (h * W + w) * nc;
+            scalar_t* o = out + h * dH + w * dW;
+            for (int64_t c = 0; c < nc; ++c) o[c * dC] = scalar_t(src[c]);
+          }
+      }
+    }
+  });
+}
+
+std::vector<at::Tensor> backward_impl(const at::Tensor& grad_in, const std::vector<MapMeta>& metas,
+                                      const at::TensorOptions& options, const at::Tensor& rois,
+                                      const at::Tensor& levels, int64_t PH, int64_t PW, int64_t sampling_ratio,
+                                      bool aligned) {
+  const int64_t K = rois.size(0), C = metas[0].C;
+  TORCH_CHECK(grad_in.dim() == 4 && grad_in.size(0) == K && grad_in.size(1) == C && grad_in.size(2) == PH &&
+                  grad_in.size(3) == PW,
+              "grad must have shape [", K, ", ", C, ", ", PH, ", ", PW, "], got ", grad_in.sizes());
+  std::vector<at::Tensor> grads;
+  for (const MapMeta& m : metas) {
+    grads.push_back(K == 0 ? at::zeros({m.N, m.C, m.H, m.W}, options).contiguous(format_of(m.channels_last))
+                           : at::empty({m.N, m.C, m.H, m.W}, options, format_of(m.channels_last)));
+  }
+  if (K == 0 || C == 0) return grads;
+  const at::Tensor grad = grad_in.to(options.dtype()).contiguous(format_of(metas[0].channels_last));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cpu", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const Plan<T> plan = make_plan<T>(metas, rois, levels, PH, PW, sampling_ratio, aligned);
+    backward_kernel<scalar_t>(grad, metas, plan, grads);
+  });
+  return grads;
+}
+
+// ------------------------------------------------------------------ ops
+
+void check_input(const at::Tensor& input) {
+  TORCH_CHECK(input.dim() == 4, "input must have shape [N, C, H, W], got ", input.sizes());
+  TORCH_CHECK(is_kernel_float(input.scalar_type()), "input must be float16, bfloat16, float32 or float64, got ",
+              input.scalar_type());
+}
+
+at::Tensor roi_align_cpu(const at::Tensor& input, const at::Tensor& rois, double spatial_scale, int64_t PH,
+                         int64_t PW, int64_t sampling_ratio, bool aligned) {
+  check_input(input);
+  check_rois_shape(rois);
+  check_pool_args(PH, PW, spatial_scale);
+  return forward_impl({input}, rois, at::Tensor(), {spatial_scale}, PH, PW, sampling_ratio, aligned);
+}
+
+at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale, int64_t PH,
+                                  int64_t PW, int64_t N, int64_t C, int64_t H, int64_t W, int64_t sampling_ratio,
+                                  bool aligned, bool channels_last) {
+  check_rois_shape(rois);
+  check_pool_args(PH, PW, spatial_scale);
+  TORCH_CHECK(is_kernel_float(grad.scalar_type()), "grad must be a floating tensor, got ", grad.scalar_type());
+  const MapMeta meta{N, C, H, W, channels_last && C > 1, spatial_scale};
+  return backward_impl(grad, {meta}, grad.options(), rois, at::Tensor(), PH, PW, sampling_ratio, aligned)[0];
+}
+
+at::Tensor multi_scale_cpu(at::TensorList features, const at::Tensor& rois, const at::Tensor& levels,
+                           at::ArrayRef<double> scales, int64_t PH, int64_t PW, int64_t sampling_ratio, bool aligned) {
+  check_multi_args(features, rois, levels, scales, PH, PW);
+  return forward_impl(features.vec(), rois, levels, scales.vec(), PH, PW, sampling_ratio, aligned);
+}
+
+std::vector<at::Tensor> multi_scale_backward_cpu(const at::Tensor& grad, at::TensorList features,
+                                                 const at::Tensor& rois, const at::Tensor& levels,
+                                                 at::ArrayRef<double> scales, int64_t PH, int64_t PW,
+                                                 int64_t sampling_ratio, bool aligned) {
+  check_multi_args(features, rois, levels, scales, PH, PW);
+  std::vector<MapMeta> metas;
+  for (size_t l = 0; l < features.size(); ++l) metas.push_back(meta_of(features[l], scales[l]));
+  return backward_impl(grad, metas, features[0].options(), rois, levels, PH, PW, sampling_ratio, aligned);
+}
+
+}  // namespace
+}  // namespace roi_align
+}  // namespace detops
+
+TORCH_LIBRARY_IMPL(detops, CPU, m) {
+  using namespace detops::roi_align;
+  m.impl("roi_align", &roi_align_cpu);
+  m.impl("roi_align_backward", &roi_align_backward_cpu);
+  m.impl("multi_scale_roi_align", &multi_scale_cpu);
+  m.impl("multi_scale_roi_align_backward", &multi_scale_backward_cpu);
+}

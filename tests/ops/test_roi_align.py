@@ -1,0 +1,328 @@
+"""roi_align / RoIAlign / MultiScaleRoIAlign against torchvision and a float64
+reference: forward, gradients (gradcheck and torchvision's), layouts, dtypes,
+edge-case boxes, opcheck, torch.compile and bad inputs."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+import torchvision
+
+import detops
+from tests.conftest import requires_cuda
+from tests.helpers import assert_close
+
+
+def make_rois(k: int, n: int, size: tuple[int, int], *, scale: float = 1.0, generator=None, dtype=torch.float64):
+    """``[k, 5]`` rois over an image of ``size / scale`` pixels: most inside, some
+    partly or wholly outside, plus zero-size and inverted ones."""
+    h, w = size[0] / scale, size[1] / scale
+    g = generator
+    xy = torch.rand(k, 2, dtype=torch.float64, generator=g) * torch.tensor([w * 1.3, h * 1.3]) - torch.tensor([w * 0.15, h * 0.15])
+    wh = torch.rand(k, 2, dtype=torch.float64, generator=g) * torch.tensor([w * 0.6, h * 0.6])
+    boxes = torch.cat([xy, xy + wh], dim=1)
+    if k >= 6:
+        boxes[0, 2:] = boxes[0, :2]  # zero size
+        boxes[1, 2:] = boxes[1, :2] - 3.0  # inverted
+        boxes[2] = torch.tensor([-50.0, -40.0, -10.0, -5.0])  # wholly outside (top-left)
+        boxes[3] = torch.tensor([w + 5, h + 5, w + 30, h + 20])  # wholly outside (bottom-right)
+        boxes[4] = torch.tensor([-5.0, -5.0, w + 5, h + 5])  # covers everything
+    batch = torch.randint(0, n, (k, 1), generator=g).to(torch.float64)
+    return torch.cat([batch, boxes], dim=1).to(dtype)
+
+
+def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A fresh copy of ``x`` in the requested memory format."""
+    return x.detach().clone(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+@pytest.mark.parametrize("sampling_ratio", [-1, 0, 1, 2, 4])
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_matches_torchvision_fp32(device, sampling_ratio, aligned, channels_last):
+    g = torch.Generator().manual_seed(1000 + sampling_ratio * 10 + aligned * 2 + channels_last)
+    x = torch.randn(2, 5, 13, 17, generator=g)
+    rois = make_rois(30, 2, (13, 17), scale=0.5, generator=g, dtype=torch.float32)
+    x, rois = x.to(device), rois.to(device)
+    xd = _layout(x, channels_last).requires_grad_()
+    xt = x.detach().clone().requires_grad_()
+    out = detops.roi_align(xd, rois, (3, 4), 0.5, sampling_ratio, aligned)
+    ref = torchvision.ops.roi_align(xt, rois, (3, 4), 0.5, sampling_ratio, aligned)
+    assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    if channels_last:
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(ref.shape, generator=g).to(device)
+    out.backward(grad)
+    ref.backward(grad)
+    assert_close(xd.grad, xt.grad, rtol=1e-5, atol=1e-5)
+    if channels_last:
+        assert xd.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_boxes_as_list_and_module(device):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 4, 10, 12, generator=g).to(device)
+    boxes = [make_rois(7, 1, (10, 12), generator=g, dtype=torch.float32)[:, 1:].to(device) for _ in range(3)]
+    boxes[1] = boxes[1][:0]  # an image without boxes
+    out = detops.roi_align(x, boxes, 2, 1.0, 2)
+    ref = torchvision.ops.roi_align(x, boxes, 2, 1.0, 2)
+    assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    module = detops.RoIAlign((2, 3), 0.5, -1, aligned=True)
+    ref_module = torchvision.ops.RoIAlign((2, 3), 0.5, -1, aligned=True)
+    assert_close(module(x, boxes), ref_module(x, boxes), rtol=1e-5, atol=1e-6)
+    assert "RoIAlign(output_size=(2, 3)" in repr(module)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_float64_reference_and_gradcheck(aligned):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 3, 6, 7, dtype=torch.float64, generator=g)
+    rois = make_rois(8, 2, (6, 7), generator=g)
+    out = detops.roi_align(x, rois, (2, 3), 1.0, -1, aligned)
+    ref = torchvision.ops.roi_align(x, rois, (2, 3), 1.0, -1, aligned)
+    assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    for channels_last in (False, True):
+        xi = _layout(x, channels_last).requires_grad_()
+        assert torch.autograd.gradcheck(lambda t: detops.roi_align(t, rois, (2, 3), 1.0, 2, aligned), (xi,))
+
+
+def test_bilinear_reference_by_hand():
+    """One bin, one sample at (y, x) = (1.25, 2.5): the bilinear mix of four pixels."""
+    x = torch.arange(20, dtype=torch.float64).reshape(1, 1, 4, 5)
+    # Box [2, 1, 3, 1.5] with aligned=True and sampling 1: sample at (1.25 - 0.5, 2.5 - 0.5) = (0.75, 2.0).
+    rois = torch.tensor([[0.0, 2.0, 1.0, 3.0, 1.5]], dtype=torch.float64)
+    out = detops.roi_align(x, rois, 1, 1.0, 1, aligned=True)
+    expected = 0.25 * x[0, 0, 0, 2] + 0.75 * x[0, 0, 1, 2]
+    assert_close(out.reshape(()), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_reduced_precision(device, dtype, channels_last):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 6, 9, 11, generator=g).to(device)
+    rois = make_rois(12, 2, (9, 11), generator=g, dtype=torch.float32).to(device)
+    xh = _layout(x.to(dtype), channels_last).requires_grad_()
+    out = detops.roi_align(xh, rois, 3, 1.0, 2)
+    assert out.dtype == dtype
+    ref = torchvision.ops.roi_align(xh.detach().float(), rois, 3, 1.0, 2)
+    tol = 1e-2 if dtype == torch.float16 else 2e-2
+    assert_close(out.float(), ref, rtol=tol, atol=tol)
+    grad = torch.randn(out.shape, generator=g).to(device)
+    out.backward(grad.to(dtype))
+    xf = xh.detach().float().requires_grad_()
+    torchvision.ops.roi_align(xf, rois, 3, 1.0, 2).backward(grad.to(dtype).float())
+    assert xh.grad.dtype == dtype
+    assert_close(xh.grad.float(), xf.grad, rtol=tol, atol=tol)
+
+
+def test_autocast_keeps_map_dtype():
+    x = torch.randn(1, 4, 8, 8).to(torch.bfloat16)
+    rois = torch.tensor([[0.0, 1.0, 1.0, 6.0, 5.0]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = detops.roi_align(x, rois, 2, 1.0, 2)
+    assert out.dtype == torch.bfloat16
+
+
+def test_empty_rois_and_grad(device):
+    x = torch.randn(2, 3, 5, 5, device=device, requires_grad=True)
+    rois = torch.zeros(0, 5, device=device)
+    out = detops.roi_align(x, rois, 2)
+    assert out.shape == (0, 3, 2, 2)
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_huge_coordinates_and_strided_input():
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(2, 8, 12, 10, generator=g)
+    x = base[:, ::2]  # non-contiguous channel stride
+    rois = torch.tensor(
+        [[0, -1e6, -1e6, 1e6, 1e6], [1, 3.0, 2.0, 5e4, 4.0], [1, 1e7, 1e7, 1e7 + 1, 1e7 + 1]], dtype=torch.float32
+    )
+    out = detops.roi_align(x, rois, 2, 1.0, 2)
+    ref = torchvision.ops.roi_align(x.contiguous(), rois, 2, 1.0, 2)
+    assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_backward_is_deterministic():
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 4, 9, 9, generator=g)
+    rois = make_rois(40, 2, (9, 9), generator=g, dtype=torch.float32)
+    grads = []
+    for _ in range(3):
+        xi = x.clone().requires_grad_()
+        detops.roi_align(xi, rois, 3, 1.0, 2).backward(torch.ones(40, 4, 3, 3))
+        grads.append(xi.grad)
+    assert all(torch.equal(grads[0], gr) for gr in grads[1:])
+
+
+@requires_cuda
+def test_cuda_deterministic_backward_bit_identical():
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(2, 16, 25, 30, generator=g).cuda()
+    rois = make_rois(200, 2, (25, 30), generator=g, dtype=torch.float32).cuda()
+    grad = torch.randn(200, 16, 7, 7, generator=g).cuda()
+    results = []
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        for channels_last in (False, True, False):
+            xi = _layout(x, channels_last).requires_grad_()
+            detops.roi_align(xi, rois, 7, 1.0, 2).backward(grad)
+            results.append(xi.grad.contiguous())
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    assert torch.equal(results[0], results[2])
+    xt = x.detach().clone().requires_grad_()
+    torchvision.ops.roi_align(xt, rois, 7, 1.0, 2).backward(grad)
+    assert_close(results[0], xt.grad, rtol=1e-4, atol=1e-4)
+    assert_close(results[1], xt.grad, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------ bad inputs
+
+
+def test_bad_inputs():
+    x = torch.randn(2, 3, 5, 5)
+    good = torch.tensor([[0.0, 0, 0, 2, 2]])
+    with pytest.raises(RuntimeError, match=r"batch index\) must be in \[0, 2\)"):
+        detops.roi_align(x, torch.tensor([[2.0, 0, 0, 2, 2]]), 2)
+    with pytest.raises(RuntimeError, match="batch index"):
+        detops.roi_align(x, torch.tensor([[-1.0, 0, 0, 2, 2]]), 2)
+    with pytest.raises(RuntimeError, match="batch index"):
+        detops.roi_align(x, torch.tensor([[float("nan"), 0, 0, 2, 2]]), 2)
+    with pytest.raises(ValueError, match=r"boxes must be a Tensor\[K, 5\]"):
+        detops.roi_align(x, torch.zeros(3, 4), 2)
+    with pytest.raises(ValueError, match=r"boxes\[0\] must have shape \[L, 4\]"):
+        detops.roi_align(x, [torch.zeros(3, 5)], 2)
+    with pytest.raises(ValueError, match="output_size must be positive"):
+        detops.roi_align(x, good, (0, 2))
+    with pytest.raises(ValueError, match="spatial_scale must be a positive"):
+        detops.roi_align(x, good, 2, -1.0)
+    with pytest.raises(ValueError, match=r"input must have shape \[N, C, H, W\]"):
+        detops.roi_align(x[0], good, 2)
+    with pytest.raises(TypeError, match="input must be float16"):
+        detops.roi_align(x.long(), good, 2)
+    # Direct calls to the operator are checked in C++ too.
+    with pytest.raises(RuntimeError, match=r"rois must have shape \[K, 5\]"):
+        torch.ops.detops.roi_align(x, torch.zeros(2, 4), 1.0, 2, 2, 2, False)
+    with pytest.raises(RuntimeError, match="output_size must be positive"):
+        torch.ops.detops.roi_align(x, good, 1.0, -2, 2, 2, False)
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="same device"):
+            detops.roi_align(x.cuda(), good, 2)
+
+
+# ------------------------------------------------------------------ operator checks
+
+
+def test_opcheck():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 6, 7, generator=g, requires_grad=True)
+    rois = make_rois(6, 2, (6, 7), generator=g, dtype=torch.float32)
+    torch.library.opcheck(torch.ops.detops.roi_align.default, (x, rois, 1.0, 2, 2, 2, False))
+    xc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    torch.library.opcheck(torch.ops.detops.roi_align.default, (xc, rois, 0.5, 3, 2, -1, True))
+    grad = torch.randn(6, 3, 2, 2, generator=g)
+    torch.library.opcheck(
+        torch.ops.detops.roi_align_backward.default, (grad, rois, 1.0, 2, 2, 2, 3, 6, 7, 2, False, False)
+    )
+    feats = [torch.randn(2, 3, 8, 8, generator=g, requires_grad=True), torch.randn(2, 3, 4, 4, generator=g, requires_grad=True)]
+    levels = torch.tensor([0, 1, 1, 0, 0, 1])
+    torch.library.opcheck(
+        torch.ops.detops.multi_scale_roi_align.default, (feats, rois, levels, [1.0, 0.5], 2, 2, 2, False)
+    )
+
+
+def test_torch_compile_fullgraph():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 8, 9, generator=g, requires_grad=True)
+    rois = make_rois(5, 2, (8, 9), generator=g, dtype=torch.float32)
+
+    def f(t, r):
+        return detops.roi_align(t, r, (2, 2), 1.0, 2, True).square().sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    out = compiled(x, rois)
+    (grad,) = torch.autograd.grad(out, x)
+    (ref_grad,) = torch.autograd.grad(f(x, rois), x)
+    assert_close(out, f(x, rois))
+    assert_close(grad, ref_grad)
+
+
+# ------------------------------------------------------------------ MultiScaleRoIAlign
+
+
+def _fpn(g, n=2, c=4, image=(64, 96), channels_last=False, dtype=torch.float32):
+    feats = OrderedDict()
+    for i, stride in enumerate([4, 8, 16, 32]):
+        f = torch.randn(n, c, image[0] // stride, image[1] // stride, generator=g).to(dtype)
+        feats[f"p{i + 2}"] = _layout(f, channels_last)
+    feats["pool"] = torch.randn(n, c, 1, 2, generator=g).to(dtype)
+    return feats
+
+
+def _fpn_boxes(g, counts, image=(64, 96)):
+    boxes = []
+    for k in counts:
+        xy = torch.rand(k, 2, generator=g) * torch.tensor([image[1], image[0]])
+        # Sizes up to 4x the image so that every FPN level gets boxes.
+        wh = torch.rand(k, 2, generator=g) ** 2 * torch.tensor([image[1], image[0]]) * 4 + 0.5
+        boxes.append(torch.cat([xy, xy + wh], dim=1))
+    return boxes
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [2, 0])
+def test_multi_scale_matches_torchvision(device, channels_last, sampling_ratio):
+    g = torch.Generator().manual_seed(20 + channels_last)
+    feats = OrderedDict((k, v.to(device)) for k, v in _fpn(g, channels_last=channels_last).items())
+    boxes = [b.to(device) for b in _fpn_boxes(g, [40, 25])]
+    names = ["p2", "p3", "p4", "p5"]
+    ours = detops.MultiScaleRoIAlign(names, 3, sampling_ratio)
+    ref = torchvision.ops.MultiScaleRoIAlign(names, 3, sampling_ratio)
+    leaves = OrderedDict((k, v.clone().requires_grad_()) for k, v in feats.items())
+    ref_leaves = OrderedDict((k, v.detach().contiguous().requires_grad_()) for k, v in feats.items())
+    out = ours(leaves, boxes, [(64, 96), (60, 90)])
+    expected = ref(ref_leaves, boxes, [(64, 96), (60, 90)])
+    assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    levels = ours._levels(torch.cat([torch.zeros(65, 1, device=device), torch.cat(boxes)], dim=1))
+    assert len(levels.unique()) == 4, "the boxes must exercise every level"
+    grad = torch.randn(expected.shape, generator=g).to(device)
+    out.backward(grad)
+    expected.backward(grad)
+    for k in names:
+        assert_close(leaves[k].grad, ref_leaves[k].grad, rtol=1e-5, atol=1e-5, msg=k)
+    assert repr(ours) == repr(ref)
+
+
+def test_multi_scale_single_level_and_gradcheck():
+    g = torch.Generator().manual_seed(30)
+    feats = _fpn(g, c=2, dtype=torch.float64)
+    boxes = [b.double() for b in _fpn_boxes(g, [5, 4])]
+    one = detops.MultiScaleRoIAlign(["p3"], (2, 3), 2)
+    ref = torchvision.ops.MultiScaleRoIAlign(["p3"], (2, 3), 2)
+    assert_close(one(feats, boxes, [(64, 96)]), ref(feats, boxes, [(64, 96)]), rtol=1e-12, atol=1e-12)
+
+    names = ["p2", "p3", "p4", "p5"]
+    module = detops.MultiScaleRoIAlign(names, 2, 2)
+    leaves = [feats[k].clone().requires_grad_() for k in names]
+
+    def f(*maps):
+        return module(OrderedDict(zip(names, maps)), boxes, [(64, 96)])
+
+    assert torch.autograd.gradcheck(f, tuple(leaves))
+
+
+def test_multi_scale_bad_levels():
+    feats = [torch.randn(1, 2, 4, 4), torch.randn(1, 2, 2, 2)]
+    rois = torch.tensor([[0.0, 0, 0, 2, 2]])
+    with pytest.raises(RuntimeError, match=r"levels\[0\] must be in \[0, 2\)"):
+        torch.ops.detops.multi_scale_roi_align(feats, rois, torch.tensor([2]), [1.0, 0.5], 2, 2, 2, False)
+    with pytest.raises(RuntimeError, match="same batch size and channels"):
+        torch.ops.detops.multi_scale_roi_align(
+            [feats[0], torch.randn(1, 3, 2, 2)], rois, torch.tensor([0]), [1.0, 0.5], 2, 2, 2, False
+        )
