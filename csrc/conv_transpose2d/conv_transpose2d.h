@@ -38,13 +38,7 @@ void check_grad(const at::Tensor& grad, const Geometry& g);
 // Whether the dense algorithm applies (groups == 1 and kernel == stride).
 inline bool is_dense(const Geometry& g) { return g.groups == 1 && g.kH == g.sH && g.kW == g.sW; }
 
-// The dense algorithm's device-specific halves. y (or g) holds element
-// (row r = (oc * kH + ky) * kW + kx, image n, input pixel p = iy * W + ix) at
-// r * rs + n * ns + p * ps.
-struct DenseStrides {
-  int64_t rs, ns, ps;
-};
-
+// The dense algorithm's device-specific halves (DenseStrides: conv_transpose2d_math.h).
 // out[n0 + n] = act(shuffle(y[n]) + bias + skip) for n in [0, nb).
 using ShuffleFn = void (*)(const at::Tensor& y, DenseStrides st, int64_t n0, int64_t nb,
                            const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& skip,

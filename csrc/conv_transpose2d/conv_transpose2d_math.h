@@ -122,5 +122,12 @@ struct Geometry {
   DETOPS_HD int64_t cout_g() const { return Cout / groups; }
 };
 
+// The dense algorithm's column buffer (kernel == stride): element (row
+// r = (oc * kH + ky) * kW + kx, image n of the chunk, input pixel p = iy * W + ix)
+// lives at r * rs + n * ns + p * ps.
+struct DenseStrides {
+  int64_t rs, ns, ps;
+};
+
 }  // namespace conv_transpose2d
 }  // namespace detops
