@@ -8,7 +8,9 @@ from .box_iou import *  # noqa: F401,F403
 from .box_iou import __all__ as _box_iou_all
 from .conv_transpose2d import *  # noqa: F401,F403
 from .conv_transpose2d import __all__ as _conv_transpose2d_all
+from .nms import *  # noqa: F401,F403
+from .nms import __all__ as _nms_all
 from .roi_align import *  # noqa: F401,F403
 from .roi_align import __all__ as _roi_align_all
 
-__all__ = [*_anchor_generator_all, *_box_coder_all, *_box_iou_all, *_conv_transpose2d_all, *_roi_align_all]
+__all__ = [*_anchor_generator_all, *_box_coder_all, *_box_iou_all, *_conv_transpose2d_all, *_nms_all, *_roi_align_all]
