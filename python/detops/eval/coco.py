@@ -30,6 +30,7 @@ interpolated precision without a per-category loop.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -318,64 +319,89 @@ def coco_evaluate(
         slot_match[slot[pi], ti, ai] = gw
         start = stop
 
-    # -- per detection and (threshold, area): matched / ignored / TP / FP
-    d_out = (d_area[:, None] < area_lo) | (d_area[:, None] > area_hi)  # [D, A]
-    # Detections without a candidate pair are unmatched at every threshold.
-    tp = torch.zeros(D, T, A, dtype=torch.bool, device=device)
-    fp = (~d_out)[:, None, :].expand(D, T, A).clone()
+    # -- per (threshold-area channel, detection with a candidate pair): TP / FP.
+    # A detection without a candidate is unmatched at every threshold: a FP when
+    # its own area is in range, else ignored; those are counted per area only.
+    # Layout [channel, detection]: running counts along the contiguous axis.
+    TA = T * A
+    d_out = (d_area[None, :] < area_lo[:, None]) | (d_area[None, :] > area_hi[:, None])  # [A, D]
     if n_slot:
-        m = slot_match
+        m = slot_match.permute(1, 2, 0).reshape(TA, n_slot)
         has = m >= 0
         mc = m.clamp(min=0)
-        a_idx = torch.arange(A, device=device).expand_as(mc)
-        m_ignored = g_ignore[mc, a_idx]
+        a_of_channel = torch.arange(A, device=device).repeat(T)[:, None]
+        m_ignored = g_ignore[mc, a_of_channel.expand_as(mc)]
         m_nonzero = has & g_valid_id[mc]  # pycocotools stores the gt id: id 0 reads as "no match"
-        ignored = (has & m_ignored) | (~m_nonzero & d_out[slot_det][:, None, :])
-        tp[slot_det] = m_nonzero & ~ignored
-        fp[slot_det] = ~m_nonzero & ~ignored
+        ignored = (has & m_ignored) | (~m_nonzero & d_out[:, slot_det].repeat(T, 1))
+        slot_tp = m_nonzero & ~ignored
+        slot_fp = ~m_nonzero & ~ignored
+    else:
+        slot_tp = slot_fp = torch.zeros(TA, 0, dtype=torch.bool, device=device)
 
     # -- accumulate: detections of a category in (-score, image, rank) order
     acc = torch.sort(-d_score, stable=True).indices  # ties keep (image, rank) order
     acc = acc[torch.sort(d_cat[acc], stable=True).indices]
     a_cat, a_rank = d_cat[acc], d_rank[acc]
-    tp_a = tp[acc].reshape(D, T * A)
-    fp_a = fp[acc].reshape(D, T * A)
-    cat_start = torch.searchsorted(a_cat, torch.arange(K, device=device), side="left")  # [K]
+    slot_of = torch.full((D,), -1, dtype=i64, device=device)
+    slot_of[slot_det] = torch.arange(n_slot, device=device)
+    a_slot = slot_of[acc]
+    a_is_slot = a_slot >= 0
+    s_pos = a_is_slot.nonzero().squeeze(1)  # accumulate positions of candidate detections
+    NS = s_pos.numel()
+    s_idx = a_slot[s_pos]
+    s_tp, s_fp = slot_tp[:, s_idx], slot_fp[:, s_idx]  # [TA, NS]
+    s_cat, s_rank = a_cat[s_pos], a_rank[s_pos]
+    plain_fp = ~d_out[:, acc] & ~a_is_slot[None, :]  # [A, D]
+    ks = torch.arange(K, device=device)
+    cat_start = torch.searchsorted(a_cat, ks, side="left")  # [K]
+    s_cat_start = torch.searchsorted(s_cat, ks, side="left")
+
+    def cum_and_base(x: Tensor, starts: Tensor) -> tuple[Tensor, Tensor]:
+        """Inclusive running count along dim 1, and the count before each
+        category's first column ([rows, K])."""
+        cum = torch.cumsum(x, 1, dtype=torch.int32)
+        padded = torch.cat([torch.zeros(x.shape[0], 1, dtype=torch.int32, device=device), cum], 1)
+        return cum, padded[:, starts]
 
     precision = torch.full((T, R, K, A, M), -1.0, dtype=f64, device=device)
     recall = torch.full((T, K, A, M), -1.0, dtype=f64, device=device)
     has_gt = npig > 0  # [K, A]
-    ta_t = torch.arange(T, device=device).repeat_interleave(A)  # channel -> t
-    ta_a = torch.arange(A, device=device).repeat(T)  # channel -> a
     npig_f = npig.to(f64)
+    # TP entries at the largest maxDets; smaller settings keep a subset of them.
+    flat_all = s_tp.reshape(-1).nonzero().squeeze(1)
+    ci_all = torch.div(flat_all, max(NS, 1), rounding_mode="floor")
+    si_all = flat_all - ci_all * NS
     for mi, md in enumerate(max_dets):
-        valid = (a_rank < md)[:, None]
-        tpm = tp_a & valid
-        fpm = fp_a & valid
-        fp_cum = torch.cumsum(fpm, 0, dtype=torch.int32)
-        tp_cum = torch.cumsum(tpm, 0, dtype=torch.int32)
-        zero_row = torch.zeros(1, T * A, dtype=torch.int32, device=device)
-        fp_base = torch.cat([zero_row, fp_cum])[cat_start]  # [K, TA]: counts before each category
-        tp_base = torch.cat([zero_row, tp_cum])[cat_start]
-        di, ci = tpm.nonzero(as_tuple=True)
-        k = a_cat[di]
-        j = (tp_cum[di, ci] - tp_base[k, ci]).to(f64)  # TP count so far (this one included)
-        f = (fp_cum[di, ci] - fp_base[k, ci]).to(f64)
+        if md >= max_det:
+            ci, si = ci_all, si_all
+            stp, sfp, pfp = s_tp, s_fp, plain_fp
+        else:
+            keep_e = s_rank[si_all] < md
+            ci, si = ci_all[keep_e], si_all[keep_e]
+            s_valid = (s_rank < md)[None, :]
+            stp, sfp, pfp = s_tp & s_valid, s_fp & s_valid, plain_fp & (a_rank < md)[None, :]
+        tp_cum, tp_base = cum_and_base(stp, s_cat_start)
+        fp_cum, fp_base = cum_and_base(sfp, s_cat_start)
+        p_cum, p_base = cum_and_base(pfp, cat_start)
+        k = s_cat[si]
+        a_i = ci % A
+        flat = ci * NS + si
+        base_idx = ci * K + k
+        j = (tp_cum.reshape(-1)[flat] - tp_base.reshape(-1)[base_idx]).to(f64)  # TPs so far, this one included
+        f = (fp_cum.reshape(-1)[flat] - fp_base.reshape(-1)[base_idx]
+             + p_cum.reshape(-1)[a_i * D + s_pos[si]] - p_base.reshape(-1)[a_i * K + k]).to(f64)
         pr = j / (f + j + _EPS)
-        t_i, a_i = ta_t[ci], ta_a[ci]
-        rc = j / npig_f[k, a_i]
+        rc = j / npig_f.reshape(-1)[k * A + a_i]
         # The first rank reaching recall r is the first whose rc >= r, so this TP
         # counts for every recall threshold <= rc: interpolated precision at r is
         # the max over TPs whose bin is beyond r.
         rbin = torch.searchsorted(rec_thr, rc, right=True)  # in 1..R
-        seg = (ci * K + k) * (R + 1) + rbin
-        bins = torch.zeros(T * A * K * (R + 1), dtype=f64, device=device)
-        bins.scatter_reduce_(0, seg, pr, reduce="amax")
-        bins = bins.view(T * A * K, R + 1)
+        bins = torch.zeros(TA * K * (R + 1), dtype=f64, device=device)
+        bins.scatter_reduce_(0, base_idx * (R + 1) + rbin, pr, reduce="amax")
+        bins = bins.view(TA * K, R + 1)
         suffix = torch.flip(torch.cummax(torch.flip(bins, [1]), 1).values, [1])[:, 1:]  # [TA*K, R]
         q = suffix.view(T, A, K, R).permute(0, 3, 2, 1)  # [T, R, K, A]
-        n_tp = torch.zeros(T * A * K, dtype=f64, device=device)
-        n_tp.index_add_(0, ci * K + k, torch.ones_like(pr))
+        n_tp = torch.bincount(base_idx, minlength=TA * K).to(f64)
         rc_final = n_tp.view(T, A, K).permute(0, 2, 1) / npig_f.clamp(min=1)[None]  # [T, K, A]
         precision[..., mi] = torch.where(has_gt[None, None], q, precision[..., mi])
         recall[..., mi] = torch.where(has_gt[None], rc_final, recall[..., mi])
@@ -429,55 +455,86 @@ def _summarize(precision: Tensor, recall: Tensor, p: COCOParams, max_dets: list[
 # ------------------------------------------------------------------ COCO dicts
 
 
+def _ids_to_positions(ids: np.ndarray, sorted_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of ``ids`` in ``sorted_ids`` and whether each id is present."""
+    if sorted_ids.size == 0:
+        return np.zeros(ids.size, dtype=np.int64), np.zeros(ids.size, dtype=bool)
+    pos = np.searchsorted(sorted_ids, ids).clip(max=sorted_ids.size - 1)
+    return pos.astype(np.int64), sorted_ids[pos] == ids
+
+
+def _field(items: list[dict], key: str, dtype, default=None) -> np.ndarray:
+    if default is None:
+        return np.fromiter((it[key] for it in items), dtype=dtype, count=len(items))
+    return np.fromiter((it.get(key, default) for it in items), dtype=dtype, count=len(items))
+
+
+def _boxes_field(items: list[dict]) -> np.ndarray:
+    flat = np.fromiter(itertools.chain.from_iterable(it["bbox"] for it in items), dtype=np.float64)
+    if flat.size != 4 * len(items):
+        raise ValueError("every 'bbox' must have 4 numbers [x, y, w, h]")
+    return flat.reshape(-1, 4)
+
+
 def _coco_instances(
     gt: dict, dt: list[dict], iou_type: str, device: torch.device | str
 ) -> tuple[_Instances, _Instances, int, list]:
+    """COCO dicts -> flat arrays, keeping only annotations and results whose image
+    and category are in ``gt`` (as pycocotools' ``getAnnIds`` does)."""
     images = gt.get("images", [])
-    img_ids = sorted({im["id"] for im in images})
-    cat_ids = sorted({c["id"] for c in gt.get("categories", [])})
-    img_pos = {v: i for i, v in enumerate(img_ids)}
-    cat_pos = {v: i for i, v in enumerate(cat_ids)}
+    img_ids = np.unique(np.asarray([im["id"] for im in images], dtype=np.int64))
+    cat_list = sorted({c["id"] for c in gt.get("categories", [])})
+    cat_ids = np.asarray(cat_list, dtype=np.int64)
     sizes = {im["id"]: (im.get("height"), im.get("width")) for im in images}
-    f64 = torch.float64
 
-    anns = [a for a in gt.get("annotations", []) if a["image_id"] in img_pos and a["category_id"] in cat_pos]
-    g_img = torch.tensor([img_pos[a["image_id"]] for a in anns], dtype=torch.int64)
-    g_cat = torch.tensor([cat_pos[a["category_id"]] for a in anns], dtype=torch.int64)
-    g_box = torch.tensor(np.asarray([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4), dtype=f64)
-    g_area = torch.tensor([float(a["area"]) for a in anns], dtype=f64)
-    g_crowd = torch.tensor([bool(a.get("iscrowd", 0)) for a in anns], dtype=torch.bool)
-    g_idnz = torch.tensor([a.get("id", 1) != 0 for a in anns], dtype=torch.bool)
+    anns = gt.get("annotations", [])
+    g_img, g_img_ok = _ids_to_positions(_field(anns, "image_id", np.int64), img_ids)
+    g_cat, g_cat_ok = _ids_to_positions(_field(anns, "category_id", np.int64), cat_ids)
+    g_keep = g_img_ok & g_cat_ok
+    if not g_keep.all():
+        anns = [a for a, k in zip(anns, g_keep.tolist()) if k]
+        g_img, g_cat = g_img[g_keep], g_cat[g_keep]
+    g_box = _boxes_field(anns)
+    g_area = _field(anns, "area", np.float64)
+    g_crowd = _field(anns, "iscrowd", np.int64, 0) != 0
+    g_idnz = _field(anns, "id", np.int64, 1) != 0
     g_masks = None
     if iou_type == "segm":
         g_masks = [_mask.to_rle(a["segmentation"], *sizes[a["image_id"]]) for a in anns]
 
-    unknown = {d["image_id"] for d in dt} - set(img_pos)
-    if unknown:
-        raise ValueError(f"detections refer to image ids absent from gt['images']: {sorted(unknown)[:5]}")
-    dets = [d for d in dt if d["category_id"] in cat_pos]
-    d_img = torch.tensor([img_pos[d["image_id"]] for d in dets], dtype=torch.int64)
-    d_cat = torch.tensor([cat_pos[d["category_id"]] for d in dets], dtype=torch.int64)
-    d_score = torch.tensor([float(d["score"]) for d in dets], dtype=f64)
+    d_img, d_img_ok = _ids_to_positions(_field(dt, "image_id", np.int64), img_ids)
+    if not d_img_ok.all():
+        unknown = sorted({d["image_id"] for d, ok in zip(dt, d_img_ok.tolist()) if not ok})
+        raise ValueError(f"detections refer to image ids absent from gt['images']: {unknown[:5]}")
+    d_cat, d_keep = _ids_to_positions(_field(dt, "category_id", np.int64), cat_ids)
+    dets = dt
+    if not d_keep.all():
+        dets = [d for d, k in zip(dt, d_keep.tolist()) if k]
+        d_img, d_cat = d_img[d_keep], d_cat[d_keep]
+    d_score = _field(dets, "score", np.float64)
     d_masks = None
-    # pycocotools' loadRes picks the branch from the first result: with a
-    # non-empty 'bbox' the area is w*h, else (segm) the mask area.
-    box_branch = bool(dt) and "bbox" in dt[0] and len(dt[0]["bbox"]) > 0
     if iou_type == "segm":
         d_masks = [_mask.to_rle(d["segmentation"], *sizes[d["image_id"]]) for d in dets]
-    if box_branch:
-        d_box = torch.tensor(np.asarray([d["bbox"] for d in dets], dtype=np.float64).reshape(-1, 4), dtype=f64)
+    # pycocotools' loadRes picks the branch from the first result: with a
+    # non-empty 'bbox' the area is w*h, else (segm) the mask area.
+    if dt and "bbox" in dt[0] and len(dt[0]["bbox"]) > 0:
+        d_box = _boxes_field(dets)
         d_area = d_box[:, 2] * d_box[:, 3]
     elif iou_type == "segm":
-        d_area = torch.tensor([float(_mask.rle_area(r)) for r in d_masks], dtype=f64)
-        d_box = torch.tensor([_mask.rle_to_bbox(r) for r in d_masks], dtype=f64).reshape(-1, 4)
+        d_area = np.asarray([float(_mask.rle_area(r)) for r in d_masks], dtype=np.float64)
+        d_box = np.asarray([_mask.rle_to_bbox(r) for r in d_masks], dtype=np.float64).reshape(-1, 4)
+    elif not dets:
+        d_box, d_area = np.zeros((0, 4)), np.zeros(0)
     else:
-        raise ValueError("bbox evaluation needs a 'bbox' in every detection")
+        raise ValueError("bbox evaluation needs a 'bbox' [x, y, w, h] in every detection")
 
-    gts = _Instances(g_img, g_cat, g_box, g_area, crowd=g_crowd, id_nonzero=g_idnz, masks=g_masks)
-    dts = _Instances(d_img, d_cat, d_box, d_area, score=d_score, masks=d_masks)
+    t = torch.from_numpy
+    gts = _Instances(t(g_img), t(g_cat), t(g_box), t(g_area), crowd=t(g_crowd), id_nonzero=t(g_idnz), masks=g_masks)
+    dts = _Instances(t(d_img), t(d_cat), t(d_box), t(np.asarray(d_area, dtype=np.float64)), score=t(d_score),
+                     masks=d_masks)
     if torch.device(device).type != "cpu":
         gts, dts = _to_device(gts, device), _to_device(dts, device)
-    return gts, dts, len(img_ids), cat_ids
+    return gts, dts, int(img_ids.size), cat_list
 
 
 def _to_device(x: _Instances, device) -> _Instances:
