@@ -134,10 +134,12 @@ def test_torch_compile_fullgraph():
         image_list = ImageList(images, [(images.shape[-2], images.shape[-1])] * images.shape[0])
         return ours(image_list, [f0, f1, f2, f3, f4])
 
-    compiled = torch.compile(anchors_of, fullgraph=True, backend="aot_eager")
-    images, features = make_inputs((256, 320), 2, (8, 16, 32, 64, 128), torch.float32, "cpu")
-    expected = TvAnchorGenerator(FPN_SIZES, FPN_RATIOS)(images, features)
-    assert_identical(compiled(images.tensors, *features), expected)
+    tv = TvAnchorGenerator(FPN_SIZES, FPN_RATIOS)
+    for dynamic in (False, True):
+        compiled = torch.compile(anchors_of, fullgraph=True, backend="aot_eager", dynamic=dynamic)
+        for hw in [(256, 320), (192, 256)]:  # a second size: a recompile, or the same dynamic graph
+            images, features = make_inputs(hw, 2, (8, 16, 32, 64, 128), torch.float32, "cpu")
+            assert_identical(compiled(images.tensors, *features), tv(images, features))
 
 
 def test_bad_inputs():

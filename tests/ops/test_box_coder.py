@@ -243,6 +243,22 @@ def test_torch_compile_fullgraph():
         assert_close(got, expected, rtol=0, atol=0)
 
 
+def test_torch_compile_inductor_forward_backward():
+    coder = detops.BoxCoder((10.0, 10.0, 5.0, 5.0))
+
+    def loss(codes, anchors, gt):
+        return coder.decode_single(codes, anchors).square().sum() + coder.encode_single(gt, anchors).sum()
+
+    compiled = torch.compile(loss, fullgraph=True)
+    codes, anchors, gt = random_codes(21, 2, seed=14), boxes_for(21, seed=14), boxes_for(21, seed=15)
+    x_compiled, x_eager = codes.clone().requires_grad_(), codes.clone().requires_grad_()
+    got, expected = compiled(x_compiled, anchors, gt), loss(x_eager, anchors, gt)
+    assert_close(got, expected, rtol=1e-6, atol=1e-3)
+    got.backward()
+    expected.backward()
+    assert_close(x_compiled.grad, x_eager.grad, rtol=1e-6, atol=1e-4)
+
+
 def test_bad_inputs():
     coder = detops.BoxCoder((1.0, 1.0, 1.0, 1.0))
     boxes = boxes_for(6)
