@@ -1,0 +1,482 @@
+"""The focal losses against torchvision (sigmoid), the one-hot form (indexed)
+and a float64 reference (softmax): values and gradients for every reduction,
+alpha disabled, gamma = 0 / 1 / 2 / general, logits of +-100, float16/bfloat16,
+gradcheck, opcheck, torch.compile, the Triton kernels under the interpreter,
+and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.ops import sigmoid_focal_loss as tv_sigmoid_focal_loss
+
+import detops
+from tests.conftest import triton_dtypes
+from tests.helpers import assert_close
+
+REDUCTIONS = ["none", "mean", "sum"]
+# (alpha, gamma): the default, alpha disabled, gamma 0 / 1 / general.
+COEFFS = [(0.25, 2.0), (-1.0, 2.0), (0.25, 0.0), (0.6, 1.0), (0.4, 1.5), (-1.0, 0.0)]
+TOL = {torch.float32: 2e-5, torch.float64: 1e-12}
+
+
+def logits_and_targets(shape, dtype, device, seed, *, soft=False, scale=4.0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * scale
+    if soft:
+        t = torch.rand(shape, generator=g, dtype=torch.float64)
+    else:
+        t = (torch.rand(shape, generator=g) < 0.3).double()
+    return x.to(dtype=dtype, device=device), t.to(dtype=dtype, device=device)
+
+
+def loss_and_grads(fn, x, t, alpha, gamma, reduction, grad_out_seed=0, targets_grad=False):
+    """Loss and the gradients of <loss, w> for a fixed random w."""
+    x = x.detach().clone().requires_grad_()
+    t = t.detach().clone().requires_grad_(targets_grad)
+    loss = fn(x, t, alpha, gamma, reduction)
+    w = torch.randn(loss.shape, generator=torch.Generator().manual_seed(grad_out_seed), dtype=torch.float64)
+    (loss * w.to(loss.dtype).to(loss.device)).sum().backward()
+    return loss.detach(), x.grad, (t.grad if targets_grad else None)
+
+
+def close(dtype, reduction="none", numel=1):
+    tol = TOL[dtype]
+    # Sums of many terms: the order of the additions differs from torch's.
+    return dict(rtol=tol * (10 if reduction != "none" else 1), atol=tol)
+
+
+# ------------------------------------------------------------------ sigmoid focal loss vs torchvision
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("alpha,gamma", COEFFS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sigmoid_equals_torchvision(reduction, alpha, gamma, dtype, device):
+    x, t = logits_and_targets((300, 11), dtype, device, seed=hash((reduction, alpha, gamma)) % 1000)
+    ours = loss_and_grads(detops.sigmoid_focal_loss, x, t, alpha, gamma, reduction)
+    ref = loss_and_grads(tv_sigmoid_focal_loss, x, t, alpha, gamma, reduction)
+    assert ours[0].dtype == ref[0].dtype == dtype and ours[0].shape == ref[0].shape
+    assert_close(ours[0], ref[0], **close(dtype, reduction), msg="loss")
+    assert_close(ours[1], ref[1], **close(dtype), msg="grad inputs")
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (-1.0, 0.5), (0.7, 3.0)])
+def test_sigmoid_soft_targets_and_their_gradient(reduction, alpha, gamma, device):
+    x, t = logits_and_targets((64, 9), torch.float64, device, seed=3, soft=True)
+    ours = loss_and_grads(detops.sigmoid_focal_loss, x, t, alpha, gamma, reduction, targets_grad=True)
+    ref = loss_and_grads(tv_sigmoid_focal_loss, x, t, alpha, gamma, reduction, targets_grad=True)
+    for a, b, what in zip(ours, ref, ("loss", "grad inputs", "grad targets")):
+        assert_close(a, b, rtol=1e-11, atol=1e-12, msg=what)
+
+
+def test_sigmoid_any_shape_and_noncontiguous(device):
+    x, t = logits_and_targets((6, 5, 4, 3), torch.float32, device, seed=4)
+    xt, tt = x.transpose(0, 2), t.transpose(0, 2)
+    assert not xt.is_contiguous()
+    ours = loss_and_grads(detops.sigmoid_focal_loss, xt, tt, 0.25, 2.0, "none")
+    ref = loss_and_grads(tv_sigmoid_focal_loss, xt, tt, 0.25, 2.0, "none")
+    assert ours[0].shape == xt.shape
+    assert_close(ours[0], ref[0], rtol=2e-5, atol=2e-6)
+    assert_close(ours[1], ref[1], rtol=2e-5, atol=2e-6)
+    # A 0-dim logit and integer/bool targets (converted to the logits' dtype).
+    x0 = torch.tensor(0.7, device=device)
+    assert_close(detops.sigmoid_focal_loss(x0, torch.tensor(1.0, device=device)),
+                 tv_sigmoid_focal_loss(x0, torch.tensor(1.0, device=device)))
+    tb = t > 0.5
+    assert_close(detops.sigmoid_focal_loss(x, tb), tv_sigmoid_focal_loss(x, tb.float()), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0, 2.5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sigmoid_extreme_logits(gamma, dtype, device):
+    """+-100 (and +-1e4): finite values and gradients wherever torchvision's are
+    finite, equal to them there; never NaN/Inf at all."""
+    big = torch.tensor([100.0, -100.0, 1e4, -1e4, 30.0, -30.0, 17.0, -17.0, 88.0, -88.0, 0.0], dtype=dtype)
+    x = big.repeat(2).to(device)
+    t = torch.cat([torch.ones(11), torch.zeros(11)]).to(dtype=dtype, device=device)
+    for alpha in (0.25, -1.0):
+        for reduction in REDUCTIONS:
+            ours = loss_and_grads(detops.sigmoid_focal_loss, x, t, alpha, gamma, reduction)
+            ref = loss_and_grads(tv_sigmoid_focal_loss, x, t, alpha, gamma, reduction)
+            for a, b, what in zip(ours[:2], ref[:2], ("loss", "grad")):
+                assert torch.isfinite(a).all(), f"{what}: {a}"
+                finite = torch.isfinite(b)
+                assert_close(a[finite], b[finite], rtol=1e-5, atol=1e-6, msg=what)
+    # Where torchvision is finite at +-100 it must be for every gamma >= 1 (its pow backward is 0 * inf below 1).
+    if gamma >= 1:
+        ref = loss_and_grads(tv_sigmoid_focal_loss, x[[0, 1, 11, 12]], t[[0, 1, 11, 12]], 0.25, gamma, "none")
+        assert torch.isfinite(ref[1]).all()
+
+
+def test_sigmoid_nan_logits_propagate(device):
+    x = torch.tensor([float("nan"), 1.0], device=device)
+    t = torch.tensor([1.0, 0.0], device=device)
+    out = detops.sigmoid_focal_loss(x, t)
+    assert torch.isnan(out[0]) and torch.isfinite(out[1])
+    assert torch.isnan(detops.sigmoid_focal_loss(x, t, reduction="sum"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_sigmoid_reduced_precision_computes_in_float32(dtype, reduction, device):
+    """float16/bfloat16 logits: the float32 result of the same (rounded) inputs,
+    rounded once; sums accumulated in float32 (torchvision in float16 would
+    lose them)."""
+    x, t = logits_and_targets((2000, 20), dtype, device, seed=5)
+    ours = loss_and_grads(detops.sigmoid_focal_loss, x, t, 0.25, 2.0, reduction)
+    ref32 = loss_and_grads(tv_sigmoid_focal_loss, x.float(), t.float(), 0.25, 2.0, reduction)
+    assert ours[0].dtype == dtype and ours[1].dtype == dtype
+    eps = torch.finfo(dtype).eps
+    assert_close(ours[0], ref32[0].to(dtype), rtol=2 * eps, atol=1e-6, msg="loss")
+    assert_close(ours[1], ref32[1].to(dtype), rtol=2 * eps, atol=1e-7, msg="grad")
+
+
+def test_sigmoid_empty(device):
+    x = torch.zeros(0, 80, device=device, requires_grad=True)
+    t = torch.zeros(0, 80, device=device)
+    for reduction in REDUCTIONS:
+        ours, ref = detops.sigmoid_focal_loss(x, t, reduction=reduction), tv_sigmoid_focal_loss(x, t, reduction=reduction)
+        assert ours.shape == ref.shape
+        assert_close(ours.detach(), ref.detach())  # "mean" of nothing is NaN, as in torchvision
+    detops.sigmoid_focal_loss(x, t, reduction="sum").backward()
+    assert x.grad.shape == x.shape
+
+
+def test_sigmoid_larger_than_one_block(device):
+    """Several CPU blocks and Triton programs, with a ragged end."""
+    x, t = logits_and_targets((3 * 2048 + 77,), torch.float64, device, seed=6)
+    for reduction in REDUCTIONS:
+        ours = loss_and_grads(detops.sigmoid_focal_loss, x, t, 0.25, 2.0, reduction)
+        ref = loss_and_grads(tv_sigmoid_focal_loss, x, t, 0.25, 2.0, reduction)
+        assert_close(ours[0], ref[0], rtol=1e-12, atol=1e-12)
+        assert_close(ours[1], ref[1], rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------ indexed form
+
+
+def one_hot_targets(labels, num_classes, dtype):
+    t = torch.zeros(labels.shape[0], num_classes, dtype=dtype, device=labels.device)
+    fg = labels >= 0
+    t[fg, labels[fg]] = 1
+    return t
+
+
+def random_labels(n, num_classes, device, seed, *, background=-1, ignore_index=-2):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, num_classes, (n,), generator=g)
+    kind = torch.rand(n, generator=g)
+    labels[kind < 0.6] = background
+    labels[(kind >= 0.6) & (kind < 0.75)] = ignore_index
+    return labels.to(device)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("alpha,gamma", COEFFS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_indexed_equals_one_hot_form(reduction, alpha, gamma, dtype, device):
+    n, c = 257, 13
+    x, _ = logits_and_targets((n, c), dtype, device, seed=7)
+    labels = random_labels(n, c, device, seed=8)
+    keep = labels != -2
+    ours = loss_and_grads(
+        lambda a, _t, al, ga, red: detops.sigmoid_focal_loss_indexed(a, labels, al, ga, red), x, x, alpha, gamma,
+        reduction)
+    # Reference: torchvision on the kept rows with one-hot targets, zeros at the ignored rows.
+    xr = x.detach().clone().requires_grad_()
+    ref_loss = tv_sigmoid_focal_loss(xr[keep], one_hot_targets(labels[keep], c, dtype), alpha, gamma, reduction)
+    if reduction == "none":
+        full = torch.zeros_like(xr)
+        full[keep] = ref_loss
+        ref_loss = full
+    w = torch.randn(ref_loss.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    (ref_loss * w.to(dtype).to(device)).sum().backward()
+    assert ours[0].shape == ref_loss.shape
+    assert_close(ours[0], ref_loss.detach(), **close(dtype, reduction), msg="loss")
+    assert_close(ours[1], xr.grad, **close(dtype), msg="grad")
+    # And bit for bit the dense detops form on the same targets.
+    dense = detops.sigmoid_focal_loss(x[keep], one_hot_targets(labels[keep], c, dtype), alpha, gamma, "none")
+    assert torch.equal(detops.sigmoid_focal_loss_indexed(x, labels, alpha, gamma, "none")[keep], dense)
+
+
+def test_indexed_custom_special_values_and_retinanet_normaliser(device):
+    n, c = 300, 7
+    x, _ = logits_and_targets((n, c), torch.float32, device, seed=9)
+    labels = random_labels(n, c, device, seed=10, background=c, ignore_index=-100)
+    ours = detops.sigmoid_focal_loss_indexed(x, labels, reduction="sum", background=c, ignore_index=-100)
+    keep = labels != -100
+    fg = (labels >= 0) & (labels < c)
+    t = torch.zeros(n, c, device=device)
+    t[fg, labels[fg]] = 1
+    ref = tv_sigmoid_focal_loss(x[keep], t[keep], reduction="sum")
+    assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    assert_close(ours / max(1, int(fg.sum())), ref / max(1, int(fg.sum())), rtol=1e-5, atol=1e-6)
+
+
+def test_indexed_all_ignored_and_empty(device):
+    x = torch.randn(5, 3, device=device, requires_grad=True)
+    labels = torch.full((5,), -2, device=device)
+    assert detops.sigmoid_focal_loss_indexed(x, labels, reduction="sum").item() == 0
+    assert torch.isnan(detops.sigmoid_focal_loss_indexed(x, labels, reduction="mean"))  # like an empty mean
+    out = detops.sigmoid_focal_loss_indexed(x, labels)
+    assert torch.equal(out, torch.zeros_like(out))
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+    empty = torch.zeros(0, 80, device=device)
+    assert detops.sigmoid_focal_loss_indexed(empty, torch.zeros(0, dtype=torch.long, device=device)).shape == (0, 80)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_indexed_reduced_precision(dtype, device):
+    x, _ = logits_and_targets((500, 20), dtype, device, seed=11)
+    labels = random_labels(500, 20, device, seed=12)
+    for reduction in REDUCTIONS:
+        ours = loss_and_grads(
+            lambda a, _t, al, ga, red: detops.sigmoid_focal_loss_indexed(a, labels, al, ga, red), x, x, 0.25, 2.0,
+            reduction)
+        ref = loss_and_grads(
+            lambda a, _t, al, ga, red: detops.sigmoid_focal_loss_indexed(a, labels, al, ga, red), x.float(),
+            x.float(), 0.25, 2.0, reduction)
+        eps = torch.finfo(dtype).eps
+        assert ours[0].dtype == dtype
+        assert_close(ours[0], ref[0].to(dtype), rtol=2 * eps, atol=1e-6)
+        assert_close(ours[1], ref[1].to(dtype), rtol=2 * eps, atol=1e-7)
+
+
+# ------------------------------------------------------------------ softmax focal loss
+
+
+def softmax_focal_reference(x, targets, alpha, gamma, reduction, ignore_index=-100):
+    """float64 PyTorch: -alpha (1 - p_k)^gamma log p_k."""
+    x64 = x.double()
+    keep = targets != ignore_index
+    safe = torch.where(keep, targets, torch.zeros_like(targets))
+    logp = F.log_softmax(x64, dim=1).gather(1, safe[:, None])[:, 0]
+    p = logp.exp()
+    loss = -(alpha if alpha >= 0 else 1.0) * (1 - p) ** gamma * logp
+    loss = torch.where(keep, loss, torch.zeros_like(loss))
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return loss.sum() / keep.sum()
+    return loss
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("alpha,gamma", COEFFS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_softmax_equals_float64_reference(reduction, alpha, gamma, dtype, device):
+    n, c = 200, 10
+    x, _ = logits_and_targets((n, c), dtype, device, seed=13, scale=3.0)
+    targets = torch.randint(0, c, (n,), generator=torch.Generator().manual_seed(14)).to(device)
+    targets[::7] = -100
+    x[0] = 100.0 * torch.arange(c, device=device) / c  # +-100 logits
+    x[1] = -100.0
+    x[1, 0] = 100.0
+    targets[:2] = torch.tensor([c - 1, 3])
+    ours = loss_and_grads(lambda a, _t, al, ga, red: detops.softmax_focal_loss(a, targets, al, ga, red), x, x,
+                          alpha, gamma, reduction)
+    ref = loss_and_grads(lambda a, _t, al, ga, red: softmax_focal_reference(a, targets, al, ga, red), x.double(),
+                         x.double(), alpha, gamma, reduction)
+    assert ours[0].dtype == dtype
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    assert torch.isfinite(ours[1]).all()
+    assert_close(ours[0].double(), ref[0], rtol=tol, atol=tol, msg="loss")
+    assert_close(ours[1].double(), ref[1], rtol=tol, atol=tol, msg="grad")
+
+
+def test_softmax_gamma0_is_cross_entropy(device):
+    x = torch.randn(50, 6, device=device, dtype=torch.float64)
+    targets = torch.randint(0, 6, (50,), device=device)
+    targets[3] = -100  # ignored, as F.cross_entropy does
+    for reduction in REDUCTIONS:
+        ours = detops.softmax_focal_loss(x, targets, alpha=-1, gamma=0, reduction=reduction)
+        assert_close(ours, F.cross_entropy(x, targets, reduction=reduction), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_softmax_reduced_precision(dtype, device):
+    x = torch.randn(100, 9, device=device).to(dtype)
+    targets = torch.randint(0, 9, (100,), device=device)
+    for reduction in REDUCTIONS:
+        ours = loss_and_grads(lambda a, _t, al, ga, red: detops.softmax_focal_loss(a, targets, al, ga, red), x, x,
+                              0.25, 2.0, reduction)
+        ref = loss_and_grads(lambda a, _t, al, ga, red: softmax_focal_reference(a, targets, al, ga, red),
+                             x.double(), x.double(), 0.25, 2.0, reduction)
+        eps = torch.finfo(dtype).eps
+        assert ours[0].dtype == dtype
+        assert_close(ours[0], ref[0].to(dtype), rtol=2 * eps, atol=1e-6)
+        assert_close(ours[1], ref[1].to(dtype), rtol=2 * eps, atol=1e-6)
+
+
+# ------------------------------------------------------------------ gradcheck, opcheck, compile
+
+
+def test_gradcheck_all_forms():
+    g = torch.Generator().manual_seed(15)
+    x = (torch.randn(6, 5, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    t = torch.rand(6, 5, generator=g, dtype=torch.float64).requires_grad_()
+    labels = torch.tensor([0, -1, 4, -2, 2, -1])
+    sm_targets = torch.tensor([0, 1, 4, -100, 2, 3])
+    for reduction in REDUCTIONS:
+        for alpha, gamma in [(0.25, 2.0), (-1.0, 1.5), (0.4, 0.0), (0.3, 1.0)]:
+            assert torch.autograd.gradcheck(
+                lambda a, b: detops.sigmoid_focal_loss(a, b, alpha, gamma, reduction), (x, t))
+            assert torch.autograd.gradcheck(
+                lambda a: detops.sigmoid_focal_loss_indexed(a, labels, alpha, gamma, reduction), (x,))
+            assert torch.autograd.gradcheck(
+                lambda a: detops.softmax_focal_loss(a, sm_targets, alpha, gamma, reduction), (x,))
+
+
+def test_opcheck_all_ops():
+    g = torch.Generator().manual_seed(16)
+    ops = torch.ops.detops
+    for dtype in (torch.float64, torch.float32, torch.float16):
+        x = torch.randn(8, 5, generator=g).to(dtype)
+        t = (torch.rand(8, 5, generator=g) < 0.3).to(dtype)
+        labels = torch.tensor([0, -1, 4, -2, 2, -1, 1, 3])
+        sm = torch.tensor([0, 1, 4, -100, 2, 3, 3, 0])
+        for reduction in REDUCTIONS:
+            xg = x.clone().requires_grad_(dtype != torch.float16)
+            tg = t.clone().requires_grad_(dtype == torch.float64)
+            torch.library.opcheck(ops.sigmoid_focal_loss, (xg, tg, 0.25, 2.0, reduction))
+            torch.library.opcheck(ops.sigmoid_focal_loss_indexed, (xg, labels, 0.25, 1.5, reduction, -1, -2))
+            torch.library.opcheck(ops.softmax_focal_loss, (xg, sm, -1.0, 2.0, reduction, -100))
+            grad = torch.randn(()) if reduction != "none" else torch.randn(8, 5)
+            torch.library.opcheck(ops.sigmoid_focal_loss_backward, (grad.to(dtype), x, t, 0.25, 2.0, reduction, True))
+            torch.library.opcheck(ops.sigmoid_focal_loss_backward, (grad.to(dtype), x, t, 0.25, 2.0, reduction, False))
+            torch.library.opcheck(ops.sigmoid_focal_loss_indexed_backward,
+                                  (grad.to(dtype), x, labels, 0.25, 2.0, reduction, -1, -2))
+            sgrad = grad[:, 0].contiguous() if reduction == "none" else grad
+            torch.library.opcheck(ops.softmax_focal_loss_backward, (sgrad.to(dtype), x, sm, 0.25, 2.0, reduction, -100))
+
+
+def test_torch_compile_fullgraph():
+    x, t = logits_and_targets((40, 6), torch.float32, "cpu", seed=17)
+    labels = random_labels(40, 6, "cpu", seed=18)
+    sm = labels.clamp(min=0)
+
+    def step(logits, targets):
+        return (detops.sigmoid_focal_loss(logits, targets, reduction="sum")
+                + detops.sigmoid_focal_loss_indexed(logits, labels, reduction="mean")
+                + detops.softmax_focal_loss(logits, sm).sum())
+
+    compiled = torch.compile(step, fullgraph=True)
+    assert_close(compiled(x, t), step(x, t), rtol=1e-6, atol=1e-6)
+    xg = x.clone().requires_grad_()
+    (grad_compiled,) = torch.autograd.grad(compiled(xg, t), xg)
+    (grad_eager,) = torch.autograd.grad(step(xg, t), xg)
+    assert_close(grad_compiled, grad_eager, rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------ Triton kernels (interpreter or GPU)
+
+
+@pytest.mark.triton
+def test_triton_kernels_equal_cpp(triton_device):
+    from detops.kernels import sigmoid_focal_loss as K
+
+    ops = torch.ops.detops
+    for dtype in triton_dtypes(triton_device):
+        x, t = logits_and_targets((24, 7), dtype, triton_device, seed=19)
+        x[0, :4] = torch.tensor([100.0, -100.0, 0.0, 30.0])
+        labels = random_labels(24, 7, triton_device, seed=20)
+        sm = labels.clone()
+        sm[sm == -1] = 3
+        sm[sm == -2] = -100
+        cpu = lambda v: v.cpu() if isinstance(v, torch.Tensor) else v  # noqa: E731
+        tol = {torch.float64: 1e-12, torch.float32: 5e-6}.get(dtype, 2e-3)
+        for reduction in REDUCTIONS:
+            for alpha, gamma in [(0.25, 2.0), (-1.0, 0.0), (0.4, 1.5)]:
+                grad = torch.randn(() if reduction != "none" else (24, 7)).to(dtype=dtype, device=triton_device)
+                sgrad = grad[:, 0].contiguous() if reduction == "none" else grad
+                cases = [
+                    ("sigmoid_focal_loss", (x, t, alpha, gamma, reduction)),
+                    ("sigmoid_focal_loss_backward", (grad, x, t, alpha, gamma, reduction, True)),
+                    ("sigmoid_focal_loss_indexed", (x, labels, alpha, gamma, reduction, -1, -2)),
+                    ("sigmoid_focal_loss_indexed_backward", (grad, x, labels, alpha, gamma, reduction, -1, -2)),
+                    ("softmax_focal_loss", (x, sm, alpha, gamma, reduction, -100)),
+                    ("softmax_focal_loss_backward", (sgrad, x, sm, alpha, gamma, reduction, -100)),
+                ]
+                for name, args in cases:
+                    got = getattr(K, name)(*args)
+                    want = getattr(ops, name)(*[cpu(a) for a in args])
+                    got = got if isinstance(got, tuple) else (got,)
+                    want = want if isinstance(want, tuple) else (want,)
+                    for a, b in zip(got, want):
+                        assert a.dtype == b.dtype and a.shape == b.shape, name
+                        assert_close(a.cpu(), b, rtol=tol, atol=tol, msg=f"{name} {dtype} {reduction} {alpha} {gamma}")
+
+
+@pytest.mark.triton
+def test_triton_kernels_empty_and_bad_args(triton_device):
+    from detops.kernels import sigmoid_focal_loss as K
+
+    empty = torch.zeros(0, 5, device=triton_device)
+    assert K.sigmoid_focal_loss(empty, empty, 0.25, 2.0, "none").shape == (0, 5)
+    assert K.sigmoid_focal_loss(empty, empty, 0.25, 2.0, "sum").item() == 0
+    no_labels = torch.zeros(0, dtype=torch.long, device=triton_device)
+    assert K.softmax_focal_loss(empty, no_labels, 0.25, 2.0, "none", -100).shape == (0,)
+    with pytest.raises(ValueError, match="reduction"):
+        K.sigmoid_focal_loss(empty, empty, 0.25, 2.0, "max")
+    with pytest.raises(ValueError, match="labels"):
+        K.sigmoid_focal_loss_indexed(empty, no_labels.int(), 0.25, 2.0, "none", -1, -2)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_bad_input_messages():
+    x = torch.randn(4, 3)
+    t = torch.zeros(4, 3)
+    with pytest.raises(ValueError, match="shape of inputs"):
+        detops.sigmoid_focal_loss(x, t[:2])
+    with pytest.raises(TypeError, match="inputs must be float"):
+        detops.sigmoid_focal_loss(x.long(), t)
+    with pytest.raises(TypeError, match="inputs must be a torch.Tensor"):
+        detops.sigmoid_focal_loss([1.0], t)
+    with pytest.raises(ValueError, match="reduction"):
+        detops.sigmoid_focal_loss(x, t, reduction="max")
+    with pytest.raises(ValueError, match="alpha"):
+        detops.sigmoid_focal_loss(x, t, alpha=1.5)
+    with pytest.raises(ValueError, match="gamma"):
+        detops.sigmoid_focal_loss(x, t, gamma=-1)
+    with pytest.raises(ValueError, match="gamma"):
+        detops.sigmoid_focal_loss(x, t, gamma=float("nan"))
+    # The same checks guard direct operator calls.
+    with pytest.raises(ValueError, match="gamma"):
+        torch.ops.detops.sigmoid_focal_loss(x, t, 0.25, -1.0, "sum")
+    with pytest.raises(RuntimeError, match="reduction"):
+        torch.ops.detops.sigmoid_focal_loss(x, t, 0.25, 2.0, "max")
+    with pytest.raises(RuntimeError, match="same dtype"):
+        torch.ops.detops.sigmoid_focal_loss(x, t.double(), 0.25, 2.0, "sum")
+
+
+def test_bad_labels():
+    x = torch.randn(4, 3)
+    labels = torch.tensor([0, 1, -1, -2])
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\).*found 3"):
+        detops.sigmoid_focal_loss_indexed(x, torch.tensor([0, 3, -1, -2]))
+    with pytest.raises(ValueError, match="found -5"):
+        detops.sigmoid_focal_loss_indexed(x, torch.tensor([0, -5, -1, -2]))
+    with pytest.raises(ValueError, match="found -5"):
+        detops.sigmoid_focal_loss_indexed(x, torch.tensor([0, -5, -1, -2]), reduction="sum")
+    with pytest.raises(ValueError, match="shape"):
+        detops.sigmoid_focal_loss_indexed(x, labels[:3])
+    with pytest.raises(ValueError, match=r"\[N, C\]"):
+        detops.sigmoid_focal_loss_indexed(x[0], labels)
+    with pytest.raises(TypeError, match="integer"):
+        detops.sigmoid_focal_loss_indexed(x, labels.float())
+    with pytest.raises(ValueError, match="background must not be a class"):
+        detops.sigmoid_focal_loss_indexed(x, labels, background=0)
+    with pytest.raises(ValueError, match="must differ"):
+        detops.sigmoid_focal_loss_indexed(x, labels, background=-2)
+    with pytest.raises(ValueError, match="targets must be in"):
+        detops.softmax_focal_loss(x, torch.tensor([0, 1, 2, -1]))
+    with pytest.raises(ValueError, match="ignore_index must not be a class"):
+        detops.softmax_focal_loss(x, torch.tensor([0, 1, 2, 1]), ignore_index=2)
+    # int32 labels are accepted (converted).
+    assert_close(detops.sigmoid_focal_loss_indexed(x, labels.int()), detops.sigmoid_focal_loss_indexed(x, labels))
