@@ -269,8 +269,8 @@ def _fpn_boxes(g, counts, image=(64, 96)):
     boxes = []
     for k in counts:
         xy = torch.rand(k, 2, generator=g) * torch.tensor([image[1], image[0]])
-        # Sizes up to 4x the image so that every FPN level gets boxes.
-        wh = torch.rand(k, 2, generator=g) ** 2 * torch.tensor([image[1], image[0]]) * 4 + 0.5
+        # Sizes up to 8x the image so that every FPN level gets boxes.
+        wh = torch.rand(k, 2, generator=g) ** 2 * torch.tensor([image[1], image[0]]) * 8 + 0.5
         boxes.append(torch.cat([xy, xy + wh], dim=1))
     return boxes
 

@@ -12,7 +12,9 @@ from .nms import *  # noqa: F401,F403
 from .nms import __all__ as _nms_all
 from .roi_align import *  # noqa: F401,F403
 from .roi_align import __all__ as _roi_align_all
+from .roi_pool import *  # noqa: F401,F403
+from .roi_pool import __all__ as _roi_pool_all
 from .sigmoid_focal_loss import *  # noqa: F401,F403
 from .sigmoid_focal_loss import __all__ as _sigmoid_focal_loss_all
 
-__all__ = [*_anchor_generator_all, *_box_coder_all, *_box_iou_all, *_conv_transpose2d_all, *_nms_all, *_roi_align_all, *_sigmoid_focal_loss_all]
+__all__ = [*_anchor_generator_all, *_box_coder_all, *_box_iou_all, *_conv_transpose2d_all, *_nms_all, *_roi_align_all, *_roi_pool_all, *_sigmoid_focal_loss_all]

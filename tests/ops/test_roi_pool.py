@@ -1,0 +1,140 @@
+"""roi_pool / RoIPool against torchvision: forward, argmax gradient, layouts,
+dtypes, edge-case boxes, opcheck, torch.compile and bad inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+import detops
+from tests.conftest import requires_cuda
+from tests.helpers import assert_close
+from tests.ops.test_roi_align import _layout, make_rois
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_matches_torchvision(device, channels_last, scale):
+    g = torch.Generator().manual_seed(100 + channels_last + int(scale * 10))
+    # Distinct values (a permutation) so the argmax, hence the gradient, is unique.
+    x = (torch.randperm(2 * 5 * 11 * 13, generator=g).float() / 100).reshape(2, 5, 11, 13).to(device)
+    rois = make_rois(30, 2, (11, 13), scale=scale, generator=g, dtype=torch.float32).to(device)
+    xd = _layout(x, channels_last).requires_grad_()
+    xt = x.detach().clone().requires_grad_()
+    out = detops.roi_pool(xd, rois, (3, 4), scale)
+    ref = torchvision.ops.roi_pool(xt, rois, (3, 4), scale)
+    assert_close(out, ref, rtol=0, atol=0)
+    if channels_last:
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(ref.shape, generator=g).to(device)
+    out.backward(grad)
+    ref.backward(grad)
+    assert_close(xd.grad, xt.grad, rtol=1e-6, atol=1e-6)
+
+
+def test_boxes_list_module_and_empty_bins():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 8, 9, generator=g)
+    boxes = [torch.tensor([[1.0, 1.0, 5.0, 6.0], [-20.0, -20.0, -10.0, -10.0]]), torch.tensor([[2.0, 3.0, 2.0, 3.0]])]
+    out = detops.roi_pool(x, boxes, 3)
+    assert_close(out, torchvision.ops.roi_pool(x, boxes, 3), rtol=0, atol=0)
+    assert torch.equal(out[1], torch.zeros(3, 3, 3))  # box outside the map: every bin empty -> 0
+    module = detops.RoIPool((2, 2), 0.5)
+    assert_close(module(x, boxes), torchvision.ops.RoIPool((2, 2), 0.5)(x, boxes), rtol=0, atol=0)
+    assert repr(module) == "RoIPool(output_size=(2, 2), spatial_scale=0.5)"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_dtypes(device, dtype):
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randperm(2 * 4 * 9 * 10, generator=g).float() / 64).reshape(2, 4, 9, 10).to(device, dtype)
+    rois = make_rois(10, 2, (9, 10), generator=g, dtype=torch.float32).to(device)
+    xd = x.clone().requires_grad_()
+    out = detops.roi_pool(xd, rois, 2)
+    assert out.dtype == dtype
+    xt = x.detach().double().requires_grad_()
+    ref = torchvision.ops.roi_pool(xt, rois.double(), 2)
+    assert_close(out.double(), ref.to(dtype).double(), rtol=0, atol=0)
+    grad = torch.randn(ref.shape, generator=g).to(device)
+    out.backward(grad.to(dtype))
+    ref.backward(grad.to(dtype).double())
+    assert_close(xd.grad.double(), xt.grad, rtol=1e-2, atol=1e-2)
+
+
+def test_gradcheck_fp64():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randperm(2 * 2 * 6 * 7, generator=g).double().reshape(2, 2, 6, 7) / 10
+    rois = make_rois(6, 2, (6, 7), generator=g)
+    for channels_last in (False, True):
+        xi = _layout(x, channels_last).requires_grad_()
+        assert torch.autograd.gradcheck(lambda t: detops.roi_pool(t, rois, (2, 3), 1.0), (xi,))
+
+
+def test_cpu_backward_deterministic_with_ties():
+    x = torch.zeros(1, 3, 6, 6)  # all ties: torchvision keeps the first maximum
+    rois = torch.tensor([[0.0, 0, 0, 5, 5], [0.0, 1, 1, 4, 4]] * 10)
+    grads = []
+    for _ in range(2):
+        xi = x.clone().requires_grad_()
+        detops.roi_pool(xi, rois, 2).backward(torch.ones(20, 3, 2, 2))
+        grads.append(xi.grad)
+    xt = x.clone().requires_grad_()
+    torchvision.ops.roi_pool(xt, rois, 2).backward(torch.ones(20, 3, 2, 2))
+    assert torch.equal(grads[0], grads[1])
+    assert_close(grads[0], xt.grad, rtol=0, atol=0)
+
+
+@requires_cuda
+def test_cuda_deterministic_backward():
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 8, 20, 20, generator=g).cuda()
+    rois = make_rois(100, 2, (20, 20), generator=g, dtype=torch.float32).cuda()
+    grad = torch.randn(100, 8, 3, 3, generator=g).cuda()
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        results = []
+        for _ in range(2):
+            xi = x.clone().requires_grad_()
+            detops.roi_pool(xi, rois, 3).backward(grad)
+            results.append(xi.grad)
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    assert torch.equal(results[0], results[1])
+    xt = x.clone().requires_grad_()
+    torchvision.ops.roi_pool(xt, rois, 3).backward(grad)
+    assert_close(results[0], xt.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_inputs():
+    x = torch.randn(2, 3, 5, 5)
+    with pytest.raises(RuntimeError, match=r"batch index\) must be in \[0, 2\)"):
+        detops.roi_pool(x, torch.tensor([[5.0, 0, 0, 2, 2]]), 2)
+    with pytest.raises(ValueError, match=r"boxes must be a Tensor\[K, 5\]"):
+        detops.roi_pool(x, torch.zeros(2, 6), 2)
+    with pytest.raises(ValueError, match="output_size must be positive"):
+        detops.roi_pool(x, torch.zeros(1, 5), -1)
+    with pytest.raises(ValueError, match="spatial_scale must be a positive"):
+        detops.roi_pool(x, torch.zeros(1, 5), 2, 0.0)
+    with pytest.raises(RuntimeError, match="output_size must be positive"):
+        torch.ops.detops.roi_pool(x, torch.zeros(1, 5), 1.0, 0, 2)
+
+
+def test_opcheck_and_compile():
+    g = torch.Generator().manual_seed(8)
+    x = torch.randperm(2 * 3 * 6 * 7, generator=g).float().reshape(2, 3, 6, 7).requires_grad_()
+    rois = make_rois(6, 2, (6, 7), generator=g, dtype=torch.float32)
+    torch.library.opcheck(torch.ops.detops.roi_pool.default, (x, rois, 1.0, 2, 2))
+    xc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    torch.library.opcheck(torch.ops.detops.roi_pool.default, (xc, rois, 0.5, 3, 2))
+
+    def f(t, r):
+        return detops.roi_pool(t, r, 2, 1.0).square().sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    out = compiled(x, rois)
+    (grad,) = torch.autograd.grad(out, x)
+    (ref_grad,) = torch.autograd.grad(f(x, rois), x)
+    assert_close(out, f(x, rois))
+    assert_close(grad, ref_grad)
