@@ -203,7 +203,7 @@ def random_segm_dataset(rng: np.random.Generator, n_images: int, n_categories: i
 # ------------------------------------------------------------------ coco_stats vs pycocotools
 
 
-@pytest.mark.parametrize("seed", range(24))
+@pytest.mark.parametrize("seed", range(60))
 def test_bbox_stats_match_pycocotools(seed):
     rng = np.random.default_rng(1000 + seed)
     n_images = int(rng.integers(1, 25))
@@ -254,6 +254,38 @@ def test_bbox_crowd_matches_repeatedly_and_is_ignored():
     assert_matches_pycocotools(gt, dt, "bbox")
     stats = E.coco_stats(gt, dt)
     assert stats[1] == pytest.approx(1.0)  # crowd-matched detections are neither TP nor FP
+
+
+def test_bbox_iou_exactly_on_thresholds_and_equal_ious():
+    """IoUs exactly equal to the thresholds (50/100, 55/100, ...) count as matches;
+    a detection equally close to two ground truths takes the later one, which
+    decides what the next detection can match."""
+    images = [{"id": i} for i in range(1, 13)]
+    anns, dts = [], []
+    for i in range(10):  # image i+1: a detection covering (50 + 5 i) % of a 10x10 box
+        anns.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [0, 0, 10, 10],
+                     "area": 100, "iscrowd": 0})
+        dts.append({"image_id": i + 1, "category_id": 1, "bbox": [0, 0, 10, 5 + 0.5 * i], "score": 0.5})
+    # image 11: two ground truths at the same IoU from the first detection
+    anns += [
+        {"id": 20, "image_id": 11, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100, "iscrowd": 0},
+        {"id": 21, "image_id": 11, "category_id": 1, "bbox": [2, 0, 10, 10], "area": 2000, "iscrowd": 0},
+    ]
+    dts += [
+        {"image_id": 11, "category_id": 1, "bbox": [1, 0, 10, 10], "score": 0.9},
+        {"image_id": 11, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.8},
+    ]
+    # image 12: the same with the ground truths in the other order
+    anns += [
+        {"id": 30, "image_id": 12, "category_id": 2, "bbox": [2, 0, 10, 10], "area": 100, "iscrowd": 0},
+        {"id": 31, "image_id": 12, "category_id": 2, "bbox": [0, 0, 10, 10], "area": 100, "iscrowd": 0},
+    ]
+    dts += [
+        {"image_id": 12, "category_id": 2, "bbox": [1, 0, 10, 10], "score": 0.9},
+        {"image_id": 12, "category_id": 2, "bbox": [0, 0, 10, 10], "score": 0.8},
+    ]
+    gt = {"images": images, "annotations": anns, "categories": [{"id": 1}, {"id": 2}]}
+    assert_matches_pycocotools(gt, dts, "bbox")
 
 
 def test_bbox_ground_truth_id_zero_quirk():
@@ -327,7 +359,7 @@ def test_custom_params_match_pycocotools():
     np.testing.assert_allclose(result.recall.numpy(), ev.eval["recall"], rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(16))
 def test_segm_stats_match_pycocotools(seed):
     rng = np.random.default_rng(2000 + seed)
     gt, dt = random_segm_dataset(rng, int(rng.integers(2, 9)), int(rng.integers(1, 4)))

@@ -30,6 +30,7 @@ interpolated precision without a per-category loop.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -202,6 +203,22 @@ def _segment_starts(sorted_keys: Tensor) -> Tensor:
     return torch.cummax(torch.where(is_start, pos, torch.zeros_like(pos)), 0).values
 
 
+@contextlib.contextmanager
+def _intra_op_threads(n: int | None, device: torch.device):
+    """Run with ``n`` intra-op CPU threads, restoring torch's setting after.
+    The evaluation is a chain of many small ops: on CPU one thread avoids the
+    fork/join overhead (4x faster here on a busy 2-core machine)."""
+    if n is None or device.type != "cpu" or torch.get_num_threads() == n:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def coco_evaluate(
     gt: _Instances,
     dt: _Instances,
@@ -210,9 +227,24 @@ def coco_evaluate(
     iou_type: str = "bbox",
     params: COCOParams | None = None,
     category_ids: list | None = None,
+    num_threads: int | None = 1,
 ) -> COCOEvalResult:
     """Evaluate flat instance arrays (see :func:`coco_stats` for the COCO-dict entry
-    point and :class:`MeanAveragePrecision` for the tensor one)."""
+    point and :class:`MeanAveragePrecision` for the tensor one). ``num_threads``:
+    intra-op threads on CPU while evaluating (None: torch's current setting)."""
+    with _intra_op_threads(num_threads, gt.boxes.device), torch.no_grad():
+        return _coco_evaluate(gt, dt, num_images, num_categories, iou_type, params, category_ids)
+
+
+def _coco_evaluate(
+    gt: _Instances,
+    dt: _Instances,
+    num_images: int,
+    num_categories: int,
+    iou_type: str,
+    params: COCOParams | None,
+    category_ids: list | None,
+) -> COCOEvalResult:
     p = params or COCOParams()
     device = gt.boxes.device
     f64, i64 = torch.float64, torch.int64
@@ -225,21 +257,40 @@ def coco_evaluate(
     T, R, A, M, K = thr.numel(), rec_thr.numel(), area_lo.numel(), len(max_dets), num_categories
     max_det = max_dets[-1]
 
-    # -- detections: sort by (image, category, -score) stably, keep the top maxDet per group
+    # -- detections: sort by (image, category, -score) stably, keep the top maxDet
+    # per group. One float sort turns scores into integer ranks (equal scores,
+    # equal rank); the other sorts are stable sorts of integer keys.
     n_dt = dt.score.numel()
-    d_order = torch.sort(-dt.score, stable=True).indices
-    d_group = (dt.image * K + dt.category)[d_order]
-    by_group = torch.sort(d_group, stable=True).indices
-    d_order, d_group = d_order[by_group], d_group[by_group]
+    by_score = torch.sort(-dt.score, stable=True).indices
+    sorted_neg = -dt.score[by_score]
+    new_score = torch.ones(n_dt, dtype=torch.bool, device=device)
+    if n_dt > 1:
+        new_score[1:] = sorted_neg[1:] != sorted_neg[:-1]
+    score_rank = torch.empty(n_dt, dtype=i64, device=device)
+    score_rank[by_score] = torch.cumsum(new_score, 0) - 1
+    n_scores = int(score_rank.max()) + 1 if n_dt else 1
+    fits = num_images * K * n_scores * max(max_det, 1) < 2**62
+    d_group_all = dt.image * K + dt.category
+    if fits:
+        d_order = torch.sort(d_group_all * n_scores + score_rank, stable=True).indices
+    else:  # composite key would overflow: two stable sorts
+        d_order = by_score[torch.sort(d_group_all[by_score], stable=True).indices]
+    d_group = d_group_all[d_order]
     d_rank = torch.arange(n_dt, device=device) - _segment_starts(d_group)
     keep = d_rank < max_det
     d_order, d_group, d_rank = d_order[keep], d_group[keep], d_rank[keep]
     D = d_order.numel()
-    d_box = dt.boxes[d_order]
-    d_score = dt.score[d_order]
-    d_area = dt.area[d_order]
+    d_score_rank = score_rank[d_order]
     d_cat = dt.category[d_order]
     d_img = dt.image[d_order]
+    # Accumulation order: per category by (-score, image, rank in group), i.e.
+    # pycocotools' stable sort of the per-image lists concatenated in image order.
+    if fits:
+        acc = torch.sort((d_cat * n_scores + d_score_rank) * num_images + d_img, stable=True).indices
+    else:
+        acc = torch.sort(d_score_rank, stable=True).indices
+        acc = acc[torch.sort(d_cat[acc], stable=True).indices]
+    d_box = dt.boxes[d_order]
 
     # -- ground truths: sort by group stably (dataset order inside a group)
     g_group_raw = gt.image * K + gt.category
@@ -252,10 +303,8 @@ def coco_evaluate(
     # gtIg per area range: crowd, or area outside [lo, hi]
     g_ignore = g_crowd[:, None] | (g_area[:, None] < area_lo) | (g_area[:, None] > area_hi)  # [G, A]
     # npig: non-ignored ground truths per (category, area)
-    npig = torch.zeros(K, A, dtype=i64, device=device)
     g_cat = gt.category[g_order]
-    npig.index_put_((g_cat[:, None].expand(G, A), torch.arange(A, device=device).expand(G, A)),
-                    (~g_ignore).to(i64), accumulate=True)
+    npig = torch.stack([torch.bincount(g_cat[~g_ignore[:, a]], minlength=K) for a in range(A)], 1)  # [K, A]
 
     # -- every (detection, ground truth) pair of the same group
     lo = torch.searchsorted(g_group, d_group, side="left")
@@ -271,20 +320,35 @@ def coco_evaluate(
     else:
         pair_iou = _pair_mask_iou(dt, gt, d_order[pair_d], g_order[pair_g], pair_crowd)
 
-    # -- greedy matching, one detection rank at a time across all groups
+    # -- candidate pairs (IoU >= the lowest threshold; others can never match),
+    # and the detections that have one ("slots"), numbered in accumulation order
     cand = pair_iou >= thr_eff.min()
     c_d, c_g, c_iou = pair_d[cand], pair_g[cand], pair_iou[cand]
+    is_slot = torch.zeros(D, dtype=torch.bool, device=device)
+    is_slot[c_d] = True
+    a_is_slot = is_slot[acc]
+    s_pos = a_is_slot.nonzero().squeeze(1)  # accumulation positions of the slots
+    NS = s_pos.numel()
+    slot_of = torch.full((D,), -1, dtype=i64, device=device)
+    slot_of[acc[s_pos]] = torch.arange(NS, device=device)
+    TA = T * A
+    # Match flags per (threshold, area, slot): matched at all, matched to an
+    # ignored ground truth, matched to a ground truth whose id is non-zero.
+    m_has = torch.zeros(T, A, NS, dtype=torch.bool, device=device)
+    m_ign = torch.zeros(T, A, NS, dtype=torch.bool, device=device)
+    m_nz = torch.zeros(T, A, NS, dtype=torch.bool, device=device)
+
+    # -- greedy matching, one detection rank at a time across all groups
     by_rank = torch.sort(d_rank[c_d], stable=True).indices  # pairs of one detection stay together
     c_d, c_g, c_iou = c_d[by_rank], c_g[by_rank], c_iou[by_rank]
     c_crowd = g_crowd[c_g]
     c_rank = d_rank[c_d]
+    c_slot = slot_of[c_d]
     n_c = c_d.numel()
     new_det = torch.ones(n_c, dtype=torch.bool, device=device)
     if n_c > 1:
         new_det[1:] = c_d[1:] != c_d[:-1]
-    c_slot = torch.cumsum(new_det, 0) - 1  # consecutive index of the pair's detection
-    slot_det = c_d[new_det]
-    n_slot = slot_det.numel()
+    c_local = torch.cumsum(new_det, 0) - 1  # consecutive detection index in rank order
     # Preference key, larger wins: non-ignored first, then higher IoU, then the
     # later ground truth in dataset order (pycocotools keeps the last of equals).
     if n_c:
@@ -295,7 +359,6 @@ def coco_evaluate(
     base_key = (iou_rank * G + c_g)[:, None] + (~g_ignore[c_g]).to(i64) * (n_iou * G)  # [n_c, A]
     above = c_iou[:, None] >= thr_eff[None, :]  # [n_c, T]
     gt_taken = torch.zeros(G, T, A, dtype=torch.bool, device=device)
-    slot_match = torch.full((n_slot, T, A), -1, dtype=i64, device=device)
     rank_counts = torch.bincount(c_rank, minlength=1).tolist() if n_c else []
     start = 0
     for count in rank_counts:
@@ -303,55 +366,40 @@ def coco_evaluate(
             continue
         stop = start + count
         g_idx = c_g[start:stop]
-        free = ~gt_taken[g_idx] | c_crowd[start:stop, None, None]  # [n, T, A]
+        crowd = c_crowd[start:stop]
+        free = ~gt_taken[g_idx] | crowd[:, None, None]  # [n, T, A]
         ok = free & above[start:stop, :, None]
         key = torch.where(ok, base_key[start:stop, None, :], torch.full_like(base_key[start:stop, None, :], -1))
-        slot = c_slot[start:stop]
-        slot0 = int(slot[0])
-        local = (slot - slot0)[:, None, None].expand_as(key)
-        best = torch.full((int(slot[-1]) - slot0 + 1, T, A), -1, dtype=i64, device=device)
+        loc = c_local[start:stop]
+        loc0 = int(loc[0])
+        local = (loc - loc0)[:, None, None].expand_as(key)
+        best = torch.full((int(loc[-1]) - loc0 + 1, T, A), -1, dtype=i64, device=device)
         best.scatter_reduce_(0, local, key, reduce="amax")
         win = (key >= 0) & (key == best.gather(0, local))
         pi, ti, ai = win.nonzero(as_tuple=True)
         gw = g_idx[pi]
-        not_crowd = ~c_crowd[start:stop][pi]
+        not_crowd = ~crowd[pi]
         gt_taken[gw[not_crowd], ti[not_crowd], ai[not_crowd]] = True
-        slot_match[slot[pi], ti, ai] = gw
+        sw = c_slot[start:stop][pi]
+        m_has[ti, ai, sw] = True
+        m_ign[ti, ai, sw] = g_ignore[gw, ai]
+        m_nz[ti, ai, sw] = g_valid_id[gw]
         start = stop
 
-    # -- per (threshold-area channel, detection with a candidate pair): TP / FP.
-    # A detection without a candidate is unmatched at every threshold: a FP when
-    # its own area is in range, else ignored; those are counted per area only.
+    # -- per (threshold-area channel, slot): TP / FP. A detection without a
+    # candidate is unmatched at every threshold: a FP when its own area is in
+    # range, else ignored; those are counted per area only.
     # Layout [channel, detection]: running counts along the contiguous axis.
-    TA = T * A
-    d_out = (d_area[None, :] < area_lo[:, None]) | (d_area[None, :] > area_hi[:, None])  # [A, D]
-    if n_slot:
-        m = slot_match.permute(1, 2, 0).reshape(TA, n_slot)
-        has = m >= 0
-        mc = m.clamp(min=0)
-        a_of_channel = torch.arange(A, device=device).repeat(T)[:, None]
-        m_ignored = g_ignore[mc, a_of_channel.expand_as(mc)]
-        m_nonzero = has & g_valid_id[mc]  # pycocotools stores the gt id: id 0 reads as "no match"
-        ignored = (has & m_ignored) | (~m_nonzero & d_out[:, slot_det].repeat(T, 1))
-        slot_tp = m_nonzero & ~ignored
-        slot_fp = ~m_nonzero & ~ignored
-    else:
-        slot_tp = slot_fp = torch.zeros(TA, 0, dtype=torch.bool, device=device)
-
-    # -- accumulate: detections of a category in (-score, image, rank) order
-    acc = torch.sort(-d_score, stable=True).indices  # ties keep (image, rank) order
-    acc = acc[torch.sort(d_cat[acc], stable=True).indices]
     a_cat, a_rank = d_cat[acc], d_rank[acc]
-    slot_of = torch.full((D,), -1, dtype=i64, device=device)
-    slot_of[slot_det] = torch.arange(n_slot, device=device)
-    a_slot = slot_of[acc]
-    a_is_slot = a_slot >= 0
-    s_pos = a_is_slot.nonzero().squeeze(1)  # accumulate positions of candidate detections
-    NS = s_pos.numel()
-    s_idx = a_slot[s_pos]
-    s_tp, s_fp = slot_tp[:, s_idx], slot_fp[:, s_idx]  # [TA, NS]
+    a_area = dt.area[d_order[acc]]
+    a_out = (a_area[None, :] < area_lo[:, None]) | (a_area[None, :] > area_hi[:, None])  # [A, D]
+    s_out = a_out[:, s_pos]  # [A, NS]
+    matched = m_has & m_nz  # pycocotools stores the gt id: id 0 reads as "no match"
+    ignored = (m_has & m_ign) | (~matched & s_out[None])
+    s_tp = (matched & ~ignored).reshape(TA, NS)
+    s_fp = (~matched & ~ignored).reshape(TA, NS)
     s_cat, s_rank = a_cat[s_pos], a_rank[s_pos]
-    plain_fp = ~d_out[:, acc] & ~a_is_slot[None, :]  # [A, D]
+    plain_fp = ~a_out & ~a_is_slot[None, :]  # [A, D]
     ks = torch.arange(K, device=device)
     cat_start = torch.searchsorted(a_cat, ks, side="left")  # [K]
     s_cat_start = torch.searchsorted(s_cat, ks, side="left")
@@ -550,6 +598,7 @@ def coco_stats(
     params: COCOParams | None = None,
     device: torch.device | str = "cpu",
     return_result: bool = False,
+    num_threads: int | None = 1,
 ) -> list[float] | tuple[list[float], COCOEvalResult]:
     """The 12 numbers of ``pycocotools`` ``COCOeval(...).stats`` (AP@[.5:.95], AP50,
     AP75, AP S/M/L, AR@1, AR@10, AR@100, AR S/M/L), equal to pycocotools'.
@@ -567,11 +616,13 @@ def coco_stats(
         device: where to run (``"cuda"`` for the GPU).
         return_result: also return the :class:`COCOEvalResult` (precision,
             recall arrays, per-class AP).
+        num_threads: intra-op CPU threads while evaluating (default 1, the
+            fastest for this chain of small ops; None keeps torch's setting).
     """
     if iou_type not in ("bbox", "segm"):
         raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
     gts, dts, n_img, cat_ids = _coco_instances(gt, dt, iou_type, device)
-    result = coco_evaluate(gts, dts, n_img, len(cat_ids), iou_type, params, cat_ids)
+    result = coco_evaluate(gts, dts, n_img, len(cat_ids), iou_type, params, cat_ids, num_threads)
     stats = result.stats.tolist()
     return (stats, result) if return_result else stats
 
@@ -622,6 +673,7 @@ class MeanAveragePrecision:
         class_metrics: bool = True,
         extended_summary: bool = False,
         device: torch.device | str | None = None,
+        num_threads: int | None = 1,
     ) -> None:
         if iou_type not in ("bbox", "segm"):
             raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
@@ -633,6 +685,7 @@ class MeanAveragePrecision:
         self.class_metrics = class_metrics
         self.extended_summary = extended_summary
         self.device = device
+        self.num_threads = num_threads
         self.result: COCOEvalResult | None = None
         self.reset()
 
@@ -740,7 +793,9 @@ class MeanAveragePrecision:
         if not self._targets:
             raise RuntimeError("compute() called before update(): no images to evaluate")
         gts, dts, classes = self._flatten()
-        result = coco_evaluate(gts, dts, len(self._targets), len(classes), self.iou_type, self.params, classes)
+        result = coco_evaluate(
+            gts, dts, len(self._targets), len(classes), self.iou_type, self.params, classes, self.num_threads
+        )
         self.result = result
         out = {name: torch.tensor(v, dtype=torch.float32) for name, v in zip(STAT_NAMES, result.stats.tolist())}
         out["classes"] = torch.tensor(classes, dtype=torch.int32)
