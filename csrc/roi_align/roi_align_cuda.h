@@ -1,0 +1,62 @@
+// Launchers of RoI Align's CUDA kernels. Type-erased (raw pointers, strides
+// and a DType) so that roi_align_cuda.cu needs no ATen headers. rois are
+// [K, 5] in the compute type (float for float16/bfloat16/float32 maps, double
+// for float64); levels is [K] int64 or null (every RoI on map 0). RoIs whose
+// batch index or level is out of range pool zeros and get no gradient (the
+// CPU path raises; on the GPU that check would need a host sync).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "common/dtype.h"
+
+namespace detops {
+namespace roi_align {
+
+constexpr int kMaxLevels = 8;
+
+// One feature map (or its gradient): data pointer, sizes, element strides.
+struct MapArgs {
+  const void* data;
+  int64_t H, W;
+  int64_t sN, sC, sH, sW;
+  double scale;
+};
+
+struct MapsArgs {
+  int num_levels;
+  int64_t N, C;
+  MapArgs maps[kMaxLevels];
+};
+
+struct PoolArgs {
+  int64_t K, PH, PW, sampling_ratio;
+  bool aligned;
+};
+
+// out[K, C, PH, PW] with element strides out_strides; channel_fastest picks
+// the thread order (channels innermost for a channels-last output).
+cudaError_t forward_cuda(DType dtype, const MapsArgs& maps, const void* rois, const int64_t* levels,
+                         const PoolArgs& pool, void* out, const int64_t* out_strides, bool channel_fastest,
+                         cudaStream_t stream);
+
+// Scatter form: one thread per grad element, atomicAdd into accum (one per
+// level, given in maps[l].data with its strides; float for float16/bfloat16
+// maps, else the map's type). accum must be zeroed.
+cudaError_t backward_atomic_cuda(DType dtype, const MapsArgs& accum, const void* grad, const int64_t* grad_strides,
+                                 const void* rois, const int64_t* levels, const PoolArgs& pool,
+                                 cudaStream_t stream);
+
+// Gather form (deterministic): one thread per element of grad_inputs (given
+// in maps[l].data, the map's type), each summing over the RoIs of its (level,
+// image) in RoI order. order [K] lists RoIs sorted by key = level * N + batch
+// (stable); offsets [L * N + 1] delimit each key's run.
+cudaError_t backward_gather_cuda(DType dtype, const MapsArgs& grad_inputs, const bool* channels_last,
+                                 const void* grad, const int64_t* grad_strides, const void* rois,
+                                 const int64_t* order, const int64_t* offsets, const PoolArgs& pool,
+                                 cudaStream_t stream);
+
+}  // namespace roi_align
+}  // namespace detops
