@@ -272,6 +272,17 @@ def _grad_scale(grad: torch.Tensor, reduction: str, count, dtype: torch.dtype) -
     return scale.reshape(1).contiguous()
 
 
+def _uniform_value(grad: torch.Tensor, shape, dtype: torch.dtype):
+    """For reduction "none": the one value of a gradient that is a stride-0
+    expansion of a scalar (what ``loss.sum().backward()`` sends), as a device
+    scalar, so that it is read once instead of copied to a full tensor; else None."""
+    if tuple(grad.shape) != tuple(shape):
+        raise ValueError(f"grad must have shape {list(shape)}, got {list(grad.shape)}")
+    if grad.numel() == 0 or any(st != 0 and sz != 1 for st, sz in zip(grad.stride(), grad.shape)):
+        return None
+    return grad.as_strided((1,), (1,)).to(_acc_dtype(dtype)).contiguous()
+
+
 def _sigmoid_forward(inputs, targets, labels, alpha, gamma, reduction, cols, ignore_index, count):
     n = inputs.numel()
     grid = (max(1, triton.cdiv(n, _BLOCK)),)
@@ -292,15 +303,12 @@ def _sigmoid_forward(inputs, targets, labels, alpha, gamma, reduction, cols, ign
 def _sigmoid_backward(grad, inputs, targets, labels, alpha, gamma, reduction, cols, ignore_index, count,
                       targets_grad):
     n = inputs.numel()
-    reduce = reduction != "none"
-    if reduce:
+    if reduction != "none":
         scale = _grad_scale(grad, reduction, count, inputs.dtype)
-        grad = scale
     else:
-        if grad.shape != inputs.shape:
-            raise ValueError(f"grad must have shape {list(inputs.shape)}, got {list(grad.shape)}")
-        grad = grad.to(inputs.dtype).contiguous()
-        scale = grad
+        scale = _uniform_value(grad, inputs.shape, inputs.dtype)
+    reduce = scale is not None  # one incoming gradient value for every element
+    grad = scale if reduce else grad.to(inputs.dtype).contiguous()
     grad_inputs = torch.empty(inputs.shape, dtype=inputs.dtype, device=inputs.device)
     grad_targets = (torch.empty(inputs.shape, dtype=inputs.dtype, device=inputs.device) if targets_grad
                     else torch.empty(0, dtype=inputs.dtype, device=inputs.device))
@@ -412,16 +420,13 @@ def softmax_focal_loss_backward(grad: torch.Tensor, inputs: torch.Tensor, target
     inputs, targets = inputs.contiguous(), targets.contiguous()
     rows, cols = inputs.shape
     rows_per, block_c = _softmax_tiles(cols)
-    reduce = reduction != "none"
-    if reduce:
+    if reduction != "none":
         count = (targets != ignore_index).sum() if reduction == "mean" else 1
         scale = _grad_scale(grad, reduction, count, inputs.dtype)
-        grad = scale
     else:
-        if grad.shape != (rows,):
-            raise ValueError(f"grad must have shape [{rows}], got {list(grad.shape)}")
-        grad = grad.to(inputs.dtype).contiguous()
-        scale = grad
+        scale = _uniform_value(grad, (rows,), inputs.dtype)
+    reduce = scale is not None
+    grad = scale if reduce else grad.to(inputs.dtype).contiguous()
     grad_inputs = torch.empty(inputs.shape, dtype=inputs.dtype, device=inputs.device)
     if rows and cols:
         softmax_focal_backward_kernel[(triton.cdiv(rows, rows_per),)](

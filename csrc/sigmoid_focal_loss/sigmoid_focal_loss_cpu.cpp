@@ -273,6 +273,20 @@ at::Tensor scalar_like(double value, const at::Tensor& like) {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The incoming gradient in the compute dtype. `uniform` is true when it is one
+// value for every element: a reduced loss, or "none" followed by .sum(),
+// whose gradient arrives as a stride-0 expansion of one scalar; that value is
+// then read once instead of being copied out to a full tensor.
+at::Tensor prepare_grad(const at::Tensor& grad_in, at::ScalarType dtype, Reduction reduction, bool& uniform) {
+  uniform = reduction != Reduction::kNone;
+  if (!uniform && grad_in.numel() > 0) {
+    uniform = true;
+    for (int64_t d = 0; d < grad_in.dim(); ++d) uniform = uniform && (grad_in.stride(d) == 0 || grad_in.size(d) == 1);
+  }
+  if (uniform) return grad_in.as_strided({1}, {1}, grad_in.storage_offset()).to(dtype).contiguous();
+  return grad_in.to(dtype).contiguous();
+}
+
 // ------------------------------------------------------------------ dense sigmoid focal loss
 
 at::Tensor sigmoid_forward_cpu(const at::Tensor& inputs_in, const at::Tensor& targets_in, double alpha,
@@ -322,7 +336,8 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_backward_cpu(const at::Tensor& grad_i
   const Reduction reduction = parse_reduction(reduction_name);
   check_grad(grad_in, inputs_in.sizes(), reduction);
   const at::Tensor inputs = inputs_in.contiguous(), targets = targets_in.contiguous();
-  const at::Tensor grad = grad_in.to(inputs.scalar_type()).contiguous();
+  bool uniform = false;
+  const at::Tensor grad = prepare_grad(grad_in, inputs.scalar_type(), reduction, uniform);
   const int64_t n = inputs.numel();
   const int64_t blocks = ceil_div(n, kBlock);
   const GammaKind kind = gamma_kind(gamma);
@@ -336,7 +351,7 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_backward_cpu(const at::Tensor& grad_i
     const scalar_t* t = targets.const_data_ptr<scalar_t>();
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     T g_scalar = 0;
-    if (reduction != Reduction::kNone) {
+    if (uniform) {
       g_scalar = static_cast<T>(g[0]);
       if (reduction == Reduction::kMean) g_scalar /= static_cast<T>(n);
     }
@@ -348,7 +363,7 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_backward_cpu(const at::Tensor& grad_i
         const int64_t off = b * kBlock, len = std::min(kBlock, n - off);
         const T* xb = load_block<T>(x + off, len, buf.data());
         const T* tb = load_block<T>(t + off, len, buf.data() + kBlock);
-        const T* gb = reduction == Reduction::kNone ? load_block<T>(g + off, len, buf.data() + 2 * kBlock) : nullptr;
+        const T* gb = uniform ? nullptr : load_block<T>(g + off, len, buf.data() + 2 * kBlock);
         T* ob = out_block<T>(gx + off, buf.data() + 3 * kBlock);
         Kernels::backward_input(xb, tb, -1, gb, g_scalar, ob, len, c, kind);
         store_block(ob, len, gx + off);
@@ -488,7 +503,8 @@ at::Tensor indexed_backward_cpu(const at::Tensor& grad_in, const at::Tensor& inp
   const Reduction reduction = parse_reduction(reduction_name);
   check_grad(grad_in, inputs_in.sizes(), reduction);
   const at::Tensor inputs = inputs_in.contiguous(), labels = labels_in.contiguous();
-  const at::Tensor grad = grad_in.to(inputs.scalar_type()).contiguous();
+  bool uniform = false;
+  const at::Tensor grad = prepare_grad(grad_in, inputs.scalar_type(), reduction, uniform);
   const int64_t rows = inputs.size(0), cols = inputs.size(1);
   check_special_labels(cols, background, ignore_index);
   const LabelRule rule{cols, background, ignore_index};
@@ -506,7 +522,7 @@ at::Tensor indexed_backward_cpu(const at::Tensor& grad_in, const at::Tensor& inp
     const int64_t* lab = labels.const_data_ptr<int64_t>();
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     T g_scalar = 0;
-    if (reduction != Reduction::kNone) {
+    if (uniform) {
       g_scalar = static_cast<T>(g[0]);
       if (reduction == Reduction::kMean) g_scalar /= static_cast<T>(valid_rows * cols);
     }
@@ -522,7 +538,7 @@ at::Tensor indexed_backward_cpu(const at::Tensor& grad_in, const at::Tensor& inp
           continue;
         }
         const T* xb = load_block<T>(x + r * cols, cols, buf.data());
-        const T* gb = reduction == Reduction::kNone ? load_block<T>(g + r * cols, cols, buf.data() + cols) : nullptr;
+        const T* gb = uniform ? nullptr : load_block<T>(g + r * cols, cols, buf.data() + cols);
         T* ob = out_block<T>(gx + r * cols, buf.data() + 2 * cols);
         Kernels::backward_input(xb, static_cast<const T*>(nullptr), col, gb, g_scalar, ob, cols, c, kind);
         store_block(ob, cols, gx + r * cols);
@@ -633,7 +649,8 @@ at::Tensor softmax_backward_cpu(const at::Tensor& grad_in, const at::Tensor& inp
   const Reduction reduction = parse_reduction(reduction_name);
   check_grad(grad_in, {inputs_in.size(0)}, reduction);
   const at::Tensor inputs = inputs_in.contiguous(), targets = targets_in.contiguous();
-  const at::Tensor grad = grad_in.to(inputs.scalar_type()).contiguous();
+  bool uniform = false;
+  const at::Tensor grad = prepare_grad(grad_in, inputs.scalar_type(), reduction, uniform);
   const int64_t rows = inputs.size(0), cols = inputs.size(1);
   TORCH_CHECK(ignore_index < 0 || ignore_index >= cols, "ignore_index must not be a class index in [0, ", cols,
               "), got ", ignore_index);
@@ -652,7 +669,7 @@ at::Tensor softmax_backward_cpu(const at::Tensor& grad_in, const at::Tensor& inp
     const int64_t* lab = targets.const_data_ptr<int64_t>();
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     T g_scalar = 0;
-    if (reduction != Reduction::kNone) {
+    if (uniform) {
       g_scalar = static_cast<T>(g[0]);
       if (reduction == Reduction::kMean) g_scalar /= static_cast<T>(valid_rows);
     }
@@ -669,7 +686,7 @@ at::Tensor softmax_backward_cpu(const at::Tensor& grad_in, const at::Tensor& inp
         const T* xb = load_block<T>(x + r * cols, cols, buf.data());
         T logp, lse;
         row_log_softmax(xb, cols, k, logp, lse);
-        const T gr = reduction == Reduction::kNone ? static_cast<T>(g[r]) : g_scalar;
+        const T gr = uniform ? g_scalar : static_cast<T>(g[r]);
         const T dl = gr * softmax_dlogp(logp, scale, T(gamma), kind);
         T* ob = out_block<T>(gx + r * cols, buf.data() + cols);
         Kernels::softmax_grad_row(xb, k, lse, dl, ob, cols);

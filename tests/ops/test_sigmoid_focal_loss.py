@@ -111,6 +111,33 @@ def test_sigmoid_extreme_logits(gamma, dtype, device):
         assert torch.isfinite(ref[1]).all()
 
 
+@pytest.mark.parametrize("then", ["sum", "mean"])
+def test_uniform_incoming_gradient(then, device):
+    """reduction="none" followed by .sum()/.mean(): the gradient arrives as a
+    stride-0 expansion of one value, which the kernels read once."""
+    x, t = logits_and_targets((50, 8), torch.float64, device, seed=21)
+    labels = random_labels(50, 8, device, seed=22)
+    forms = [
+        (lambda a: detops.sigmoid_focal_loss(a, t), lambda a: tv_sigmoid_focal_loss(a, t)),
+        (lambda a: detops.sigmoid_focal_loss_indexed(a, labels),
+         lambda a: tv_sigmoid_focal_loss(a, one_hot_targets(labels, 8, a.dtype)) * (labels != -2)[:, None]),
+        (lambda a: detops.softmax_focal_loss(a, labels.clamp(min=0)),
+         lambda a: softmax_focal_reference(a, labels.clamp(min=0), 0.25, 2.0, "none")),
+    ]
+    for ours, ref in forms:
+        grads = []
+        for fn in (ours, ref):
+            xg = x.clone().requires_grad_()
+            getattr(fn(xg), then)().backward()
+            grads.append(xg.grad)
+        assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-14)
+    g = torch.full((), 0.3, dtype=torch.float64, device=device).expand(50, 8)
+    assert g.stride() == (0, 0)
+    dense = torch.ops.detops.sigmoid_focal_loss_backward(g, x, t, 0.25, 2.0, "none", True)
+    full = torch.ops.detops.sigmoid_focal_loss_backward(g.contiguous(), x, t, 0.25, 2.0, "none", True)
+    assert torch.equal(dense[0], full[0]) and torch.equal(dense[1], full[1])
+
+
 def test_sigmoid_nan_logits_propagate(device):
     x = torch.tensor([float("nan"), 1.0], device=device)
     t = torch.tensor([1.0, 0.0], device=device)
@@ -393,6 +420,9 @@ def test_triton_kernels_equal_cpp(triton_device):
             for alpha, gamma in [(0.25, 2.0), (-1.0, 0.0), (0.4, 1.5)]:
                 grad = torch.randn(() if reduction != "none" else (24, 7)).to(dtype=dtype, device=triton_device)
                 sgrad = grad[:, 0].contiguous() if reduction == "none" else grad
+                if alpha < 0 and reduction == "none":  # a stride-0 gradient, as .sum() sends
+                    grad = grad[0, 0].expand(24, 7)
+                    sgrad = grad[:, 0]
                 cases = [
                     ("sigmoid_focal_loss", (x, t, alpha, gamma, reduction)),
                     ("sigmoid_focal_loss_backward", (grad, x, t, alpha, gamma, reduction, True)),
