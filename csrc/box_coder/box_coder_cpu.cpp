@@ -1,12 +1,19 @@
-// CPU kernels of box encoding/decoding: at::parallel_for over boxes, one pass
-// that reads each input once and writes each output once.
+// CPU kernels of box encoding/decoding: at::parallel_for over boxes. Each task
+// walks its boxes in blocks: a first pass writes the block's exponents (or log
+// arguments) to a small buffer, torch's own vectorised exp/log runs over it (so
+// these values are bit-identical to torchvision's), and a second pass finishes
+// the block. Inputs and outputs stay in cache between the passes.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/exp.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/log.h>
 #include <torch/library.h>
 
 #include <tuple>
+#include <vector>
 
 #include "box_coder/box_coder.h"
 
@@ -14,7 +21,21 @@ namespace detops {
 namespace box_coder {
 namespace {
 
-constexpr int64_t kGrain = 4096;  // boxes per parallel task
+constexpr int64_t kGrain = 4096;   // boxes per parallel task
+constexpr int64_t kBlock = 1024;   // codes per exp/log block
+
+// exp or log in place over n values, with torch's vectorised CPU kernel.
+template <typename T>
+void exp_inplace(T* values, int64_t n) {
+  at::Tensor t = at::from_blob(values, {n}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+  at::exp_(t);
+}
+
+template <typename T>
+void log_inplace(T* values, int64_t n) {
+  at::Tensor t = at::from_blob(values, {n}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+  at::log_(t);
+}
 
 template <typename T, typename scalar_t>
 Box4<T> load(const scalar_t* p) {
@@ -43,12 +64,23 @@ at::Tensor decode_cpu(const at::Tensor& rel_codes_in, const at::Tensor& boxes_in
     const scalar_t* rel = rel_codes.const_data_ptr<scalar_t>();
     const scalar_t* box = boxes.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    const int64_t block_boxes = std::max<int64_t>(1, kBlock / K);
     at::parallel_for(0, N, std::max<int64_t>(1, kGrain / K), [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const Box4<T> b = load<T>(box + 4 * i);
-        for (int64_t k = 0; k < K; ++k) {
-          const int64_t off = (i * K + k) * 4;
-          store(o + off, decode_forward(b, load<T>(rel + off), p));
+      std::vector<T> exps(static_cast<size_t>(2 * block_boxes * K));
+      for (int64_t b0 = begin; b0 < end; b0 += block_boxes) {
+        const int64_t b1 = std::min(end, b0 + block_boxes);
+        const int64_t codes = (b1 - b0) * K;
+        const int64_t first = b0 * K;  // first code of the block
+        for (int64_t c = 0; c < codes; ++c) {
+          decode_exponents(load<T>(rel + 4 * (first + c)), p, exps[2 * c], exps[2 * c + 1]);
+        }
+        exp_inplace(exps.data(), 2 * codes);
+        for (int64_t i = b0, c = 0; i < b1; ++i) {
+          const Box4<T> b = load<T>(box + 4 * i);
+          for (int64_t k = 0; k < K; ++k, ++c) {
+            const int64_t off = 4 * (first + c);
+            store(o + off, decode_from_exp(b, load<T>(rel + off), p, exps[2 * c], exps[2 * c + 1]));
+          }
         }
       }
     });
@@ -74,17 +106,30 @@ std::tuple<at::Tensor, at::Tensor> decode_backward_cpu(const at::Tensor& grad_in
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     scalar_t* g_rel = grad_rel.mutable_data_ptr<scalar_t>();
     scalar_t* g_box = grad_boxes.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, N, std::max<int64_t>(1, kGrain / std::max<int64_t>(K, 1)), [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const Box4<T> b = load<T>(box + 4 * i);
-        Box4<T> gb{{T(0), T(0), T(0), T(0)}};
-        for (int64_t k = 0; k < K; ++k) {
-          const int64_t off = (i * K + k) * 4;
-          Box4<T> gr;
-          decode_backward(b, load<T>(rel + off), p, load<T>(g + off), gr, gb);
-          store(g_rel + off, gr);
+    const int64_t K1 = std::max<int64_t>(K, 1);
+    const int64_t block_boxes = std::max<int64_t>(1, kBlock / K1);
+    at::parallel_for(0, N, std::max<int64_t>(1, kGrain / K1), [&](int64_t begin, int64_t end) {
+      std::vector<T> exps(static_cast<size_t>(2 * block_boxes * K));
+      for (int64_t b0 = begin; b0 < end; b0 += block_boxes) {
+        const int64_t b1 = std::min(end, b0 + block_boxes);
+        const int64_t codes = (b1 - b0) * K;
+        const int64_t first = b0 * K;
+        for (int64_t c = 0; c < codes; ++c) {
+          decode_exponents(load<T>(rel + 4 * (first + c)), p, exps[2 * c], exps[2 * c + 1]);
         }
-        store(g_box + 4 * i, gb);
+        if (codes > 0) exp_inplace(exps.data(), 2 * codes);
+        for (int64_t i = b0, c = 0; i < b1; ++i) {
+          const Box4<T> b = load<T>(box + 4 * i);
+          Box4<T> gb{{T(0), T(0), T(0), T(0)}};
+          for (int64_t k = 0; k < K; ++k, ++c) {
+            const int64_t off = 4 * (first + c);
+            Box4<T> gr;
+            decode_backward_from_exp(b, load<T>(rel + off), p, exps[2 * c], exps[2 * c + 1], load<T>(g + off), gr,
+                                     gb);
+            store(g_rel + off, gr);
+          }
+          store(g_box + 4 * i, gb);
+        }
       }
     });
   });
@@ -105,8 +150,18 @@ at::Tensor encode_cpu(const at::Tensor& reference_in, const at::Tensor& proposal
     const scalar_t* prop = proposals.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        store(o + 4 * i, encode_forward(load<T>(ref + 4 * i), load<T>(prop + 4 * i), p));
+      std::vector<T> logs(static_cast<size_t>(2 * kBlock));
+      for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
+        const int64_t n = std::min(end - b0, kBlock);
+        for (int64_t j = 0; j < n; ++j) {
+          const int64_t i = b0 + j;
+          encode_ratios(load<T>(ref + 4 * i), load<T>(prop + 4 * i), logs[2 * j], logs[2 * j + 1]);
+        }
+        log_inplace(logs.data(), 2 * n);
+        for (int64_t j = 0; j < n; ++j) {
+          const int64_t i = b0 + j;
+          store(o + 4 * i, encode_from_log(load<T>(ref + 4 * i), load<T>(prop + 4 * i), p, logs[2 * j], logs[2 * j + 1]));
+        }
       }
     });
   });
