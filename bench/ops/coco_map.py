@@ -92,7 +92,7 @@ def cases(device: str, quick: bool) -> list[BenchCase]:
     import detops.eval
 
     out = []
-    sizes = [100] if quick else [1000, 5000]
+    sizes = [50] if quick else [1000, 5000]
     for n in sizes:
         gt, dt = synthetic_coco(n)
         size = f"{n} images, {len(dt)} dets, 80 cats"

@@ -354,7 +354,9 @@ def test_custom_params_match_pycocotools():
         ev.params.maxDets = [1, 5, 20]
         ev.evaluate()
         ev.accumulate()
-    _, result = E.coco_stats(gt, dt, params=params, return_result=True)
+        ev.summarize()
+    stats, result = E.coco_stats(gt, dt, params=params, return_result=True)
+    np.testing.assert_allclose(np.asarray(stats), ev.stats, rtol=0, atol=1e-6)
     np.testing.assert_allclose(result.precision.numpy(), ev.eval["precision"], rtol=0, atol=1e-9)
     np.testing.assert_allclose(result.recall.numpy(), ev.eval["recall"], rtol=0, atol=1e-9)
 

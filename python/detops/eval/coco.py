@@ -484,7 +484,7 @@ def _summarize(precision: Tensor, recall: Tensor, p: COCOParams, max_dets: list[
 
     m0, m1, m2 = (max_dets + [100, 100, 100])[:3] if len(max_dets) < 3 else max_dets[:3]
     vals = [
-        one(True, md=m2),
+        one(True, md=100),  # pycocotools: _summarize(1), whose maxDets default is 100
         one(True, 0.5, md=m2),
         one(True, 0.75, md=m2),
         one(True, area="small", md=m2),
@@ -699,6 +699,10 @@ class MeanAveragePrecision:
         for k in keys:
             if k not in item:
                 raise ValueError(f"{name}[{i}] is missing the key {k!r}")
+            if not isinstance(item[k], Tensor):
+                raise TypeError(f"{name}[{i}][{k!r}] must be a torch.Tensor, got {type(item[k]).__name__}")
+        if item["labels"].is_floating_point():
+            raise TypeError(f"{name}[{i}]['labels'] must be an integer tensor, got {item['labels'].dtype}")
         n = item["labels"].shape[0]
         if self.iou_type == "bbox" or "boxes" in item:
             boxes = item["boxes"]
@@ -720,8 +724,11 @@ class MeanAveragePrecision:
             raise ValueError(f"preds and target must have the same length, got {len(preds)} and {len(target)}")
         need = ("masks",) if self.iou_type == "segm" else ("boxes",)
         for i, (p, t) in enumerate(zip(preds, target)):
-            self._preds.append(self._check(p, "preds", i, ("scores", "labels") + need))
-            self._targets.append(self._check(t, "target", i, ("labels",) + need))
+            p = self._check(p, "preds", i, ("scores", "labels") + need)
+            t = self._check(t, "target", i, ("labels",) + need)
+            # Detached: an evaluator must not keep the model's graphs alive.
+            self._preds.append({k: v.detach() for k, v in p.items() if isinstance(v, Tensor)})
+            self._targets.append({k: v.detach() for k, v in t.items() if isinstance(v, Tensor)})
 
     def _flatten(self) -> tuple[_Instances, _Instances, list[int]]:
         preds, targets = self._preds, self._targets
