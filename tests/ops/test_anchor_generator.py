@@ -23,6 +23,8 @@ CONFIGS = {
     "flat_sizes_form": ((16, 48), (0.5, 2.0), (64, 96), 1, [(8, 12), (4, 6)]),
     "large_shifts": (((64, 1000),), ((1.0, 0.37),), (4096, 4096), 1, (32,)),
     "non_divisible_grid": (((40,), (80,)), ((1.0, 2.0),) * 2, (333, 555), 2, [(7, 11), (3, 2)]),
+    # odd strides (51, 101) and shifts above 2048: float16 rounds the shift, then the sum, as torch does
+    "odd_stride_rounding": (((100, 37),), ((1.0, 0.7),), (3060, 4141), 1, [(60, 41)]),
 }
 
 

@@ -250,7 +250,10 @@ class AnchorGenerator(nn.Module):
                tuple(id(c) for c in self.cell_anchors))
         entry = self._cache.get(key)
         if entry is not None and entry[0]._version == entry[1]:
-            self._cache.move_to_end(key)
+            try:
+                self._cache.move_to_end(key)
+            except KeyError:  # dropped meanwhile by a call from another thread
+                pass
             return list(entry[0].unbind(0))
         # Cached tensors must be normal tensors (inference tensors have no version counter).
         with torch.inference_mode(False), torch.no_grad():
@@ -259,5 +262,8 @@ class AnchorGenerator(nn.Module):
         self._cache[key] = (anchors, anchors._version, tuple(self.cell_anchors))
         self._cache.move_to_end(key)
         while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+            try:
+                self._cache.popitem(last=False)
+            except KeyError:
+                break
         return list(anchors.unbind(0))
