@@ -175,3 +175,38 @@ def test_bad_inputs():
         op(cells[0], [9], [2], [8, 8], 1)
     with pytest.raises(RuntimeError, match="grid sizes must be >= 0"):
         op(cells[0], [9], [2, -1], [8, 8], 1)
+
+
+def test_drop_in_for_torchvision_faster_rcnn():
+    """Swapping detops' AnchorGenerator and BoxCoder into a torchvision detector
+    leaves its detections and training losses unchanged (bit for bit on CPU)."""
+    import copy
+
+    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
+
+    torch.manual_seed(0)
+    ref = fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None, num_classes=5, box_score_thresh=0.0
+    ).eval()
+    ours = copy.deepcopy(ref)
+    tv_anchors = ref.rpn.anchor_generator
+    ours.rpn.anchor_generator = detops.AnchorGenerator(tv_anchors.sizes, tv_anchors.aspect_ratios)
+    ours.rpn.box_coder = detops.BoxCoder(ref.rpn.box_coder.weights, ref.rpn.box_coder.bbox_xform_clip)
+    ours.roi_heads.box_coder = detops.BoxCoder(ref.roi_heads.box_coder.weights, ref.roi_heads.box_coder.bbox_xform_clip)
+    images = [torch.rand(3, 200, 260), torch.rand(3, 180, 240)]
+    with torch.no_grad():
+        expected, got = ref(images), ours(images)
+    for e, g in zip(expected, got):
+        assert len(e["boxes"]) > 0
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(e[key], g[key]), key
+    targets = [{"boxes": torch.tensor([[10.0, 20.0, 100.0, 120.0], [50.0, 60.0, 150.0, 170.0]]),
+                "labels": torch.tensor([1, 3])}] * 2
+    ref.train()
+    ours.train()
+    torch.manual_seed(1)  # the samplers draw random anchors and proposals
+    expected_losses = ref(images, targets)
+    torch.manual_seed(1)
+    losses = ours(images, targets)
+    for key, value in expected_losses.items():
+        assert torch.equal(losses[key], value), key
