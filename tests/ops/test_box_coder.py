@@ -114,6 +114,18 @@ def test_decode_empty(device):
     assert ours.decode_single(torch.zeros(5, 0, device=device), torch.zeros(5, 4, device=device)).shape == (5, 0)
 
 
+def test_non_contiguous_inputs(device):
+    weights = (10.0, 10.0, 5.0, 5.0)
+    ours, ref = detops.BoxCoder(weights), tv_utils.BoxCoder(weights)
+    codes = random_codes(80, 3, device=device, seed=21)[::2, :8]  # strided rows, a column slice
+    boxes = boxes_for(160, device=device, seed=21)[::4]
+    boxes_t = boxes.t().contiguous().t()  # column-major
+    assert not codes.is_contiguous() and not boxes.is_contiguous() and not boxes_t.is_contiguous()
+    assert_matches_torchvision(ours.decode_single(codes, boxes), ref.decode_single(codes, boxes), device)
+    assert_matches_torchvision(ours.decode_single(codes, boxes_t), ref.decode_single(codes, boxes_t), device)
+    assert_matches_torchvision(ours.encode_single(boxes, boxes_t.flip(0)), ref.encode_single(boxes, boxes_t.flip(0)), device)
+
+
 def test_decode_boxes_converted_to_codes_dtype(device):
     codes = random_codes(40, 2, dtype=torch.float32, device=device)
     boxes = boxes_for(40, dtype=torch.float64, device=device)
