@@ -1,0 +1,191 @@
+// CUDA kernels of RoI Pool: indexing, loads and stores; the bin arithmetic is
+// roi_pool_math.h, shared with (and tested through) the CPU kernel.
+#include "common/cuda_utils.cuh"
+#include "roi_pool/roi_pool_cuda.h"
+#include "roi_pool/roi_pool_math.h"
+
+namespace detops {
+namespace roi_pool {
+namespace {
+
+constexpr int kThreads = 256;
+
+__device__ __forceinline__ void unravel(int64_t p, const OutArgs& o, int64_t C, bool channel_fastest, int64_t& r,
+                                        int64_t& c, int64_t& ph, int64_t& pw) {
+  if (channel_fastest) {
+    c = p % C;
+    p /= C;
+    pw = p % o.PW;
+    p /= o.PW;
+    ph = p % o.PH;
+    r = p / o.PH;
+  } else {
+    pw = p % o.PW;
+    p /= o.PW;
+    ph = p % o.PH;
+    p /= o.PH;
+    c = p % C;
+    r = p / C;
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ bool load_batch(const T* roi, int64_t N, int64_t& n) {
+  const bool ok = roi[0] > T(-1) && roi[0] < T(N);
+  n = ok ? static_cast<int64_t>(roi[0]) : 0;
+  return ok;
+}
+
+template <typename S>
+__global__ void forward_kernel(const S* __restrict__ input, MapArgs m, const opmath_t<S>* __restrict__ rois,
+                               opmath_t<S> scale, S* __restrict__ out, int64_t* __restrict__ argmax, OutArgs o,
+                               bool channel_fastest, int64_t total) {
+  using T = opmath_t<S>;
+  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < total; p += int64_t(gridDim.x) * blockDim.x) {
+    int64_t r, c, ph, pw, n;
+    unravel(p, o, m.C, channel_fastest, r, c, ph, pw);
+    const T* b = rois + 5 * r;
+    T best = T(0);
+    int64_t best_idx = -1;
+    if (load_batch(b, m.N, n)) {
+      const PoolRoi<T> roi = pool_roi<T>(b[1], b[2], b[3], b[4], scale, o.PH, o.PW);
+      const PoolBin bin = pool_bin(roi, ph, pw, m.H, m.W);
+      best = pool_init<T>(bin);
+      const S* plane = input + n * m.sN + c * m.sC;
+      for (int64_t h = bin.hstart; h < bin.hend; ++h) {
+        for (int64_t w = bin.wstart; w < bin.wend; ++w) {
+          const T v = convert<T>(plane[h * m.sH + w * m.sW]);
+          if (v > best) {
+            best = v;
+            best_idx = h * m.W + w;
+          }
+        }
+      }
+    }
+    const int64_t off = r * o.sK + c * o.sC + ph * o.sH + pw * o.sW;
+    out[off] = convert<S>(best);
+    argmax[off] = best_idx;
+  }
+}
+
+template <typename S, typename A>
+__global__ void backward_atomic_kernel(const S* __restrict__ grad, const int64_t* __restrict__ argmax, OutArgs o,
+                                       const opmath_t<S>* __restrict__ rois, A* __restrict__ accum, MapArgs m,
+                                       int64_t total) {
+  using T = opmath_t<S>;
+  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < total; p += int64_t(gridDim.x) * blockDim.x) {
+    int64_t r, c, ph, pw, n;
+    unravel(p, o, m.C, /*channel_fastest=*/false, r, c, ph, pw);
+    const int64_t off = r * o.sK + c * o.sC + ph * o.sH + pw * o.sW;
+    const int64_t idx = argmax[off];
+    if (idx < 0 || idx >= m.H * m.W || !load_batch(rois + 5 * r, m.N, n)) continue;
+    const int64_t h = idx / m.W, w = idx % m.W;
+    atomicAdd(accum + n * m.sN + c * m.sC + h * m.sH + w * m.sW, A(convert<T>(grad[off])));
+  }
+}
+
+template <typename S>
+__global__ void backward_gather_kernel(const S* __restrict__ grad, const int64_t* __restrict__ argmax, OutArgs o,
+                                       const opmath_t<S>* __restrict__ rois, opmath_t<S> scale,
+                                       const int64_t* __restrict__ order, const int64_t* __restrict__ offsets,
+                                       S* __restrict__ grad_input, MapArgs m, bool channels_last, int64_t total) {
+  using T = opmath_t<S>;
+  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < total; p += int64_t(gridDim.x) * blockDim.x) {
+    int64_t n, c, y, x, q = p;
+    if (channels_last) {
+      c = q % m.C;
+      q /= m.C;
+      x = q % m.W;
+      q /= m.W;
+      y = q % m.H;
+      n = q / m.H;
+    } else {
+      x = q % m.W;
+      q /= m.W;
+      y = q % m.H;
+      q /= m.H;
+      c = q % m.C;
+      n = q / m.C;
+    }
+    const int64_t idx = y * m.W + x;
+    T acc = T(0);
+    for (int64_t j = offsets[n]; j < offsets[n + 1]; ++j) {
+      const int64_t r = order[j];
+      const T* b = rois + 5 * r;
+      const PoolRoi<T> roi = pool_roi<T>(b[1], b[2], b[3], b[4], scale, o.PH, o.PW);
+      for (int64_t ph = 0; ph < o.PH; ++ph) {
+        const PoolBin rows = pool_bin(roi, ph, 0, m.H, m.W);
+        if (y < rows.hstart || y >= rows.hend) continue;
+        for (int64_t pw = 0; pw < o.PW; ++pw) {
+          const PoolBin bin = pool_bin(roi, ph, pw, m.H, m.W);
+          if (x < bin.wstart || x >= bin.wend) continue;
+          const int64_t off = r * o.sK + c * o.sC + ph * o.sH + pw * o.sW;
+          if (argmax[off] == idx) acc += convert<T>(grad[off]);
+        }
+      }
+    }
+    grad_input[n * m.sN + c * m.sC + y * m.sH + x * m.sW] = convert<S>(acc);
+  }
+}
+
+template <typename S>
+struct Accum {
+  using type = S;
+};
+template <>
+struct Accum<__half> {
+  using type = float;
+};
+template <>
+struct Accum<__nv_bfloat16> {
+  using type = float;
+};
+
+}  // namespace
+
+cudaError_t forward_cuda(DType dtype, const void* input, const MapArgs& map, const void* rois, double spatial_scale,
+                         void* out, int64_t* argmax, const OutArgs& o, bool channel_fastest, cudaStream_t stream) {
+  const int64_t total = o.K * map.C * o.PH * o.PW;
+  if (total == 0) return cudaSuccess;
+  dispatch_dtype(dtype, [&](auto s) {
+    using S = decltype(s);
+    using T = opmath_t<S>;
+    forward_kernel<S><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
+        static_cast<const S*>(input), map, static_cast<const T*>(rois), T(spatial_scale), static_cast<S*>(out),
+        argmax, o, channel_fastest, total);
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t backward_atomic_cuda(DType dtype, const void* grad, const int64_t* argmax, const OutArgs& o,
+                                 const void* rois, void* accum, const MapArgs& map, cudaStream_t stream) {
+  const int64_t total = o.K * map.C * o.PH * o.PW;
+  if (total == 0) return cudaSuccess;
+  dispatch_dtype(dtype, [&](auto s) {
+    using S = decltype(s);
+    using A = typename Accum<S>::type;
+    backward_atomic_kernel<S, A><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
+        static_cast<const S*>(grad), argmax, o, static_cast<const opmath_t<S>*>(rois), static_cast<A*>(accum), map,
+        total);
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t backward_gather_cuda(DType dtype, const void* grad, const int64_t* argmax, const OutArgs& o,
+                                 const void* rois, double spatial_scale, const int64_t* order,
+                                 const int64_t* offsets, void* grad_input, const MapArgs& map, bool channels_last,
+                                 cudaStream_t stream) {
+  const int64_t total = map.N * map.C * map.H * map.W;
+  if (total == 0) return cudaSuccess;
+  dispatch_dtype(dtype, [&](auto s) {
+    using S = decltype(s);
+    using T = opmath_t<S>;
+    backward_gather_kernel<S><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
+        static_cast<const S*>(grad), argmax, o, static_cast<const T*>(rois), T(spatial_scale), order, offsets,
+        static_cast<S*>(grad_input), map, channels_last, total);
+  });
+  return cudaGetLastError();
+}
+
+}  // namespace roi_pool
+}  // namespace detops

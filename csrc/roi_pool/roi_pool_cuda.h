@@ -1,0 +1,41 @@
+// Launchers of RoI Pool's CUDA kernels (type-erased, no ATen in the .cu).
+// rois are [K, 5] in the compute type (float, or double for float64 maps).
+// RoIs with a batch index outside [0, N) pool zeros (argmax -1).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "common/dtype.h"
+
+namespace detops {
+namespace roi_pool {
+
+struct MapArgs {
+  int64_t N, C, H, W;
+  int64_t sN, sC, sH, sW;  // element strides
+};
+
+struct OutArgs {
+  int64_t K, PH, PW;
+  int64_t sK, sC, sH, sW;  // element strides of output / argmax / grad (same layout)
+};
+
+cudaError_t forward_cuda(DType dtype, const void* input, const MapArgs& map, const void* rois, double spatial_scale,
+                         void* out, int64_t* argmax, const OutArgs& o, bool channel_fastest, cudaStream_t stream);
+
+// atomicAdd of grad at argmax into accum (float for float16/bfloat16, zeroed).
+cudaError_t backward_atomic_cuda(DType dtype, const void* grad, const int64_t* argmax, const OutArgs& o,
+                                 const void* rois, void* accum, const MapArgs& map, cudaStream_t stream);
+
+// Gather form (deterministic): one thread per grad_input element, summing the
+// grads of the bins whose argmax is that element, over the RoIs of its image
+// in RoI order. order: RoIs stably sorted by batch index; offsets [N + 1].
+cudaError_t backward_gather_cuda(DType dtype, const void* grad, const int64_t* argmax, const OutArgs& o,
+                                 const void* rois, double spatial_scale, const int64_t* order,
+                                 const int64_t* offsets, void* grad_input, const MapArgs& map, bool channels_last,
+                                 cudaStream_t stream);
+
+}  // namespace roi_pool
+}  // namespace detops
