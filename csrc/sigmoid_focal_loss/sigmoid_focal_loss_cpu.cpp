@@ -7,8 +7,9 @@
 // order, so the result does not depend on the thread count. The float loops
 // are compiled for AVX-512, AVX2 and baseline x86-64 (target_clones, chosen at
 // load time) and vectorise: exp and log1p are the polynomials of
-// sigmoid_focal_loss_math.h. float16/bfloat16 blocks are converted to float
-// buffers, computed, and converted back.
+// sigmoid_focal_loss_math.h, and the selects (x >= 0 ? ...) are if-converted
+// because CMake builds with -fno-trapping-math. float16/bfloat16 blocks are
+// converted to float buffers, computed, and converted back.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -23,7 +24,7 @@
 
 #include "sigmoid_focal_loss/sigmoid_focal_loss.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define DETOPS_FOCAL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define DETOPS_FOCAL_CLONES

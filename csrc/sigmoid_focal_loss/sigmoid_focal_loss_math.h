@@ -21,7 +21,8 @@
 //   d loss / dx_j = d loss / d log p * ([j == k] - softmax_j)
 //
 // On the host, exp and log1p of float are written as branch-free polynomials
-// (Cephes-accurate, within 2 ulp) so that the CPU loops vectorise; double uses libm.
+// (within 3 ulp of float's correctly rounded values) so that the CPU loops
+// vectorise; double uses libm.
 #pragma once
 
 #include <cmath>
