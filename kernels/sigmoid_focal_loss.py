@@ -3,7 +3,7 @@ reads logits and targets (or labels) and writes the loss, or one partial sum
 per program for "mean"/"sum"; the backward reads them again with the incoming
 gradient and writes the gradient. The formulas mirror
 ``csrc/sigmoid_focal_loss/sigmoid_focal_loss_math.h`` operation for operation
-(``1 - p`` as ``sigmoid(-x)``, ``log1p`` by Goldberg's ``log(1 + e) e / ((1 + e) - 1)``, the
+(``1 - p`` as ``sigmoid(-x)``, ``log1p(e)`` as ``2 atanh(e / (2 + e))``, the
 ``m^(gamma-1)`` term as ``m^gamma / m`` and 0 where ``m == 0``); the CPU
 tests compare the two.
 
@@ -28,12 +28,24 @@ _REDUCTIONS = ("none", "mean", "sum")
 
 @triton.jit
 def _log1p_unit(e):
-    """log1p(e) for e in [0, 1] (no libdevice in the interpreter): Goldberg's
-    log(u) * e / (u - 1) with u = 1 + e, exact to the accuracy of log in
-    float32 and float64 alike; e itself where u rounds to 1."""
-    u = 1.0 + e
-    d = u - 1.0
-    return tl.where(d == 0.0, e, tl.log(u) * (e / tl.where(d == 0.0, 1.0, d)))
+    """log1p(e) for e in [0, 1], with no libdevice (absent from the interpreter)
+    and no hardware log (approximate on GPUs, which would spoil log(1 + e) for
+    small e). float32: 2 atanh(s), s = e / (2 + e), the series of the C++
+    kernel. float64: Goldberg's log(u) e / (u - 1), u = 1 + e (float64 log is exact)."""
+    if e.dtype == tl.float64:
+        u = 1.0 + e
+        d = u - 1.0
+        return tl.where(d == 0.0, e, tl.log(u) * (e / tl.where(d == 0.0, 1.0, d)))
+    else:
+        s = e / (2.0 + e)
+        z = s * s
+        p = 1.0 / 13.0
+        p = p * z + 1.0 / 11.0
+        p = p * z + 1.0 / 9.0
+        p = p * z + 1.0 / 7.0
+        p = p * z + 1.0 / 5.0
+        p = p * z + 1.0 / 3.0
+        return 2.0 * s + 2.0 * s * (z * p)
 
 
 @triton.jit
@@ -148,10 +160,24 @@ def sigmoid_focal_backward_kernel(grad_ptr, scale_ptr, x_ptr, t_ptr, labels_ptr,
 
 @triton.jit
 def _one_minus_exp(logp, u):
-    """-expm1(logp) given u = exp(logp): Kahan's expm1 near u = 1, 1 - u below 1/2."""
-    near = (u >= 0.5) & (u != 1.0)
-    kahan = (1.0 - u) * logp / tl.log(tl.where(near, u, 0.5))
-    return tl.where(u == 1.0, -logp, tl.where(near, kahan, 1.0 - u))
+    """-expm1(logp) given u = exp(logp) (logp <= 0): 1 - u below u = 0.6, else
+    the Taylor series of expm1 (|logp| <= 0.52; 16 terms, exact to float64)."""
+    p = logp * (1.0 / 16.0) + 1.0
+    p = p * logp * (1.0 / 15.0) + 1.0
+    p = p * logp * (1.0 / 14.0) + 1.0
+    p = p * logp * (1.0 / 13.0) + 1.0
+    p = p * logp * (1.0 / 12.0) + 1.0
+    p = p * logp * (1.0 / 11.0) + 1.0
+    p = p * logp * (1.0 / 10.0) + 1.0
+    p = p * logp * (1.0 / 9.0) + 1.0
+    p = p * logp * (1.0 / 8.0) + 1.0
+    p = p * logp * (1.0 / 7.0) + 1.0
+    p = p * logp * (1.0 / 6.0) + 1.0
+    p = p * logp * (1.0 / 5.0) + 1.0
+    p = p * logp * (1.0 / 4.0) + 1.0
+    p = p * logp * (1.0 / 3.0) + 1.0
+    p = p * logp * (1.0 / 2.0) + 1.0
+    return tl.where(u < 0.6, 1.0 - u, -(logp * p))
 
 
 @triton.jit
