@@ -53,6 +53,13 @@ struct BoxArrays {
 
 constexpr int64_t kNone = -1;
 
+// Below these sizes everything runs on the calling thread: waking the thread
+// pool costs more than the work.
+constexpr int64_t kParallelBoxes = 8192;  // boxes in one NMS problem / in all tasks
+constexpr int64_t kParallelBlock = 4096;  // candidates tested in parallel at a time
+constexpr int64_t kParallelPairs = 1 << 21;  // IoU pairs (Matrix NMS)
+constexpr int64_t kParallelScores = 1 << 20;  // (image, box, class) scores scanned (multiclass)
+
 // Greedy NMS over boxes already in processing order. Sets keep[p] = 1 for the
 // kept positions and returns how many were kept; stops once max_keep boxes are
 // kept (max_keep < 0: no limit).
@@ -66,8 +73,10 @@ class GreedyNms {
     if (n_ == 0 || max_keep == 0) return 0;
     build_grid();
     std::vector<uint8_t> suppressed(n_, 0);
-    // Blocks only pay off when candidates can be tested in parallel.
-    const int64_t block = (parallel && n_ > 4096 && at::get_num_threads() > 1) ? 2048 : n_;
+    // Blocks only pay off when candidates can be tested in parallel, and a
+    // parallel region costs a thread wake-up (milliseconds on a loaded
+    // machine), so only large sets use them.
+    const int64_t block = (parallel && n_ >= kParallelBoxes && at::get_num_threads() > 1) ? kParallelBlock : n_;
     int64_t kept = 0;
     for (int64_t start = 0; start < n_; start += block) {
       const int64_t end = std::min(n_, start + block);
@@ -237,14 +246,14 @@ std::vector<int64_t> descending_order(const at::Tensor& scores) {
 // Runs work(task) for task in [0, count) on all threads, largest tasks first
 // when sizes are given, each thread taking the next task when it is free.
 template <typename F>
-void for_each_task(int64_t count, const std::vector<int64_t>& sizes, const F& work) {
+void for_each_task(int64_t count, const std::vector<int64_t>& sizes, bool parallel, const F& work) {
   std::vector<int64_t> tasks(count);
   std::iota(tasks.begin(), tasks.end(), int64_t(0));
   if (!sizes.empty()) {
     std::stable_sort(tasks.begin(), tasks.end(), [&](int64_t a, int64_t b) { return sizes[a] > sizes[b]; });
   }
   std::atomic<int64_t> next{0};
-  const int64_t workers = std::min<int64_t>(count, at::get_num_threads());
+  const int64_t workers = parallel ? std::min<int64_t>(count, at::get_num_threads()) : 1;
   at::parallel_for(0, std::max<int64_t>(workers, 1), 1, [&](int64_t, int64_t) {
     for (int64_t t = next++; t < count; t = next++) work(tasks[t]);
   });
@@ -316,7 +325,7 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes_in, const at::Tensor& scores,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes.scalar_type(), "batched_nms_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     const scalar_t* b = boxes.const_data_ptr<scalar_t>();
-    for_each_task(segments, seg_size, [&](int64_t s) {
+    for_each_task(segments, seg_size, n >= kParallelBoxes, [&](int64_t s) {
       const int64_t first = seg_start[s], m = seg_size[s];
       BoxArrays<T> seg;
       seg.resize(m);
@@ -369,7 +378,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multiclass_nms_cpu(
     // Per (image, class): exact greedy NMS over the candidates above the
     // score threshold, stopped after max_per_class kept boxes.
     std::vector<std::vector<Detection>> kept_per_task(B * C);
-    for_each_task(B * C, {}, [&](int64_t task) {
+    for_each_task(B * C, {}, B * N * C >= kParallelScores, [&](int64_t task) {
       const int64_t img = task / C, cls = task % C;
       std::vector<Detection> cand;
       for (int64_t i = 0; i < N; ++i) {
@@ -393,7 +402,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multiclass_nms_cpu(
     scalar_t* os = out_scores.mutable_data_ptr<scalar_t>();
     int64_t* ol = out_labels.mutable_data_ptr<int64_t>();
     int64_t* oc = out_count.mutable_data_ptr<int64_t>();
-    at::parallel_for(0, B, 1, [&](int64_t img_lo, int64_t img_hi) {
+    at::parallel_for(0, B, B * N * C >= kParallelScores ? 1 : B, [&](int64_t img_lo, int64_t img_hi) {
       for (int64_t img = img_lo; img < img_hi; ++img) {
         std::vector<Detection> all;
         for (int64_t cls = 0; cls < C; ++cls) {
@@ -504,7 +513,8 @@ std::tuple<at::Tensor, at::Tensor> matrix_nms_cpu(const at::Tensor& boxes_in, co
     };
     // comp[j]: the largest IoU of j with a higher-scored box of its class.
     std::vector<T> comp(n, T(0)), decayed(n);
-    at::parallel_for(0, n, 64, [&](int64_t lo, int64_t hi) {
+    const int64_t grain = n * n / 2 >= kParallelPairs ? 64 : std::max<int64_t>(n, 1);
+    at::parallel_for(0, n, grain, [&](int64_t lo, int64_t hi) {
       for (int64_t j = lo; j < hi; ++j) {
         T m = T(0);
         for (int64_t i = 0; i < j; ++i) {
@@ -514,7 +524,7 @@ std::tuple<at::Tensor, at::Tensor> matrix_nms_cpu(const at::Tensor& boxes_in, co
       }
     });
     const T sig = T(sigma);
-    at::parallel_for(0, n, 64, [&](int64_t lo, int64_t hi) {
+    at::parallel_for(0, n, grain, [&](int64_t lo, int64_t hi) {
       for (int64_t j = lo; j < hi; ++j) {
         T decay = T(1);
         for (int64_t i = 0; i < j; ++i) {

@@ -9,8 +9,9 @@
 //   1. mask_kernel: the chunk's rows against every later column block; rows
 //      already removed by earlier chunks, and (batched) row/column blocks with
 //      no class in common, are skipped (written as zero);
-//   2. reduce_chunk_kernel (one warp): the sequential greedy pass over the
-//      chunk's rows, using only the chunk's own columns;
+//   2. reduce_chunk_kernel: the sequential greedy pass over the chunk's rows
+//      (one warp, reading 64-row tiles of the mask staged in shared memory),
+//      using only the chunk's own columns;
 //   3. propagate_kernel: ORs the rows kept in this chunk into the "removed"
 //      words of all later columns, in parallel.
 #include "common/cuda_utils.cuh"
@@ -60,38 +61,56 @@ __global__ void mask_kernel(const T* __restrict__ boxes, const int64_t* __restri
 }
 
 constexpr int kChunkWords = static_cast<int>(kMaskChunkRows / kBits);
+constexpr int kReduceThreads = 256;
 
-// One warp: the greedy pass over the chunk's rows.
+// The greedy pass over the chunk's rows. Rows are taken 64 at a time: all
+// threads first copy the 64 rows' in-chunk mask words to shared memory, then
+// warp 0 walks the rows in order reading only shared memory.
 __global__ void reduce_chunk_kernel(const uint64_t* __restrict__ mask, int64_t words, int64_t row0, int64_t rows,
                                     const uint64_t* __restrict__ removed, uint8_t* __restrict__ keep) {
   __shared__ uint64_t local[kChunkWords];
-  const int lane = threadIdx.x;
+  __shared__ uint64_t tile[kBits][kChunkWords];
+  const int t = threadIdx.x, lane = t % 32;
   const int64_t w0 = row0 / kBits;
   const int chunk_words = static_cast<int>((rows + kBits - 1) / kBits);
-  for (int w = lane; w < chunk_words; w += 32) local[w] = removed[w0 + w];
-  __syncwarp();
-  for (int64_t r = 0; r < rows; ++r) {
-    const int wr = static_cast<int>(r / kBits);
-    const bool is_removed = (local[wr] >> (r % kBits)) & 1ULL;
-    __syncwarp();
-    if (is_removed) continue;
-    if (lane == 0) keep[row0 + r] = 1;
-    const uint64_t* row = mask + r * words + w0;
-    for (int w = wr + lane; w < chunk_words; w += 32) local[w] |= row[w];
-    __syncwarp();
+  for (int w = t; w < chunk_words; w += blockDim.x) local[w] = removed[w0 + w];
+  for (int rb = 0; rb < chunk_words; ++rb) {
+    const int block_rows = static_cast<int>(min(int64_t(kBits), rows - int64_t(rb) * kBits));
+    const int span = chunk_words - rb;  // words rb .. chunk_words - 1
+    for (int idx = t; idx < block_rows * span; idx += blockDim.x) {
+      const int q = idx / span, w = idx % span;
+      tile[q][w] = mask[(int64_t(rb) * kBits + q) * words + w0 + rb + w];
+    }
+    __syncthreads();
+    if (t < 32) {
+      for (int q = 0; q < block_rows; ++q) {
+        const bool is_removed = (local[rb] >> q) & 1ULL;
+        __syncwarp();
+        if (is_removed) continue;
+        if (lane == 0) keep[row0 + int64_t(rb) * kBits + q] = 1;
+        for (int w = lane; w < span; w += 32) local[rb + w] |= tile[q][w];
+        __syncwarp();
+      }
+    }
+    __syncthreads();
   }
 }
 
+// removed[w] |= OR of the kept chunk rows' mask words, for the words after
+// the chunk: 32 words x 8 row lanes per block, rows split over grid.y.
+constexpr int kPropagateRows = 512;
+
 __global__ void propagate_kernel(const uint64_t* __restrict__ mask, int64_t words, int64_t row0, int64_t rows,
                                  int64_t first_word, const uint8_t* __restrict__ keep,
-                                 uint64_t* __restrict__ removed) {
-  const int64_t w = first_word + blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+                                 unsigned long long* __restrict__ removed) {
+  const int64_t w = first_word + int64_t(blockIdx.x) * 32 + threadIdx.x;
   if (w >= words) return;
-  uint64_t acc = 0;
-  for (int64_t r = 0; r < rows; ++r) {
+  const int64_t r_end = min(rows, int64_t(blockIdx.y + 1) * kPropagateRows);
+  unsigned long long acc = 0;
+  for (int64_t r = int64_t(blockIdx.y) * kPropagateRows + threadIdx.y; r < r_end; r += blockDim.y) {
     if (keep[row0 + r]) acc |= mask[r * words + w];
   }
-  removed[w] |= acc;
+  if (acc != 0) atomicOr(removed + w, acc);
 }
 
 template <typename T>
@@ -106,11 +125,13 @@ cudaError_t greedy_nms_typed(const T* boxes, const int64_t* cls, int64_t n, doub
     const int64_t rows = min(chunk, n - row0);
     const dim3 grid(static_cast<unsigned int>(words - row0 / kBits), static_cast<unsigned int>((rows + kBits - 1) / kBits));
     mask_kernel<T><<<grid, kBits, 0, stream>>>(boxes, cls, n, words, row0, threshold, removed, mask);
-    reduce_chunk_kernel<<<1, 32, 0, stream>>>(mask, words, row0, rows, removed, keep);
+    reduce_chunk_kernel<<<1, kReduceThreads, 0, stream>>>(mask, words, row0, rows, removed, keep);
     const int64_t first_word = (row0 + rows + kBits - 1) / kBits;
     if (first_word < words) {
-      propagate_kernel<<<blocks_for(words - first_word, 256), 256, 0, stream>>>(mask, words, row0, rows, first_word,
-                                                                                keep, removed);
+      const dim3 pgrid(static_cast<unsigned int>((words - first_word + 31) / 32),
+                       static_cast<unsigned int>((rows + kPropagateRows - 1) / kPropagateRows));
+      propagate_kernel<<<pgrid, dim3(32, 8), 0, stream>>>(mask, words, row0, rows, first_word, keep,
+                                                         reinterpret_cast<unsigned long long*>(removed));
     }
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
