@@ -137,7 +137,7 @@ class _Instances:
     score: Tensor | None = None  # detections
     crowd: Tensor | None = None  # ground truths
     id_nonzero: Tensor | None = None  # ground truths: pycocotools records matches by id
-    masks: list | None = None  # per-instance RLE dicts (segm)
+    masks: tuple | None = None  # segm: (run lengths, offsets, (h, w) per instance), see mask.rle_batch
 
 
 def _pair_box_iou(d: Tensor, g: Tensor, crowd: Tensor) -> Tensor:
@@ -156,41 +156,13 @@ def _pair_box_iou(d: Tensor, g: Tensor, crowd: Tensor) -> Tensor:
     return torch.where(ok, inter / torch.where(ok, union, torch.ones_like(union)), torch.zeros_like(inter))
 
 
-def _pair_mask_iou(
-    dt: _Instances, gt: _Instances, pair_d: Tensor, pair_g: Tensor, crowd: Tensor
-) -> Tensor:
-    """Mask IoU of (detection, ground truth) pairs, one image at a time: decode the
-    masks involved, one matmul for the intersections (exact integer counts)."""
-    device = pair_d.device
-    out = torch.zeros(pair_d.numel(), dtype=torch.float64, device=device)
-    if pair_d.numel() == 0:
-        return out
-    img = dt.image[pair_d]
-    order = torch.argsort(img, stable=True)
-    img_sorted = img[order]
-    bounds = torch.unique_consecutive(img_sorted, return_counts=True)[1].cumsum(0).tolist()
-    pd_all, pg_all = pair_d[order].tolist(), pair_g[order].tolist()
-    start = 0
-    for stop in bounds:
-        pds, pgs = pd_all[start:stop], pg_all[start:stop]
-        ud = sorted(set(pds))
-        ug = sorted(set(pgs))
-        sizes = {tuple(int(v) for v in dt.masks[i]["size"]) for i in ud} | {
-            tuple(int(v) for v in gt.masks[j]["size"]) for j in ug
-        }
-        if len(sizes) != 1:
-            raise ValueError(f"masks of one image have different sizes: {sorted(sizes)}")
-        dm = torch.from_numpy(np.stack([_mask.rle_flat(dt.masks[i]) for i in ud])).to(device)
-        gm = torch.from_numpy(np.stack([_mask.rle_flat(gt.masks[j]) for j in ug])).to(device)
-        crowd_g = gt.crowd[torch.tensor(ug, device=device)]
-        ious = _mask._flat_mask_iou(dm, gm, crowd_g)
-        di = {v: i for i, v in enumerate(ud)}
-        gi = {v: i for i, v in enumerate(ug)}
-        rows = torch.tensor([di[v] for v in pds], device=device)
-        cols = torch.tensor([gi[v] for v in pgs], device=device)
-        out[order[start:stop]] = ious[rows, cols]
-        start = stop
-    return out
+def _pair_mask_iou(dt: _Instances, gt: _Instances, pair_d: Tensor, pair_g: Tensor) -> Tensor:
+    """Mask IoU of (detection, ground truth) pairs, on the RLE runs (see
+    :func:`detops.eval.mask.rle_pair_iou`): exact integer counts, no decoding."""
+    iou = _mask.rle_pair_iou(
+        dt.masks, gt.masks, pair_d.cpu().numpy(), pair_g.cpu().numpy(), gt.crowd.cpu().numpy()
+    )
+    return torch.from_numpy(iou).to(pair_d.device)
 
 
 def _segment_starts(sorted_keys: Tensor) -> Tensor:
@@ -318,7 +290,7 @@ def _coco_evaluate(
     if iou_type == "bbox":
         pair_iou = _pair_box_iou(d_box[pair_d], gt.boxes[g_order][pair_g], pair_crowd)
     else:
-        pair_iou = _pair_mask_iou(dt, gt, d_order[pair_d], g_order[pair_g], pair_crowd)
+        pair_iou = _pair_mask_iou(dt, gt, d_order[pair_d], g_order[pair_g])
 
     # -- candidate pairs (IoU >= the lowest threshold; others can never match),
     # and the detections that have one ("slots"), numbered in accumulation order
@@ -503,6 +475,20 @@ def _summarize(precision: Tensor, recall: Tensor, p: COCOParams, max_dets: list[
 # ------------------------------------------------------------------ COCO dicts
 
 
+def _dense_batch(masks_per_image: list[Tensor]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run lengths of dense ``[N, H, W]`` masks of many images, as mask.rle_batch."""
+    parts, sizes = [], []
+    for masks in masks_per_image:
+        arr = masks.detach().cpu().numpy()
+        arr = arr.reshape(-1, *arr.shape[-2:])
+        for m in arr:
+            parts.append(_mask._dense_counts(m))
+            sizes.append(m.shape)
+    lengths = np.fromiter((p.size for p in parts), dtype=np.int64, count=len(parts))
+    counts = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    return counts, np.concatenate(([0], np.cumsum(lengths))), np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+
+
 def _ids_to_positions(ids: np.ndarray, sorted_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions of ``ids`` in ``sorted_ids`` and whether each id is present."""
     if sorted_ids.size == 0:
@@ -548,7 +534,7 @@ def _coco_instances(
     g_idnz = _field(anns, "id", np.int64, 1) != 0
     g_masks = None
     if iou_type == "segm":
-        g_masks = [_mask.to_rle(a["segmentation"], *sizes[a["image_id"]]) for a in anns]
+        g_masks = _mask.rle_batch([_mask.to_rle(a["segmentation"], *sizes[a["image_id"]]) for a in anns])
 
     d_img, d_img_ok = _ids_to_positions(_field(dt, "image_id", np.int64), img_ids)
     if not d_img_ok.all():
@@ -562,15 +548,19 @@ def _coco_instances(
     d_score = _field(dets, "score", np.float64)
     d_masks = None
     if iou_type == "segm":
-        d_masks = [_mask.to_rle(d["segmentation"], *sizes[d["image_id"]]) for d in dets]
+        d_masks = _mask.rle_batch([_mask.to_rle(d["segmentation"], *sizes[d["image_id"]]) for d in dets])
     # pycocotools' loadRes picks the branch from the first result: with a
     # non-empty 'bbox' the area is w*h, else (segm) the mask area.
     if dt and "bbox" in dt[0] and len(dt[0]["bbox"]) > 0:
         d_box = _boxes_field(dets)
         d_area = d_box[:, 2] * d_box[:, 3]
-    elif iou_type == "segm":
-        d_area = np.asarray([float(_mask.rle_area(r)) for r in d_masks], dtype=np.float64)
-        d_box = np.asarray([_mask.rle_to_bbox(r) for r in d_masks], dtype=np.float64).reshape(-1, 4)
+    elif iou_type == "segm":  # mask areas; boxes are not used by mask IoU
+        counts, offsets, _ = d_masks
+        fg = np.cumsum(np.where((np.arange(counts.size) - np.repeat(offsets[:-1], np.diff(offsets))) % 2 == 1,
+                                counts, 0))
+        fg = np.concatenate(([0], fg))
+        d_area = (fg[offsets[1:]] - fg[offsets[:-1]]).astype(np.float64)
+        d_box = np.zeros((len(dets), 4))
     elif not dets:
         d_box, d_area = np.zeros((0, 4)), np.zeros(0)
     else:
@@ -757,8 +747,8 @@ class MeanAveragePrecision:
         g_box = torch.cat([boxes_of(t) for t in targets]) if targets else torch.zeros(0, 4, dtype=f64)
         g_masks = d_masks = None
         if segm:
-            g_masks = [r for t in targets for r in _mask.rle_encode(t["masks"].reshape(-1, *t["masks"].shape[-2:]))]
-            d_masks = [r for p in preds for r in _mask.rle_encode(p["masks"].reshape(-1, *p["masks"].shape[-2:]))]
+            g_masks = _dense_batch([t["masks"] for t in targets])
+            d_masks = _dense_batch([p["masks"] for p in preds])
 
         def gt_area(t: dict) -> Tensor:
             if "area" in t:

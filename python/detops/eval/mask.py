@@ -29,6 +29,7 @@ __all__ = [
     "polygons_to_rle",
     "to_rle",
     "mask_iou",
+    "rle_pair_iou",
 ]
 
 try:  # optional accelerator for polygon rasterisation only
@@ -69,8 +70,7 @@ def _string_to_counts(s: bytes | str) -> np.ndarray:
     first = np.concatenate(([True], ends[:-1]))
     start_idx = np.flatnonzero(first)
     k = np.arange(c.size) - start_idx[group]  # position of the char within its number
-    x = np.zeros(int(ends.sum()), dtype=np.int64)
-    np.add.at(x, group, (c & 0x1F) << (5 * k))
+    x = np.add.reduceat((c & 0x1F) << (5 * k), start_idx)  # numbers are runs of chars
     last = c[ends]
     nchars = k[ends] + 1
     negative = (last & 0x10) != 0
@@ -149,7 +149,10 @@ def rle_area(rle: dict) -> int:
 def rle_to_bbox(rle: dict) -> list[float]:
     """``[x, y, w, h]`` box around an RLE's foreground (``pycocotools.mask.toBbox``)."""
     h, w = (int(v) for v in rle["size"])
-    counts = rle_counts(rle)
+    return _bbox_from_counts(rle_counts(rle), h, w)
+
+
+def _bbox_from_counts(counts: np.ndarray, h: int, w: int) -> list[float]:
     m = (counts.size // 2) * 2
     if m == 0:
         return [0.0, 0.0, 0.0, 0.0]
@@ -293,3 +296,141 @@ def _flat_mask_iou(d: Tensor, g: Tensor, crowd: Tensor) -> Tensor:
     ga = gf.sum(1, dtype=torch.float64)
     union = torch.where(crowd[None, :], da[:, None], da[:, None] + ga[None, :] - inter)
     return torch.where(inter > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
+
+
+def _strings_to_counts_many(strings: Sequence[bytes | str]) -> tuple[np.ndarray, np.ndarray]:
+    """Decode many compressed RLE strings in one numpy pass (numbers never span
+    strings: each string ends on a terminal character). Returns the run lengths
+    of all masks concatenated and the ``[n + 1]`` offsets of each mask's runs."""
+    data = [x.encode("ascii") if isinstance(x, str) else bytes(x) for x in strings]
+    n_chars = np.fromiter((len(x) for x in data), dtype=np.int64, count=len(data))
+    c = np.frombuffer(b"".join(data), dtype=np.uint8).astype(np.int64) - 48
+    if c.size == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(len(data) + 1, dtype=np.int64)
+    ends = (c & 0x20) == 0
+    first = np.concatenate(([True], ends[:-1]))
+    start_idx = np.flatnonzero(first)
+    group = np.cumsum(first) - 1
+    k = np.arange(c.size) - start_idx[group]
+    x = np.add.reduceat((c & 0x1F) << (5 * k), start_idx)
+    last = c[ends]
+    negative = (last & 0x10) != 0
+    x[negative] |= -(np.int64(1) << (5 * (k[ends][negative] + 1)))
+    ends_before = np.concatenate(([0], np.cumsum(ends)))
+    char_off = np.concatenate(([0], np.cumsum(n_chars)))
+    n_num = ends_before[char_off[1:]] - ends_before[char_off[:-1]]
+    num_off = np.concatenate(([0], np.cumsum(n_num)))
+    idx = np.arange(x.size) - np.repeat(num_off[:-1], n_num)  # number's index in its mask
+    out = x.copy()
+    # counts[m] += counts[m - 2] for m > 2: running sums over the odd chain
+    # (m = 1, 3, ...) and the even chain from m = 2, restarted per mask.
+    for parity, lowest in ((1, 1), (0, 2)):
+        in_chain = (idx % 2 == parity) & (idx >= lowest)
+        cs = np.cumsum(np.where(in_chain, x, 0))
+        base = np.concatenate(([0], cs))[num_off[:-1]]
+        out = np.where(in_chain, cs - np.repeat(base, n_num), out)
+    return out & 0xFFFFFFFF, num_off
+
+
+def rle_batch(rles: Sequence[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run lengths of many RLEs (compressed or list counts) concatenated:
+    ``(counts, offsets [n + 1], sizes [n, 2] as (h, w))``; checks that each
+    mask's runs cover its ``h * w`` pixels."""
+    n = len(rles)
+    sizes = np.asarray([[int(r["size"][0]), int(r["size"][1])] for r in rles], dtype=np.int64).reshape(n, 2)
+    compressed = [i for i, r in enumerate(rles) if isinstance(r["counts"], (bytes, str))]
+    parts: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * n
+    if compressed:
+        flat, off = _strings_to_counts_many([rles[i]["counts"] for i in compressed])
+        for j, i in enumerate(compressed):
+            parts[i] = flat[off[j]:off[j + 1]]
+    for i, r in enumerate(rles):
+        if not isinstance(r["counts"], (bytes, str)):
+            parts[i] = np.asarray(r["counts"], dtype=np.int64)
+    lengths = np.fromiter((p.size for p in parts), dtype=np.int64, count=n)
+    offsets = np.concatenate(([0], np.cumsum(lengths)))
+    counts = np.concatenate(parts) if n else np.zeros(0, dtype=np.int64)
+    totals = np.add.reduceat(np.append(counts, 0), offsets[:-1]) * (lengths > 0) if n else np.zeros(0, dtype=np.int64)
+    bad = np.flatnonzero(totals != sizes[:, 0] * sizes[:, 1])
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"RLE {i}: counts sum to {int(totals[i])}, not its size {sizes[i, 0]}x{sizes[i, 1]}")
+    return counts, offsets, sizes
+
+
+def _foreground_runs(counts: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Foreground intervals of a batch of masks: starts, lengths, foreground
+    pixels before each interval in its mask, and the ``[n + 1]`` offsets of each
+    mask's intervals. Runs alternate background/foreground: odd ones are foreground."""
+    n_counts = np.diff(offsets)
+    idx = np.arange(counts.size) - np.repeat(offsets[:-1], n_counts)
+    cs = np.cumsum(counts)
+    excl = cs - counts - np.repeat(np.concatenate(([0], cs))[offsets[:-1]], n_counts)  # pixels before the run
+    fg = idx % 2 == 1
+    start, length = excl[fg], counts[fg]
+    n_runs = n_counts // 2
+    run_off = np.concatenate(([0], np.cumsum(n_runs)))
+    lc = np.cumsum(length)
+    before = lc - length - np.repeat(np.concatenate(([0], lc))[run_off[:-1]], n_runs)
+    return start, length, before, run_off
+
+
+def rle_pair_iou(
+    dt: tuple[np.ndarray, np.ndarray, np.ndarray],
+    gt: tuple[np.ndarray, np.ndarray, np.ndarray],
+    pair_dt: np.ndarray,
+    pair_gt: np.ndarray,
+    gt_crowd: np.ndarray,
+) -> np.ndarray:
+    """IoU (float64) of mask pairs ``(dt[pair_dt[i]], gt[pair_gt[i]])``, with
+    ``dt``/``gt`` batches from :func:`rle_batch`, computed on the runs without
+    decoding, as pycocotools' rleIou: crowd pairs divide by the detection's
+    area, pairs with no intersection are 0, and pairs of masks of different
+    sizes are -1 (never a match).
+
+    For each foreground interval ``[s, e)`` of the ground truth, the detection's
+    foreground pixel count below ``e`` minus below ``s`` (one ``searchsorted``
+    into the detection's interval starts) is their overlap.
+    """
+    pair_dt = np.asarray(pair_dt, dtype=np.int64)
+    pair_gt = np.asarray(pair_gt, dtype=np.int64)
+    n_pairs = pair_dt.size
+    if n_pairs == 0:
+        return np.zeros(0, dtype=np.float64)
+    d_counts, d_offsets, d_hw = dt
+    g_counts, g_offsets, g_hw = gt
+    d_start, d_len, d_before, d_off = _foreground_runs(d_counts, d_offsets)
+    g_start, g_len, _, g_off = _foreground_runs(g_counts, g_offsets)
+    d_area = np.concatenate(([0], np.cumsum(d_len)))
+    d_area = d_area[d_off[1:]] - d_area[d_off[:-1]]
+    g_area = np.concatenate(([0], np.cumsum(g_len)))
+    g_area = g_area[g_off[1:]] - g_area[g_off[:-1]]
+    span = np.int64(max(int((d_hw[:, 0] * d_hw[:, 1]).max(initial=0)),
+                        int((g_hw[:, 0] * g_hw[:, 1]).max(initial=0))) + 1)
+    d_key = np.repeat(np.arange(d_off.size - 1, dtype=np.int64), np.diff(d_off)) * span + d_start  # sorted
+
+    # every foreground interval of every pair's ground truth
+    n_int = np.diff(g_off)[pair_gt]
+    pair_of_eval = np.repeat(np.arange(n_pairs, dtype=np.int64), n_int)
+    first = np.cumsum(n_int) - n_int
+    run = g_off[pair_gt][pair_of_eval] + np.arange(pair_of_eval.size, dtype=np.int64) - first[pair_of_eval]
+    d_of_eval = pair_dt[pair_of_eval]
+
+    def below(x: np.ndarray) -> np.ndarray:
+        """Foreground pixels of detection ``d_of_eval`` at positions < x."""
+        if d_key.size == 0:
+            return np.zeros(x.size, dtype=np.int64)
+        i = np.searchsorted(d_key, d_of_eval * span + x, side="right") - 1
+        ok = i >= d_off[d_of_eval]  # an interval of this detection starts before x
+        ic = np.where(ok, i, 0)
+        return np.where(ok, d_before[ic] + np.clip(x - d_start[ic], 0, d_len[ic]), 0)
+
+    s = g_start[run]
+    overlap = below(s + g_len[run]) - below(s)
+    inter = np.bincount(pair_of_eval, weights=overlap, minlength=n_pairs).astype(np.int64)
+    da, ga = d_area[pair_dt], g_area[pair_gt]
+    crowd = np.asarray(gt_crowd, dtype=bool)[pair_gt]
+    union = np.where(crowd, da, da + ga - inter)
+    iou = np.where(inter > 0, inter / np.where(inter > 0, union, 1), 0.0)
+    same = (d_hw[pair_dt] == g_hw[pair_gt]).all(1)
+    return np.where(same, iou, -1.0)
