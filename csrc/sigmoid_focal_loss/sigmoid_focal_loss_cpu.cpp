@@ -100,13 +100,16 @@ DETOPS_HD void backward_target(const T* __restrict__ x, const T* __restrict__ t,
   }
 }
 
-// exp(x[i] - shift) summed, for the softmax denominators (x[i] <= shift).
+// logsumexp of a row: its maximum, then exp(x[i] - max) summed (both vectorised).
 template <typename T>
-DETOPS_HD T sum_exp_shifted(const T* __restrict__ x, T shift, int64_t n) {
+DETOPS_HD T row_logsumexp(const T* __restrict__ x, int64_t n) {
+  T mx = x[0];
+#pragma omp simd reduction(max : mx)
+  for (int64_t i = 1; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
   T sum = 0;
 #pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < n; ++i) sum += exp_nonpos(x[i] - shift);
-  return sum;
+  for (int64_t i = 0; i < n; ++i) sum += exp_nonpos(x[i] - mx);
+  return mx + std::log(sum);
 }
 
 // grad[j] = dl * ([j == k] - exp(x[j] - lse)).
@@ -154,9 +157,7 @@ DETOPS_FOCAL_CLONES void backward_target_f32(const float* x, const float* t, con
 #undef CALL
 }
 
-DETOPS_FOCAL_CLONES float sum_exp_shifted_f32(const float* x, float shift, int64_t n) {
-  return sum_exp_shifted(x, shift, n);
-}
+DETOPS_FOCAL_CLONES float row_logsumexp_f32(const float* x, int64_t n) { return row_logsumexp(x, n); }
 
 DETOPS_FOCAL_CLONES void softmax_grad_row_f32(const float* x, int64_t k, float lse, float dl, float* grad,
                                               int64_t n) {
@@ -217,8 +218,8 @@ struct Kernels {
                               const Coeffs<double>& c, GammaKind k) {
     backward_target_f64(x, t, g, gs, gt, n, c, k);
   }
-  static float sum_exp_shifted(const float* x, float s, int64_t n) { return sum_exp_shifted_f32(x, s, n); }
-  static double sum_exp_shifted(const double* x, double s, int64_t n) { return focal::sum_exp_shifted(x, s, n); }
+  static float row_logsumexp(const float* x, int64_t n) { return row_logsumexp_f32(x, n); }
+  static double row_logsumexp(const double* x, int64_t n) { return focal::row_logsumexp(x, n); }
   static void softmax_grad_row(const float* x, int64_t k, float lse, float dl, float* g, int64_t n) {
     softmax_grad_row_f32(x, k, lse, dl, g, n);
   }
@@ -555,9 +556,7 @@ at::Tensor indexed_backward_cpu(const at::Tensor& grad_in, const at::Tensor& inp
 // log p_k and logsumexp of one row (in the compute type).
 template <typename T>
 void row_log_softmax(const T* x, int64_t cols, int64_t k, T& logp, T& lse) {
-  T mx = x[0];
-  for (int64_t j = 1; j < cols; ++j) mx = x[j] > mx ? x[j] : mx;
-  lse = mx + std::log(Kernels::sum_exp_shifted(x, mx, cols));
+  lse = Kernels::row_logsumexp(x, cols);
   logp = x[k] - lse;
 }
 
