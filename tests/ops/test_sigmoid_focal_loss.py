@@ -476,6 +476,12 @@ def test_bad_input_messages():
         detops.sigmoid_focal_loss(x, t, gamma=-1)
     with pytest.raises(ValueError, match="gamma"):
         detops.sigmoid_focal_loss(x, t, gamma=float("nan"))
+    with pytest.raises(ValueError, match="same device"):
+        detops.sigmoid_focal_loss(x, t.to("meta"))
+    with pytest.raises(ValueError, match="same device"):
+        detops.sigmoid_focal_loss_indexed(x, torch.zeros(4, dtype=torch.long, device="meta"))
+    with pytest.raises(ValueError, match="same device"):
+        detops.softmax_focal_loss(x, torch.zeros(4, dtype=torch.long, device="meta"))
     # The same checks guard direct operator calls.
     with pytest.raises(ValueError, match="gamma"):
         torch.ops.detops.sigmoid_focal_loss(x, t, 0.25, -1.0, "sum")
