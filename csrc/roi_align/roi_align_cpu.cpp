@@ -21,6 +21,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "roi_align/roi_align.h"
@@ -39,6 +41,13 @@ struct MapMeta {
   double scale;
 };
 
+// One tap of the separable form: map index along an axis and its weight.
+template <typename T>
+struct Tap {
+  int64_t idx;
+  T w;
+};
+
 template <typename T>
 struct Plan {
   int64_t K = 0, PH = 0, PW = 0, num_keys = 0;
@@ -50,6 +59,13 @@ struct Plan {
   std::vector<int64_t> y_n, x_n;               // [K*PH], [K*PW]: valid samples in the bin
   std::vector<AxisSample<T>> ys, xs;           // sample slots
   std::vector<int64_t> keys;                   // [K]: level * N + batch
+  // The same samples as fixed-size tap lists, 2 * grid taps per bin, invalid
+  // samples as zero-weight taps at index 0 (fixed trip counts let the NCHW
+  // loops unroll; torchvision also multiplies a zero weight by input[0]).
+  std::vector<Tap<T>> yt, xt;
+
+  const Tap<T>* y_taps(int64_t r, int64_t ph) const { return yt.data() + 2 * (y_off[r] + ph * grid_h[r]); }
+  const Tap<T>* x_taps(int64_t r, int64_t pw) const { return xt.data() + 2 * (x_off[r] + pw * grid_w[r]); }
 
   // The valid row samples of bin ph of RoI r, as [begin, end).
   const AxisSample<T>* y_begin(int64_t r, int64_t ph) const { return ys.data() + y_off[r] + ph * grid_h[r]; }
@@ -104,23 +120,36 @@ Plan<T> make_plan(const std::vector<MapMeta>& maps, const at::Tensor& rois_in, c
   }
   p.ys.resize(ny);
   p.xs.resize(nx);
+  p.yt.resize(2 * ny);
+  p.xt.resize(2 * nx);
   p.y_n.assign(p.K * PH, 0);
   p.x_n.assign(p.K * PW, 0);
   at::parallel_for(0, p.K, 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const RoiGeometry<T>& g = geo[r];
       const MapMeta& m = maps[p.level[r]];
-      for (int64_t ph = 0; ph < PH; ++ph) {
-        AxisSample<T>* out = p.ys.data() + p.y_off[r] + ph * p.grid_h[r];
+      const auto fill = [](T start, T bin, int64_t p_idx, int64_t grid, int64_t size, AxisSample<T>* out,
+                           Tap<T>* taps) {
         int64_t n = 0;
-        for (int64_t i = 0; i < p.grid_h[r]; ++i) n += axis_sample(sample_pos(g.start_h, g.bin_h, ph, i, g.grid_h), m.H, out[n]);
-        p.y_n[r * PH + ph] = n;
+        for (int64_t i = 0; i < grid; ++i) {
+          AxisSample<T> s;
+          if (axis_sample(sample_pos(start, bin, p_idx, i, grid), size, s)) {
+            out[n++] = s;
+            taps[2 * i] = {s.low, s.w_low};
+            taps[2 * i + 1] = {s.high, s.w_high};
+          } else {
+            taps[2 * i] = taps[2 * i + 1] = {0, T(0)};
+          }
+        }
+        return n;
+      };
+      for (int64_t ph = 0; ph < PH; ++ph) {
+        const int64_t slot = p.y_off[r] + ph * p.grid_h[r];
+        p.y_n[r * PH + ph] = fill(g.start_h, g.bin_h, ph, p.grid_h[r], m.H, p.ys.data() + slot, p.yt.data() + 2 * slot);
       }
       for (int64_t pw = 0; pw < PW; ++pw) {
-        AxisSample<T>* out = p.xs.data() + p.x_off[r] + pw * p.grid_w[r];
-        int64_t n = 0;
-        for (int64_t i = 0; i < p.grid_w[r]; ++i) n += axis_sample(sample_pos(g.start_w, g.bin_w, pw, i, g.grid_w), m.W, out[n]);
-        p.x_n[r * PW + pw] = n;
+        const int64_t slot = p.x_off[r] + pw * p.grid_w[r];
+        p.x_n[r * PW + pw] = fill(g.start_w, g.bin_w, pw, p.grid_w[r], m.W, p.xs.data() + slot, p.xt.data() + 2 * slot);
       }
     }
   });
@@ -136,6 +165,51 @@ at::MemoryFormat format_of(bool channels_last) {
 }
 
 // ------------------------------------------------------------------ forward
+
+// One bin of one NCHW plane: sum over row taps a and column taps b of
+// wy[a] * wx[b] * plane[row_a, col_b], rows interpolated first. kTY / kTX are
+// the tap counts when fixed at compile time (0: runtime ty / tx).
+template <int kTY, int kTX, bool kUnitStride, typename scalar_t, typename T>
+inline T plane_bin(const scalar_t* plane, int64_t sH, int64_t sW, const Tap<T>* yt, int64_t ty, const Tap<T>* xt,
+                   int64_t tx) {
+  const int64_t ny = kTY > 0 ? kTY : ty, nx = kTX > 0 ? kTX : tx;
+  T acc = T(0);
+  for (int64_t a = 0; a < ny; ++a) {
+    const scalar_t* row = plane + yt[a].idx * sH;
+    T v = T(0);
+    for (int64_t b = 0; b < nx; ++b) v += xt[b].w * T(row[kUnitStride ? xt[b].idx : xt[b].idx * sW]);
+    acc += yt[a].w * v;
+  }
+  return acc;
+}
+
+// One RoI of one NCHW plane: out[ph, pw] for every bin.
+template <int kTY, int kTX, bool kUnitStride, typename scalar_t, typename T>
+inline void plane_roi(const Plan<T>& p, int64_t r, const scalar_t* plane, int64_t sH, int64_t sW, scalar_t* out,
+                      int64_t oH, int64_t oW) {
+  const T count = p.count[r];
+  const int64_t ty = 2 * p.grid_h[r], tx = 2 * p.grid_w[r];
+  for (int64_t ph = 0; ph < p.PH; ++ph) {
+    const Tap<T>* yt = p.y_taps(r, ph);
+    for (int64_t pw = 0; pw < p.PW; ++pw) {
+      const T acc = plane_bin<kTY, kTX, kUnitStride>(plane, sH, sW, yt, ty, p.x_taps(r, pw), tx);
+      out[ph * oH + pw * oW] = scalar_t(acc / count);
+    }
+  }
+}
+
+template <typename scalar_t, bool kUnitStride>
+inline void forward_plane_roi(const Plan<at::opmath_type<scalar_t>>& p, int64_t r, const scalar_t* plane, int64_t sH,
+                              int64_t sW, scalar_t* out, int64_t oH, int64_t oW) {
+  // Sampling ratio 2 (the detection default) and 1 get unrolled loops.
+  if (p.grid_h[r] == 2 && p.grid_w[r] == 2) {
+    plane_roi<4, 4, kUnitStride>(p, r, plane, sH, sW, out, oH, oW);
+  } else if (p.grid_h[r] == 1 && p.grid_w[r] == 1) {
+    plane_roi<2, 2, kUnitStride>(p, r, plane, sH, sW, out, oH, oW);
+  } else {
+    plane_roi<0, 0, kUnitStride>(p, r, plane, sH, sW, out, oH, oW);
+  }
+}
 
 // out [K, C, PH, PW] (any strides) from maps; every output element is written.
 template <typename scalar_t>
@@ -160,31 +234,26 @@ void forward_kernel(const std::vector<at::Tensor>& maps, const Plan<at::opmath_t
         const int64_t c = t / per_channel, ln = t % per_channel;
         const int64_t l = plane_levels[ln / N], n = ln % N;
         const at::Tensor& m = maps[l];
-        const int64_t sH = m.stride(2), sW = m.stride(3);
         const scalar_t* plane = m.const_data_ptr<scalar_t>() + n * m.stride(0) + c * m.stride(1);
         const int64_t key = l * N + n;
-        for (int64_t i = buckets.begin(key); i < buckets.end(key); ++i) {
-          const int64_t r = buckets.rois[i];
-          scalar_t* orc = o + r * oK + c * oC;
-          const T count = p.count[r];
-          for (int64_t ph = 0; ph < PH; ++ph) {
-            const AxisSample<T>* yb = p.y_begin(r, ph);
-            const AxisSample<T>* ye = p.y_end(r, ph);
-            for (int64_t pw = 0; pw < PW; ++pw) {
-              const AxisSample<T>* xb = p.x_begin(r, pw);
-              const AxisSample<T>* xe = p.x_end(r, pw);
-              T acc = T(0);
-              for (const AxisSample<T>* y = yb; y != ye; ++y) {
-                const scalar_t* rl = plane + y->low * sH;
-                const scalar_t* rh = plane + y->high * sH;
-                for (const AxisSample<T>* x = xb; x != xe; ++x) {
-                  acc += y->w_low * x->w_low * T(rl[x->low * sW]) + y->w_low * x->w_high * T(rl[x->high * sW]) +
-                         y->w_high * x->w_low * T(rh[x->low * sW]) + y->w_high * x->w_high * T(rh[x->high * sW]);
-                }
-              }
-              orc[ph * oH + pw * oW] = scalar_t(acc / count);
-            }
+        if (m.size(2) == 0 || m.size(3) == 0) {  // empty map: every sample is outside
+          for (int64_t i = buckets.begin(key); i < buckets.end(key); ++i)
+            for (int64_t ph = 0; ph < PH; ++ph)
+              for (int64_t pw = 0; pw < PW; ++pw) o[buckets.rois[i] * oK + c * oC + ph * oH + pw * oW] = scalar_t(0);
+          continue;
+        }
+        const auto run = [&](auto unit_stride) {
+          constexpr bool kUnit = decltype(unit_stride)::value;
+          const int64_t sH = m.stride(2), sW = kUnit ? 1 : m.stride(3);
+          for (int64_t i = buckets.begin(key); i < buckets.end(key); ++i) {
+            const int64_t r = buckets.rois[i];
+            forward_plane_roi<scalar_t, kUnit>(p, r, plane, sH, sW, o + r * oK + c * oC, oH, oW);
           }
+        };
+        if (m.stride(3) == 1) {
+          run(std::true_type{});
+        } else {
+          run(std::false_type{});
         }
       }
     });
@@ -251,6 +320,44 @@ at::Tensor forward_impl(const std::vector<at::Tensor>& maps, const at::Tensor& r
 
 // ------------------------------------------------------------------ backward
 
+// Scatter of one RoI's gradient into one dense NCHW plane [H, W]. Uses the
+// fixed-size tap lists (zero-weight taps add 0 at index 0) unless a gradient
+// is not finite, where a zero weight would turn into NaN; then only the
+// valid samples are visited.
+template <int kTY, int kTX, typename scalar_t, typename T>
+inline void backward_plane_roi(const Plan<T>& p, int64_t r, const scalar_t* grc, int64_t gH, int64_t gW, T* plane,
+                               int64_t W) {
+  const T count = p.count[r];
+  const int64_t ty = kTY > 0 ? kTY : 2 * p.grid_h[r], tx = kTX > 0 ? kTX : 2 * p.grid_w[r];
+  for (int64_t ph = 0; ph < p.PH; ++ph) {
+    const Tap<T>* yt = p.y_taps(r, ph);
+    for (int64_t pw = 0; pw < p.PW; ++pw) {
+      const T go = T(grc[ph * gH + pw * gW]) / count;
+      if (go == T(0)) continue;
+      if (std::isfinite(static_cast<double>(go))) {
+        const Tap<T>* xt = p.x_taps(r, pw);
+        for (int64_t a = 0; a < ty; ++a) {
+          const T ga = go * yt[a].w;
+          T* row = plane + yt[a].idx * W;
+          for (int64_t b = 0; b < tx; ++b) row[xt[b].idx] += ga * xt[b].w;
+        }
+        continue;
+      }
+      for (const AxisSample<T>* y = p.y_begin(r, ph); y != p.y_end(r, ph); ++y) {
+        const T gl = go * y->w_low, gh = go * y->w_high;
+        T* rl = plane + y->low * W;
+        T* rh = plane + y->high * W;
+        for (const AxisSample<T>* x = p.x_begin(r, pw); x != p.x_end(r, pw); ++x) {
+          rl[x->low] += gl * x->w_low;
+          rl[x->high] += gl * x->w_high;
+          rh[x->low] += gh * x->w_low;
+          rh[x->high] += gh * x->w_high;
+        }
+      }
+    }
+  }
+}
+
 // grads[l] (allocated, any content) receives the gradient of map l.
 template <typename scalar_t>
 void backward_kernel(const at::Tensor& grad, const std::vector<MapMeta>& metas,
@@ -285,33 +392,34 @@ void backward_kernel(const at::Tensor& grad, const std::vector<MapMeta>& metas,
       const int64_t dH = gl.stride(2), dW = gl.stride(3), dC = gl.stride(1);
       if (!m.channels_last) {
         const int64_t c = u;
-        buf.assign(H * W, T(0));
-        T* plane = buf.data();
+        // float/double into a dense plane: accumulate in place (saves a copy pass).
+        T* plane = nullptr;
+        bool in_place = false;
+        if constexpr (std::is_same_v<scalar_t, T>) {
+          if (dW == 1 && dH == W) {
+            plane = dst + c * dC;
+            std::fill(plane, plane + H * W, T(0));
+            in_place = true;
+          }
+        }
+        if (!in_place) {
+          buf.assign(H * W, T(0));
+          plane = buf.data();
+        }
         for (int64_t i = buckets.begin(key); i < buckets.end(key); ++i) {
           const int64_t r = buckets.rois[i];
           const scalar_t* grc = g + r * gK + c * gC;
-          const T count = p.count[r];
-          for (int64_t ph = 0; ph < PH; ++ph) {
-            for (int64_t pw = 0; pw < PW; ++pw) {
-              const T go = T(grc[ph * gH + pw * gW]) / count;
-              if (go == T(0)) continue;
-              for (const AxisSample<T>* y = p.y_begin(r, ph); y != p.y_end(r, ph); ++y) {
-                const T gl_ = go * y->w_low, gh_ = go * y->w_high;
-                T* rl = plane + y->low * W;
-                T* rh = plane + y->high * W;
-                for (const AxisSample<T>* x = p.x_begin(r, pw); x != p.x_end(r, pw); ++x) {
-                  rl[x->low] += gl_ * x->w_low;
-                  rl[x->high] += gl_ * x->w_high;
-                  rh[x->low] += gh_ * x->w_low;
-                  rh[x->high] += gh_ * x->w_high;
-                }
-              }
-            }
+          if (p.grid_h[r] == 2 && p.grid_w[r] == 2) {
+            backward_plane_roi<4, 4>(p, r, grc, gH, gW, plane, W);
+          } else {
+            backward_plane_roi<0, 0>(p, r, grc, gH, gW, plane, W);
           }
         }
-        scalar_t* out = dst + c * dC;
-        for (int64_t h = 0; h < H; ++h)
-          for (int64_t w = 0; w < W; ++w) out[h * dH + w * dW] = scalar_t(plane[h * W + w]);
+        if (!in_place) {
+          scalar_t* out = dst + c * dC;
+          for (int64_t h = 0; h < H; ++h)
+            for (int64_t w = 0; w < W; ++w) out[h * dH + w * dW] = scalar_t(plane[h * W + w]);
+        }
       } else {
         const int64_t c0 = u * kBackwardChannelBlock, nc = std::min(kBackwardChannelBlock, C - c0);
         buf.assign(H * W * nc, T(0));
