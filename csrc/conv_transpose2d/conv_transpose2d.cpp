@@ -8,6 +8,8 @@
 //   activation: 0 = none, 1 = ReLU (applied after bias and skip).
 #include "conv_transpose2d/conv_transpose2d.h"
 
+#include <ATen/ops/convolution.h>
+#include <ATen/ops/convolution_backward.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/matmul.h>
@@ -104,9 +106,21 @@ int64_t dense_chunk(const Geometry& g) {
 
 }  // namespace
 
+namespace {
+
+// The 1x1 convolution form of the dense matrix product: weight [Cin, R] as [R, Cin, 1, 1].
+at::Tensor as_1x1(const at::Tensor& w2d) { return w2d.t().contiguous().view({w2d.size(1), w2d.size(0), 1, 1}); }
+
+at::Tensor conv1x1(const at::Tensor& x, const at::Tensor& w) {
+  const int64_t one[2] = {1, 1}, zero[2] = {0, 0};
+  return at::convolution(x, w, std::nullopt, one, zero, one, false, zero, 1);
+}
+
+}  // namespace
+
 at::Tensor dense_forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                          const std::optional<at::Tensor>& skip, const Geometry& g, Activation act,
-                         ShuffleFn shuffle) {
+                         ShuffleFn shuffle, DenseGemm gemm) {
   at::Tensor out = at::empty({g.N, g.Cout, g.OH, g.OW}, input.options());
   if (out.numel() == 0) return out;
   const int64_t R = g.Cout * g.kH * g.kW, HW = g.H * g.W;
@@ -114,11 +128,17 @@ at::Tensor dense_forward(const at::Tensor& input, const at::Tensor& weight, cons
   const bool channels_last = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast &&
                              input.is_contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor x = channels_last ? input : input.contiguous();
+  const at::Tensor w1x1 = gemm == DenseGemm::kConv1x1 ? as_1x1(w2d) : at::Tensor();
   const int64_t chunk = dense_chunk(g);
   for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
     const int64_t nb = std::min(chunk, g.N - n0);
     const at::Tensor xs = x.narrow(0, n0, nb);
-    if (channels_last) {
+    if (gemm == DenseGemm::kConv1x1) {
+      // [nb, R, H, W] in whichever memory format the convolution picks.
+      at::Tensor y = conv1x1(xs, w1x1);
+      if (!(y.stride(2) == g.W * y.stride(3))) y = y.contiguous();
+      shuffle(y, {y.stride(1), y.stride(0), y.stride(3)}, n0, nb, bias, skip, out, g, act);
+    } else if (channels_last) {
       // [nb * HW, Cin] @ [Cin, R]: rows are pixels, columns the (oc, ky, kx) taps.
       const at::Tensor y = at::matmul(xs.permute({0, 2, 3, 1}).reshape({nb * HW, g.Cin}), w2d);
       shuffle(y, {1, HW * R, R}, n0, nb, bias, skip, out, g, act);
@@ -134,7 +154,7 @@ at::Tensor dense_forward(const at::Tensor& input, const at::Tensor& weight, cons
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_backward(const at::Tensor& grad_in, const at::Tensor& input,
                                                               const at::Tensor& weight, const Geometry& g,
                                                               std::array<bool, 3> output_mask,
-                                                              UnshuffleFn unshuffle) {
+                                                              UnshuffleFn unshuffle, DenseGemm gemm) {
   const at::Tensor grad = grad_in.contiguous();
   const at::Tensor x = input.contiguous();
   const int64_t R = g.Cout * g.kH * g.kW, HW = g.H * g.W;
@@ -149,8 +169,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_backward(const at::Tensor& 
   }
   const int64_t chunk = dense_chunk(g);
   at::Tensor gw2d = output_mask[1] ? grad_weight.view({g.Cin, R}) : at::Tensor();
+  const bool conv = gemm == DenseGemm::kConv1x1;
+  const at::Tensor w_in = conv ? w2d.view({g.Cin, R, 1, 1}) : at::Tensor();  // cols -> grad_input
+  const at::Tensor w1x1 = conv ? as_1x1(w2d) : at::Tensor();
   for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
     const int64_t nb = std::min(chunk, g.N - n0);
+    const at::Tensor xs = x.narrow(0, n0, nb);
+    if (conv) {
+      // The gradient columns as an image batch [nb, R, H, W]; both products are 1x1 convolutions.
+      at::Tensor cols = at::empty({nb, R, g.H, g.W}, grad.options());
+      unshuffle(grad, n0, nb, cols, {HW, R * HW, 1}, g);
+      if (output_mask[0]) grad_input.narrow(0, n0, nb).copy_(conv1x1(cols, w_in));
+      if (output_mask[1]) {
+        const int64_t one[2] = {1, 1}, zero[2] = {0, 0};
+        const auto grads = at::convolution_backward(cols, xs, w1x1, std::nullopt, one, zero, one, false, zero, 1,
+                                                    {false, true, false});
+        gw2d.add_(std::get<1>(grads).view({R, g.Cin}).t());
+      }
+      continue;
+    }
     // The gradient columns [R, nb * HW]: one matrix product per input for the whole chunk.
     at::Tensor cols = at::empty({R, nb * HW}, grad.options());
     unshuffle(grad, n0, nb, cols, {nb * HW, HW, 1}, g);
@@ -160,8 +197,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_backward(const at::Tensor& 
       grad_input.narrow(0, n0, nb).view({nb, g.Cin, HW}).copy_(gi.transpose(0, 1));
     }
     if (output_mask[1]) {
-      const at::Tensor xs = x.narrow(0, n0, nb).view({nb, g.Cin, HW}).transpose(0, 1).reshape({g.Cin, nb * HW});
-      gw2d.addmm_(xs, cols.t());
+      gw2d.addmm_(xs.view({nb, g.Cin, HW}).transpose(0, 1).reshape({g.Cin, nb * HW}), cols.t());
     }
   }
   return {grad_input, grad_weight, grad_bias};

@@ -47,14 +47,19 @@ using ShuffleFn = void (*)(const at::Tensor& y, DenseStrides st, int64_t n0, int
 using UnshuffleFn = void (*)(const at::Tensor& grad, int64_t n0, int64_t nb, at::Tensor& g_cols, DenseStrides st,
                              const Geometry& g);
 
+// How the dense algorithm's matrix products run: as 1x1 convolutions (CPU:
+// oneDNN, which uses AVX-512 where MKL's GEMM may not) or as at::matmul
+// (CUDA: cuBLAS, which keeps float32 exact where cuDNN may use TF32).
+enum class DenseGemm { kConv1x1, kMatmul };
+
 // Device-independent drivers of the dense algorithm (matrix products through ATen).
 at::Tensor dense_forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                          const std::optional<at::Tensor>& skip, const Geometry& g, Activation act,
-                         ShuffleFn shuffle);
+                         ShuffleFn shuffle, DenseGemm gemm);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_backward(const at::Tensor& grad, const at::Tensor& input,
                                                               const at::Tensor& weight, const Geometry& g,
                                                               std::array<bool, 3> output_mask,
-                                                              UnshuffleFn unshuffle);
+                                                              UnshuffleFn unshuffle, DenseGemm gemm);
 
 }  // namespace conv_transpose2d
 }  // namespace detops

@@ -41,7 +41,7 @@ at::Tensor forward_op(const at::Tensor& input, const at::Tensor& weight, const s
   const Geometry g = make_geometry(input, weight, bias, skip, stride, offset, output_size, skip_offset, groups);
   const Activation act = parse_activation(activation);
   const c10::cuda::CUDAGuard guard(input.device());
-  if (is_dense(g)) return dense_forward(input, weight, bias, skip, g, act, &shuffle_cuda);
+  if (is_dense(g)) return dense_forward(input, weight, bias, skip, g, act, &shuffle_cuda, DenseGemm::kMatmul);
   const at::Tensor x = input.contiguous(), w = weight.contiguous();
   const std::optional<at::Tensor> b =
       bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
@@ -65,7 +65,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_op(const at::Tensor& gra
   const Geometry g = make_geometry(input, weight, std::nullopt, std::nullopt, stride, offset, out_size, zero, groups);
   check_grad(grad_in, g);
   const c10::cuda::CUDAGuard guard(input.device());
-  if (is_dense(g)) return dense_backward(grad_in, input, weight, g, mask, &unshuffle_cuda);
+  if (is_dense(g)) return dense_backward(grad_in, input, weight, g, mask, &unshuffle_cuda, DenseGemm::kMatmul);
   const at::Tensor grad = grad_in.contiguous(), x = input.contiguous(), w = weight.contiguous();
   at::Tensor grad_input = mask[0] ? at::empty_like(x) : at::empty({0}, x.options());
   at::Tensor grad_weight = mask[1] ? at::empty_like(w) : at::empty({0}, x.options());

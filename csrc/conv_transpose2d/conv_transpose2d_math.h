@@ -22,7 +22,8 @@ enum class Activation : int { kNone = 0, kReLU = 1 };
 
 template <typename T>
 DETOPS_HD T activate(Activation act, T v) {
-  return (act == Activation::kReLU && !(v > T(0))) ? (v != v ? v : T(0)) : v;  // ReLU keeps NaN, as torch does
+  // v < 0 ? 0 : v keeps NaN (as torch's relu does) and compiles to a branch-free max.
+  return act == Activation::kReLU ? (v < T(0) ? T(0) : v) : v;
 }
 
 // The taps reaching one output position, in gather form: taps t = first_tap +
