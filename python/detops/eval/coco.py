@@ -489,6 +489,14 @@ def _dense_batch(masks_per_image: list[Tensor]) -> tuple[np.ndarray, np.ndarray,
     return counts, np.concatenate(([0], np.cumsum(lengths))), np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
 
 
+def _run_areas(batch: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    """Foreground pixel count of each mask of a run-length batch (float64)."""
+    counts, offsets, _ = batch
+    parity = (np.arange(counts.size) - np.repeat(offsets[:-1], np.diff(offsets))) % 2
+    fg = np.concatenate(([0], np.cumsum(np.where(parity == 1, counts, 0))))
+    return (fg[offsets[1:]] - fg[offsets[:-1]]).astype(np.float64)
+
+
 def _ids_to_positions(ids: np.ndarray, sorted_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions of ``ids`` in ``sorted_ids`` and whether each id is present."""
     if sorted_ids.size == 0:
@@ -555,11 +563,7 @@ def _coco_instances(
         d_box = _boxes_field(dets)
         d_area = d_box[:, 2] * d_box[:, 3]
     elif iou_type == "segm":  # mask areas; boxes are not used by mask IoU
-        counts, offsets, _ = d_masks
-        fg = np.cumsum(np.where((np.arange(counts.size) - np.repeat(offsets[:-1], np.diff(offsets))) % 2 == 1,
-                                counts, 0))
-        fg = np.concatenate(([0], fg))
-        d_area = (fg[offsets[1:]] - fg[offsets[:-1]]).astype(np.float64)
+        d_area = _run_areas(d_masks)
         d_box = np.zeros((len(dets), 4))
     elif not dets:
         d_box, d_area = np.zeros((0, 4)), np.zeros(0)
@@ -691,7 +695,7 @@ class MeanAveragePrecision:
                 raise ValueError(f"{name}[{i}] is missing the key {k!r}")
             if not isinstance(item[k], Tensor):
                 raise TypeError(f"{name}[{i}][{k!r}] must be a torch.Tensor, got {type(item[k]).__name__}")
-        if item["labels"].is_floating_point():
+        if item["labels"].is_floating_point() and item["labels"].numel():
             raise TypeError(f"{name}[{i}]['labels'] must be an integer tensor, got {item['labels'].dtype}")
         n = item["labels"].shape[0]
         if self.iou_type == "bbox" or "boxes" in item:
@@ -721,66 +725,66 @@ class MeanAveragePrecision:
             self._targets.append({k: v.detach() for k, v in t.items() if isinstance(v, Tensor)})
 
     def _flatten(self) -> tuple[_Instances, _Instances, list[int]]:
+        """Concatenate the stored images once (no per-image tensor math)."""
         preds, targets = self._preds, self._targets
         device = self.device
         if device is None:
-            device = targets[0]["labels"].device if targets else "cpu"
-        labels = [t["labels"].reshape(-1).to(device, torch.int64) for t in targets] + [
-            p["labels"].reshape(-1).to(device, torch.int64) for p in preds
-        ]
-        classes = torch.unique(torch.cat(labels)) if labels else torch.zeros(0, dtype=torch.int64)
+            device = targets[0]["labels"].device
+        device = torch.device(device)
+        f64, i64 = torch.float64, torch.int64
         segm = self.iou_type == "segm"
 
-        def boxes_of(item: dict) -> Tensor:
-            if segm:  # mask IoU does not read boxes
-                return torch.zeros(item["labels"].shape[0], 4, dtype=torch.float64, device=device)
-            return _boxes_to_xywh(item["boxes"].to(device), self.box_format)
-
-        def cat_of(item: dict) -> Tensor:
-            return torch.searchsorted(classes, item["labels"].reshape(-1).to(device, torch.int64))
+        def cat(items: list[dict], key: str, dtype: torch.dtype, width: int | None = None) -> Tensor:
+            parts = [it[key].reshape(-1, width) if width else it[key].reshape(-1) for it in items]
+            parts = [x.to(dtype) for x in parts]
+            return torch.cat(parts).to(device) if parts else torch.zeros(0, dtype=dtype, device=device)
 
         def image_index(items: list[dict]) -> Tensor:
-            counts = torch.tensor([it["labels"].shape[0] for it in items], dtype=torch.int64)
+            counts = torch.tensor([it["labels"].numel() for it in items], dtype=i64)
             return torch.repeat_interleave(torch.arange(len(items)), counts).to(device)
 
-        f64 = torch.float64
-        g_box = torch.cat([boxes_of(t) for t in targets]) if targets else torch.zeros(0, 4, dtype=f64)
+        g_labels, d_labels = cat(targets, "labels", i64), cat(preds, "labels", i64)
+        classes = torch.unique(torch.cat([g_labels, d_labels]))
         g_masks = d_masks = None
         if segm:
             g_masks = _dense_batch([t["masks"] for t in targets])
             d_masks = _dense_batch([p["masks"] for p in preds])
-
-        def gt_area(t: dict) -> Tensor:
-            if "area" in t:
-                return t["area"].reshape(-1).to(device, f64)
-            if segm:
-                return t["masks"].to(device).flatten(1).sum(1).to(f64)
-            b = _boxes_to_xywh(t["boxes"].to(device), self.box_format)
-            return b[:, 2] * b[:, 3]
-
-        def dt_area(p: dict) -> Tensor:
-            if segm:
-                return p["masks"].to(device).flatten(1).sum(1).to(f64)
-            b = _boxes_to_xywh(p["boxes"].to(device), self.box_format)
-            return b[:, 2] * b[:, 3]
-
+            g_box = torch.zeros(g_labels.numel(), 4, dtype=f64, device=device)  # mask IoU reads no boxes
+            d_box = torch.zeros(d_labels.numel(), 4, dtype=f64, device=device)
+            g_own = torch.from_numpy(_run_areas(g_masks)).to(device, f64)
+            d_area = torch.from_numpy(_run_areas(d_masks)).to(device, f64)
+        else:
+            g_box = _boxes_to_xywh(cat(targets, "boxes", f64, 4), self.box_format)
+            d_box = _boxes_to_xywh(cat(preds, "boxes", f64, 4), self.box_format)
+            g_own = g_box[:, 2] * g_box[:, 3]
+            d_area = d_box[:, 2] * d_box[:, 3]
+        # the ground truth's 'area' where given, else the box (mask) area
+        if all("area" in t for t in targets):
+            g_area = cat(targets, "area", f64)
+        elif any("area" in t for t in targets):
+            given = [t["area"].reshape(-1) if "area" in t else torch.full_like(t["labels"], float("nan"), dtype=f64)
+                     for t in targets]
+            g_area = torch.cat([x.to(f64) for x in given]).to(device)
+            g_area = torch.where(torch.isnan(g_area), g_own, g_area)
+        else:
+            g_area = g_own
+        crowd = [t["iscrowd"].reshape(-1) if "iscrowd" in t else torch.zeros_like(t["labels"]) for t in targets]
+        g_crowd = torch.cat([c.to(torch.bool) for c in crowd]).to(device)
         gts = _Instances(
             image=image_index(targets),
-            category=torch.cat([cat_of(t) for t in targets]),
-            boxes=g_box.to(device),
-            area=torch.cat([gt_area(t) for t in targets]),
-            crowd=torch.cat([
-                t.get("iscrowd", torch.zeros_like(t["labels"])).reshape(-1).to(device).bool() for t in targets
-            ]),
+            category=torch.searchsorted(classes, g_labels),
+            boxes=g_box,
+            area=g_area,
+            crowd=g_crowd,
+            id_nonzero=torch.ones_like(g_crowd),
             masks=g_masks,
         )
-        gts.id_nonzero = torch.ones_like(gts.crowd)
         dts = _Instances(
             image=image_index(preds),
-            category=torch.cat([cat_of(p) for p in preds]),
-            boxes=torch.cat([boxes_of(p) for p in preds]).to(device),
-            area=torch.cat([dt_area(p) for p in preds]),
-            score=torch.cat([p["scores"].reshape(-1).to(device, f64) for p in preds]),
+            category=torch.searchsorted(classes, d_labels),
+            boxes=d_box,
+            area=d_area,
+            score=cat(preds, "scores", f64),
             masks=d_masks,
         )
         return gts, dts, classes.tolist()
@@ -789,10 +793,12 @@ class MeanAveragePrecision:
         """Evaluate every image added so far (see the class docstring for the keys)."""
         if not self._targets:
             raise RuntimeError("compute() called before update(): no images to evaluate")
-        gts, dts, classes = self._flatten()
-        result = coco_evaluate(
-            gts, dts, len(self._targets), len(classes), self.iou_type, self.params, classes, self.num_threads
-        )
+        device = torch.device(self.device if self.device is not None else self._targets[0]["labels"].device)
+        with _intra_op_threads(self.num_threads, device):
+            gts, dts, classes = self._flatten()
+            result = coco_evaluate(
+                gts, dts, len(self._targets), len(classes), self.iou_type, self.params, classes, self.num_threads
+            )
         self.result = result
         out = {name: torch.tensor(v, dtype=torch.float32) for name, v in zip(STAT_NAMES, result.stats.tolist())}
         out["classes"] = torch.tensor(classes, dtype=torch.int32)
