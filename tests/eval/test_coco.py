@@ -19,6 +19,9 @@ from pycocotools import mask as pmask  # noqa: E402
 from pycocotools.coco import COCO  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
 
+# pycocotools' decode under numpy 2 warns about __array__(copy=...): not ours.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 H, W = 64, 80  # image size for mask datasets (small: pycocotools' segm path is slow)
 
 
@@ -557,7 +560,8 @@ def test_rle_encode_decode_area_bbox_match_pycocotools():
         ref_str = dict(ref, counts=ref["counts"].decode("ascii"))
         assert torch.equal(M.rle_decode(ref_str), torch.from_numpy(m.astype(bool)))
     batch = np.stack(masks[:3])
-    assert [r["counts"] for r in M.rle_encode(batch)] == [r["counts"] for r in pmask.encode(np.asfortranarray(batch.transpose(1, 2, 0)))]
+    ref = pmask.encode(np.asfortranarray(batch.transpose(1, 2, 0)))
+    assert [r["counts"] for r in M.rle_encode(batch)] == [r["counts"] for r in ref]
 
 
 def test_polygon_fallback_matches_pycocotools(monkeypatch):
@@ -571,6 +575,28 @@ def test_polygon_fallback_matches_pycocotools(monkeypatch):
         ours = M.polygons_to_rle(poly, H, W)
         ref = pmask.merge(pmask.frPyObjects(poly, H, W))
         assert torch.equal(M.rle_decode(ours), torch.from_numpy(pmask.decode(ref).astype(bool)))
+
+
+def test_rle_pair_iou_matches_pycocotools():
+    """The run-based pair IoU (used by segm evaluation) on compressed and
+    list-count RLEs, crowds, empty and full masks, and masks of another size."""
+    rng = np.random.default_rng(15)
+    dts = [random_dense_mask(rng) for _ in range(9)] + [np.zeros((H, W), np.uint8), np.ones((H, W), np.uint8)]
+    gts = [random_dense_mask(rng) for _ in range(6)] + [dts[2].copy(), np.zeros((H, W), np.uint8)]
+    d_rle = [pmask.encode(np.asfortranarray(m)) for m in dts]
+    g_rle = [pmask.encode(np.asfortranarray(m)) for m in gts]
+    g_rle[1] = {"size": [H, W], "counts": [int(v) for v in M.rle_counts(g_rle[1])]}  # list counts
+    g_rle[3] = dict(g_rle[3], counts=g_rle[3]["counts"].decode("ascii"))  # str counts
+    crowd = rng.random(len(gts)) < 0.4
+    ref = pmask.iou(d_rle, [pmask.frPyObjects(r, H, W) if isinstance(r["counts"], list) else r for r in g_rle],
+                    crowd.astype(np.uint8).tolist())
+    pd, pg = np.meshgrid(np.arange(len(dts)), np.arange(len(gts)), indexing="ij")
+    ours = M.rle_pair_iou(M.rle_batch(d_rle), M.rle_batch(g_rle), pd.ravel(), pg.ravel(), crowd)
+    np.testing.assert_array_equal(ours.reshape(len(dts), len(gts)), ref)
+    other = M.rle_batch([pmask.encode(np.asfortranarray(np.ones((H + 1, W), np.uint8)))])
+    assert M.rle_pair_iou(other, M.rle_batch(g_rle), np.zeros(2, int), np.array([0, 6]), crowd).tolist() == [-1, -1]
+    with pytest.raises(ValueError, match="counts sum to"):
+        M.rle_batch([{"size": [H, W], "counts": [5, 7]}])
 
 
 def test_mask_iou_matches_pycocotools():

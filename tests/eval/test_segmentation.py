@@ -90,7 +90,8 @@ def test_accumulator_equals_one_shot_and_takes_logits(device):
         metric.compute()
     pt, tt = torch.from_numpy(pred).to(device), torch.from_numpy(target).to(device)
     # logits whose argmax is pred
-    logits = torch.nn.functional.one_hot(pt, c).permute(0, 3, 1, 2).float() + 0.01 * torch.rand(4, c, 9, 11, device=device)
+    noise = 0.01 * torch.rand(4, c, 9, 11, device=device)
+    logits = torch.nn.functional.one_hot(pt, c).permute(0, 3, 1, 2).float() + noise
     metric.update(logits[:2], tt[:2])
     metric.update(pt[2:], tt[2:])
     out = metric.compute()

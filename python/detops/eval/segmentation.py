@@ -15,7 +15,8 @@ def _check_labels(pred: Tensor, target: Tensor, num_classes: int) -> None:
         raise TypeError("pred and target must be torch.Tensors")
     if pred.is_floating_point() or target.is_floating_point() or pred.dtype == torch.bool:
         raise TypeError(
-            f"pred and target must be integer class maps (take argmax of logits first), got {pred.dtype} and {target.dtype}"
+            "pred and target must be integer class maps (take argmax of logits first), "
+            f"got {pred.dtype} and {target.dtype}"
         )
     if pred.shape != target.shape:
         raise ValueError(f"pred and target must have the same shape, got {list(pred.shape)} and {list(target.shape)}")
