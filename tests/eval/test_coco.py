@@ -470,6 +470,44 @@ def test_evaluator_matches_pycocotools(seed):
     np.testing.assert_allclose(out["precision"].numpy(), ev.eval["precision"], rtol=0, atol=1e-9)
 
 
+def test_evaluator_box_formats_and_pr_curve():
+    """xywh input (COCO's own boxes) gives exactly coco_stats' numbers; cxcywh of
+    the same boxes agrees to rounding; pr_curve is the precision array's slice."""
+    rng = np.random.default_rng(21)
+    gt, dt = random_bbox_dataset(rng, 10, 3)
+    preds, targets = coco_to_tensors(gt, dt)
+
+    def as_format(items, fmt):
+        out = []
+        for it in items:
+            b = it["boxes"]
+            wh = b[:, 2:] - b[:, :2]
+            fb = torch.cat([b[:, :2], wh], 1) if fmt == "xywh" else torch.cat([b[:, :2] + wh / 2, wh], 1)
+            out.append(dict(it, boxes=fb))
+        return out
+
+    ref_stats, ref = E.coco_stats(gt, dt, return_result=True)
+    xywh = E.MeanAveragePrecision(box_format="xywh")
+    xywh.update([dict(p, boxes=torch.tensor([d["bbox"] for d in dt if d["image_id"] == im["id"]],
+                                            dtype=torch.float64).reshape(-1, 4))
+                 for p, im in zip(preds, sorted(gt["images"], key=lambda im: im["id"]))],
+                [dict(t, boxes=torch.tensor([a["bbox"] for a in gt["annotations"] if a["image_id"] == im["id"]],
+                                            dtype=torch.float64).reshape(-1, 4))
+                 for t, im in zip(targets, sorted(gt["images"], key=lambda im: im["id"]))])
+    out = xywh.compute()
+    assert [float(out[n]) for n in E.STAT_NAMES] == pytest.approx(ref_stats, abs=1e-6)  # float32 outputs
+    assert xywh.result.stats.tolist() == pytest.approx(ref_stats, abs=1e-12)  # the float64 stats
+    cxcywh = E.MeanAveragePrecision(box_format="cxcywh")
+    cxcywh.update(as_format(preds, "cxcywh"), as_format(targets, "cxcywh"))
+    assert [float(cxcywh.compute()[n]) for n in E.STAT_NAMES] == pytest.approx(ref_stats, abs=1e-6)
+    cid = gt["categories"][1]["id"]
+    rec, prec = ref.pr_curve(cid, iou_threshold=0.75, area="all")
+    assert rec.shape == prec.shape == (101,)
+    assert torch.equal(prec, ref.precision[5, :, 1, 0, 2])
+    with pytest.raises(ValueError, match="unknown category"):
+        ref.pr_curve(-12345)
+
+
 def test_evaluator_segm_matches_pycocotools():
     rng = np.random.default_rng(41)
     gt, dt = random_segm_dataset(rng, 5, 2)

@@ -113,6 +113,23 @@ class COCOEvalResult:
         n = valid.sum((0, 1))
         return torch.where(n > 0, total / n.clamp(min=1), torch.full_like(total, -1.0))
 
+    def pr_curve(
+        self, category_id: Any, iou_threshold: float = 0.5, area: str = "all", max_dets: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Interpolated precision/recall curve of one category: ``(recall [R],
+        precision [R])`` at the recall thresholds (precision -1 when the
+        category has no ground truth in that area range)."""
+        p = self.params
+        if category_id not in self.category_ids:
+            raise ValueError(f"unknown category id {category_id!r}")
+        k = self.category_ids.index(category_id)
+        t = int(np.argmin(np.abs(np.asarray(list(p.iou_thresholds)) - iou_threshold)))
+        a = list(p.area_labels).index(area)
+        mds = sorted(int(m) for m in p.max_dets)
+        m = mds.index(max_dets) if max_dets is not None else len(mds) - 1
+        recall = torch.tensor(list(p.rec_thresholds), dtype=torch.float64)
+        return recall, self.precision[t, :, k, a, m].cpu()
+
     def per_class_ar(self, area: int = 0, max_det_index: int = -1) -> Tensor:
         """AR@[.5:.95] per category ``[K]`` at a maxDets setting (-1 without ground truth)."""
         r = self.recall[:, :, area, max_det_index]  # [T, K]
