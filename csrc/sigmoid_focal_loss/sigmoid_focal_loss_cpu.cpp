@@ -19,6 +19,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -228,6 +230,77 @@ struct Kernels {
   }
 };
 
+// ------------------------------------------------------------------ float16 / bfloat16
+// Conversions written with integer operations so that they vectorise inside
+// the clones (c10::Half converts with F16C only when the whole file is built
+// for it). Narrowing rounds to nearest even and keeps NaN a (quiet) NaN, as c10 does.
+
+DETOPS_HD uint32_t float_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+DETOPS_HD float bits_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+DETOPS_HD float half_to_float(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
+  const uint32_t em = uint32_t(h & 0x7fffu) << 13;  // exponent and mantissa at float's positions
+  const uint32_t exp = em & (0x7c00u << 13);
+  const uint32_t normal = em + ((127u - 15u) << 23);
+  const uint32_t inf_nan = normal + ((128u - 16u) << 23);
+  // Denormals: (2^-14 + m 2^-24) - 2^-14, exact.
+  const uint32_t denormal = float_bits(bits_float(normal + (1u << 23)) - bits_float(113u << 23));
+  const uint32_t o = exp == (0x7c00u << 13) ? inf_nan : (exp == 0 ? denormal : normal);
+  return bits_float(o | sign);
+}
+
+DETOPS_HD uint16_t float_to_half(float x) {
+  uint32_t f = float_bits(x);
+  const uint32_t sign = f & 0x80000000u;
+  f ^= sign;
+  const uint32_t big = f > (255u << 23) ? 0x7e00u : 0x7c00u;  // NaN, or overflow to Inf
+  // Below the smallest normal half: let the float adder round at 2^-24.
+  const float magic = bits_float(((127u - 15u) + (23u - 10u) + 1u) << 23);
+  const uint32_t small = float_bits(bits_float(f) + magic) - float_bits(magic);
+  const uint32_t odd = (f >> 13) & 1u;
+  const uint32_t normal = (f + (uint32_t(15 - 127) << 23) + 0xfffu + odd) >> 13;
+  const uint32_t o = f >= ((127u + 16u) << 23) ? big : (f < (113u << 23) ? small : normal);
+  return static_cast<uint16_t>(o | (sign >> 16));
+}
+
+DETOPS_HD float bfloat16_to_float(uint16_t h) { return bits_float(uint32_t(h) << 16); }
+
+DETOPS_HD uint16_t float_to_bfloat16(float x) {
+  const uint32_t u = float_bits(x);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return static_cast<uint16_t>(x != x ? 0x7fc0u : rounded);
+}
+
+DETOPS_FOCAL_CLONES void widen_half(const uint16_t* __restrict__ src, float* __restrict__ dst, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] = half_to_float(src[i]);
+}
+
+DETOPS_FOCAL_CLONES void narrow_half(const float* __restrict__ src, uint16_t* __restrict__ dst, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] = float_to_half(src[i]);
+}
+
+DETOPS_FOCAL_CLONES void widen_bfloat16(const uint16_t* __restrict__ src, float* __restrict__ dst, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] = bfloat16_to_float(src[i]);
+}
+
+DETOPS_FOCAL_CLONES void narrow_bfloat16(const float* __restrict__ src, uint16_t* __restrict__ dst, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] = float_to_bfloat16(src[i]);
+}
+
 // ------------------------------------------------------------------ block views
 // A block of `n` elements of a scalar_t array seen as the compute type T:
 // the pointer itself when scalar_t == T, else a converted copy in `buf`.
@@ -237,7 +310,13 @@ const T* load_block(const scalar_t* src, int64_t n, T* buf) {
   if constexpr (std::is_same_v<T, scalar_t>) {
     return src;
   } else {
-    for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<T>(src[i]);
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<scalar_t, c10::Half>) {
+      widen_half(reinterpret_cast<const uint16_t*>(src), buf, n);
+    } else if constexpr (std::is_same_v<T, float> && std::is_same_v<scalar_t, c10::BFloat16>) {
+      widen_bfloat16(reinterpret_cast<const uint16_t*>(src), buf, n);
+    } else {
+      for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<T>(src[i]);
+    }
     return buf;
   }
 }
@@ -254,7 +333,11 @@ T* out_block(scalar_t* dst, T* buf) {
 
 template <typename T, typename scalar_t>
 void store_block(const T* src, int64_t n, scalar_t* dst) {
-  if constexpr (!std::is_same_v<T, scalar_t>) {
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<scalar_t, c10::Half>) {
+    narrow_half(src, reinterpret_cast<uint16_t*>(dst), n);
+  } else if constexpr (std::is_same_v<T, float> && std::is_same_v<scalar_t, c10::BFloat16>) {
+    narrow_bfloat16(src, reinterpret_cast<uint16_t*>(dst), n);
+  } else if constexpr (!std::is_same_v<T, scalar_t>) {
     for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<scalar_t>(src[i]);
   }
 }

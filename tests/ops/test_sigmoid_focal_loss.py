@@ -161,6 +161,24 @@ def test_sigmoid_reduced_precision_computes_in_float32(dtype, reduction, device)
     assert_close(ours[1], ref32[1].to(dtype), rtol=2 * eps, atol=1e-7, msg="grad")
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_reduced_precision_is_float32_rounded_once(dtype):
+    """Every float16/bfloat16 bit pattern (denormals, inf, NaN included): the
+    result is exactly the float32 kernel's on the widened input, rounded once
+    to nearest-even, for the loss and both gradients."""
+    bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
+    x = bits.view(dtype)
+    t = (torch.arange(x.numel()) % 3 == 0).to(dtype)
+    g = torch.linspace(-3, 3, x.numel()).to(dtype)
+    low = torch.ops.detops.sigmoid_focal_loss(x, t, 0.25, 2.0, "none")
+    wide = torch.ops.detops.sigmoid_focal_loss(x.float(), t.float(), 0.25, 2.0, "none")
+    assert_close(low, wide.to(dtype), rtol=0, atol=0)
+    low_grads = torch.ops.detops.sigmoid_focal_loss_backward(g, x, t, 0.25, 2.0, "none", True)
+    wide_grads = torch.ops.detops.sigmoid_focal_loss_backward(g.float(), x.float(), t.float(), 0.25, 2.0, "none", True)
+    for a, b in zip(low_grads, wide_grads):
+        assert_close(a, b.to(dtype), rtol=0, atol=0)
+
+
 def test_sigmoid_empty(device):
     x = torch.zeros(0, 80, device=device, requires_grad=True)
     t = torch.zeros(0, 80, device=device)
