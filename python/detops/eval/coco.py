@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -524,12 +525,12 @@ def _ids_to_positions(ids: np.ndarray, sorted_ids: np.ndarray) -> tuple[np.ndarr
 
 def _field(items: list[dict], key: str, dtype, default=None) -> np.ndarray:
     if default is None:
-        return np.fromiter((it[key] for it in items), dtype=dtype, count=len(items))
+        return np.fromiter(map(operator.itemgetter(key), items), dtype=dtype, count=len(items))
     return np.fromiter((it.get(key, default) for it in items), dtype=dtype, count=len(items))
 
 
 def _boxes_field(items: list[dict]) -> np.ndarray:
-    flat = np.fromiter(itertools.chain.from_iterable(it["bbox"] for it in items), dtype=np.float64)
+    flat = np.fromiter(itertools.chain.from_iterable(map(operator.itemgetter("bbox"), items)), dtype=np.float64)
     if flat.size != 4 * len(items):
         raise ValueError("every 'bbox' must have 4 numbers [x, y, w, h]")
     return flat.reshape(-1, 4)
