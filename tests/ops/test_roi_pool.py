@@ -138,3 +138,19 @@ def test_opcheck_and_compile():
     (ref_grad,) = torch.autograd.grad(f(x, rois), x)
     assert_close(out, f(x, rois))
     assert_close(grad, ref_grad)
+
+
+def test_huge_coordinates_and_nan():
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(1, 2, 6, 8, generator=g)
+    # A box far larger than the map: only the middle bin overlaps it, and covers it all.
+    rois = torch.tensor([[0.0, -1e10, -1e10, 1e10, 1e10]])
+    out = detops.roi_pool(x, rois, 7)
+    expected = torch.zeros(1, 2, 7, 7)
+    expected[0, :, 3, 3] = x[0].amax(dim=(1, 2))
+    assert_close(out, expected, rtol=0, atol=0)
+    # NaN never wins a comparison, as in torchvision's kernel.
+    xn = x.clone()
+    xn[0, 0, 2, 3] = float("nan")
+    box = torch.tensor([[0.0, 1.0, 1.0, 6.0, 4.0]])
+    assert_close(detops.roi_pool(xn, box, 2), torchvision.ops.roi_pool(xn, box, 2), rtol=0, atol=0)
