@@ -499,3 +499,43 @@ def test_mixed_dtypes_promote():
     assert torch.equal(detops.nms(int_boxes, scores.float(), 0.5),
                        torchvision.ops.nms(int_boxes.float(), scores.float(), 0.5))
 
+
+
+def test_parallel_paths_match_torchvision(device):
+    """Sizes above the CPU kernel's parallel thresholds (blocked nms, classes in
+    parallel); clustered boxes keep torchvision's all-pairs scan short."""
+    g = torch.Generator().manual_seed(21)
+    boxes, scores = _case("clustered", 40000, g)
+    boxes, scores = boxes.float().to(device), scores.float().to(device)
+    assert torch.equal(detops.nms(boxes, scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5))
+    idxs = torch.randint(0, 8, (40000,), generator=g).to(device)
+    want = _stable_score_order(_batched_nms_vanilla(boxes, scores, idxs, 0.5), scores)
+    assert torch.equal(detops.batched_nms(boxes, scores, idxs, 0.5), want)
+
+
+def _vectorized_matrix_nms(boxes, scores, idxs, sigma):
+    """Gaussian Matrix NMS in float64 torch ops (same definition as
+    _reference_matrix_nms), for sizes the Python loops cannot reach."""
+    boxes, scores = boxes.double(), scores.double()
+    order = torch.sort(scores, descending=True, stable=True).indices
+    b = boxes[order]
+    iou = torchvision.ops.box_iou(b, b).nan_to_num(0.0).triu(diagonal=1)
+    if idxs is not None:
+        c = idxs[order]
+        iou = iou * (c[:, None] == c[None, :])
+    comp = iou.max(0).values
+    terms = torch.exp(-sigma * (iou**2 - comp[:, None] ** 2))
+    terms = torch.where(torch.ones_like(iou, dtype=torch.bool).triu(diagonal=1), terms, torch.ones_like(terms))
+    decayed = scores[order] * terms.min(0).values.clamp(max=1)
+    by_decay = torch.sort(decayed, descending=True, stable=True).indices
+    return order[by_decay], decayed[by_decay]
+
+
+def test_matrix_nms_parallel_path(device):
+    g = torch.Generator().manual_seed(22)
+    boxes, scores = _case("uniform", 4200, g)
+    idxs = torch.randint(0, 5, (4200,), generator=g)
+    keep, s = detops.matrix_nms(boxes.to(device), scores.to(device), idxs.to(device), "gaussian", 2.0, 0.0)
+    want_keep, want_s = _vectorized_matrix_nms(boxes, scores, idxs, 2.0)
+    torch.testing.assert_close(s.cpu(), want_s, rtol=1e-12, atol=1e-12)
+    assert torch.equal(keep.cpu(), want_keep)
