@@ -218,6 +218,20 @@ def test_bbox_stats_match_pycocotools(seed):
     assert_matches_pycocotools(gt, dt, "bbox")
 
 
+def test_chained_sorts_fallback_gives_the_same_result(monkeypatch):
+    """Huge datasets sort with chained stable sorts instead of one composite
+    int64 key; both orders are the same."""
+    rng = np.random.default_rng(77)
+    gt, dt = random_bbox_dataset(rng, 15, 4, many_dets_image=True)
+    ref, ref_res = E.coco_stats(gt, dt, return_result=True)
+    from detops.eval import coco as coco_module
+
+    monkeypatch.setattr(coco_module, "_KEY_LIMIT", 0)
+    got, got_res = E.coco_stats(gt, dt, return_result=True)
+    assert got == ref
+    assert torch.equal(got_res.precision, ref_res.precision)
+
+
 def test_bbox_many_detections_per_image_and_ties():
     """> 100 detections in one (image, category), all with the same score:
     truncation and tie order follow pycocotools' stable sorts."""

@@ -67,6 +67,8 @@ STAT_NAMES = (
     "mar_large",
 )
 
+# Composite int64 sort keys are used below this bound (else chained stable sorts).
+_KEY_LIMIT = 2**62
 _EPS = float(np.spacing(1))  # pycocotools' np.spacing(1) in the precision denominator
 
 
@@ -259,7 +261,7 @@ def _coco_evaluate(
     score_rank = torch.empty(n_dt, dtype=i64, device=device)
     score_rank[by_score] = torch.cumsum(new_score, 0) - 1
     n_scores = int(score_rank.max()) + 1 if n_dt else 1
-    fits = num_images * K * n_scores * max(max_det, 1) < 2**62
+    fits = num_images * K * n_scores * max(max_det, 1) < _KEY_LIMIT
     d_group_all = dt.image * K + dt.category
     if fits:
         d_order = torch.sort(d_group_all * n_scores + score_rank, stable=True).indices
