@@ -16,7 +16,8 @@ namespace detops {
 namespace anchor_generator {
 namespace {
 
-constexpr int64_t kGrainValues = int64_t(1) << 18;  // output values per parallel task: writes are memory-bound, keep tasks large
+// Output values per parallel task: the writes are memory-bound, so tasks stay large.
+constexpr int64_t kGrainValues = int64_t(1) << 18;
 
 at::Tensor grid_anchors_cpu(const at::Tensor& cell_anchors_in, at::IntArrayRef num_cell_anchors,
                             at::IntArrayRef grid_sizes, at::IntArrayRef strides, int64_t num_images) {

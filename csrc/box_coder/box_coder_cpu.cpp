@@ -177,7 +177,8 @@ at::Tensor encode_cpu(const at::Tensor& reference_in, const at::Tensor& proposal
         log_inplace(logs.data(), 2 * n);
         for (int64_t j = 0; j < n; ++j) {
           const int64_t i = b0 + j;
-          store(o + 4 * i, encode_from_log(load<T>(ref + 4 * i), load<T>(prop + 4 * i), p, logs[2 * j], logs[2 * j + 1]));
+          const Box4<T> reference_box = load<T>(ref + 4 * i), proposal_box = load<T>(prop + 4 * i);
+          store(o + 4 * i, encode_from_log(reference_box, proposal_box, p, logs[2 * j], logs[2 * j + 1]));
         }
       }
     });

@@ -17,7 +17,9 @@ FPN_RATIOS = ((0.5, 1.0, 2.0),) * 5
 # (sizes, aspect_ratios, image (H, W), batch, feature strides or explicit grid sizes)
 CONFIGS = {
     "retinanet_fpn": (FPN_SIZES, FPN_RATIOS, (800, 1216), 2, (8, 16, 32, 64, 128)),
-    "fpn_odd_image": (((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5, (513, 337), 1, (4, 8, 16, 32, 64)),
+    "fpn_odd_image": (
+        ((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5, (513, 337), 1, (4, 8, 16, 32, 64)
+    ),
     "rpn_single_level": (((128, 256, 512),), ((0.5, 1.0, 2.0),), (600, 1000), 3, (16,)),
     "odd_ratios": (((20, 45), (90,)), ((0.3, 1.7, 1.0), (0.25,)), (97, 131), 2, [(13, 17), (3, 5)]),
     "flat_sizes_form": ((16, 48), (0.5, 2.0), (64, 96), 1, [(8, 12), (4, 6)]),
@@ -84,7 +86,8 @@ def test_grid_anchors_functional_and_method_match_torchvision(device):
 def test_empty_batch_and_empty_level(device):
     sizes, ratios = ((32,), ()), ((1.0,), (1.0,))
     images, features = make_inputs((64, 64), 2, [(8, 8), (4, 4)], torch.float32, device)
-    assert_identical(detops.AnchorGenerator(sizes, ratios)(images, features), TvAnchorGenerator(sizes, ratios)(images, features))
+    expected = TvAnchorGenerator(sizes, ratios)(images, features)
+    assert_identical(detops.AnchorGenerator(sizes, ratios)(images, features), expected)
     images0, features0 = make_inputs((64, 64), 0, [(8, 8), (4, 4)], torch.float32, device)
     assert detops.AnchorGenerator(sizes, ratios)(images0, features0) == []
 
@@ -92,7 +95,9 @@ def test_empty_batch_and_empty_level(device):
 def test_cache_hits_misses_and_in_place_changes():
     ours = detops.AnchorGenerator(FPN_SIZES, FPN_RATIOS, cache_size=2)
     tv = TvAnchorGenerator(FPN_SIZES, FPN_RATIOS)
-    inputs = {hw: make_inputs(hw, 2, (8, 16, 32, 64, 128), torch.float32, "cpu") for hw in [(256, 256), (320, 256), (256, 384)]}
+    inputs = {
+        hw: make_inputs(hw, 2, (8, 16, 32, 64, 128), torch.float32, "cpu") for hw in [(256, 256), (320, 256), (256, 384)]
+    }
     first = ours(*inputs[(256, 256)])
     again = ours(*inputs[(256, 256)])
     assert again[0].data_ptr() == first[0].data_ptr()  # a hit: no new launch

@@ -123,7 +123,8 @@ def test_non_contiguous_inputs(device):
     assert not codes.is_contiguous() and not boxes.is_contiguous() and not boxes_t.is_contiguous()
     assert_matches_torchvision(ours.decode_single(codes, boxes), ref.decode_single(codes, boxes), device)
     assert_matches_torchvision(ours.decode_single(codes, boxes_t), ref.decode_single(codes, boxes_t), device)
-    assert_matches_torchvision(ours.encode_single(boxes, boxes_t.flip(0)), ref.encode_single(boxes, boxes_t.flip(0)), device)
+    flipped = boxes_t.flip(0)
+    assert_matches_torchvision(ours.encode_single(boxes, flipped), ref.encode_single(boxes, flipped), device)
 
 
 def test_decode_boxes_converted_to_codes_dtype(device):
