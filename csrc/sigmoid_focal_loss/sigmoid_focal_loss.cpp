@@ -33,7 +33,8 @@ Reduction parse_reduction(std::string_view name) {
 }
 
 void check_coeffs(double alpha, double gamma) {
-  TORCH_CHECK_VALUE(!std::isnan(alpha) && alpha <= 1.0, "alpha must be in [0, 1] (or negative to disable it), got ", alpha);
+  TORCH_CHECK_VALUE(!std::isnan(alpha) && alpha <= 1.0, "alpha must be in [0, 1] (or negative to disable it), got ",
+                    alpha);
   TORCH_CHECK_VALUE(std::isfinite(gamma) && gamma >= 0.0, "gamma must be a finite number >= 0, got ", gamma);
 }
 

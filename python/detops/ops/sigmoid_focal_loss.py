@@ -168,7 +168,9 @@ def _check_labels(labels: object, name: str, inputs: Tensor) -> Tensor:
     if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
         raise TypeError(f"{name} must be an integer tensor of class indices, got {labels.dtype}")
     if labels.shape != inputs.shape[:1]:
-        raise ValueError(f"{name} must have shape [{inputs.shape[0]}] (one per row of inputs), got {list(labels.shape)}")
+        raise ValueError(
+            f"{name} must have shape [{inputs.shape[0]}] (one per row of inputs), got {list(labels.shape)}"
+        )
     check_same_device((inputs, labels), ("inputs", name))
     return labels.long()
 
