@@ -19,8 +19,9 @@ ground truth.
 
 How it is vectorised: detections and ground truths are sorted once into
 (image, category) groups; the IoU of every same-group pair is computed in one
-elementwise pass; pairs below the lowest threshold can never match and are
-dropped. Greedy matching is sequential only in the detection's rank inside its
+elementwise pass (boxes in torch; masks on their run-length encodings, see
+:func:`detops.eval.mask.rle_pair_iou`); pairs below the lowest threshold can
+never match and are dropped. Greedy matching is sequential only in the detection's rank inside its
 group (at most maxDets steps); each step resolves every group, IoU threshold
 and area range at once. Accumulation needs, for every true positive, the count
 of false positives ranked above it in its category (one cumulative sum), then a

@@ -2,9 +2,10 @@
 column-major layout and compressed-string format, polygons, areas, boxes.
 
 Every function gives the same result as its ``pycocotools.mask`` counterpart
-(``encode``, ``decode``, ``area``, ``toBbox``, ``frPyObjects`` + ``merge``), and
-works without pycocotools; when pycocotools is installed it is only used to
-rasterise polygons faster.
+(``encode``, ``decode``, ``area``, ``toBbox``, ``frPyObjects`` + ``merge``,
+``iou``), and works without pycocotools; when pycocotools is installed it is
+only used to rasterise polygons faster. :func:`rle_batch` + :func:`rle_pair_iou`
+compute mask IoUs of many pairs on the runs themselves, without decoding.
 
 An RLE is a dict ``{"size": [h, w], "counts": bytes | str | list[int]}``; run
 lengths alternate background/foreground, starting with background, over the
@@ -29,6 +30,7 @@ __all__ = [
     "polygons_to_rle",
     "to_rle",
     "mask_iou",
+    "rle_batch",
     "rle_pair_iou",
 ]
 
@@ -256,12 +258,6 @@ def to_rle(segmentation: Any, h: int | None = None, w: int | None = None) -> dic
             raise ValueError("polygon segmentations need the image height and width")
         return polygons_to_rle(segmentation, int(h), int(w))
     raise TypeError(f"unsupported segmentation type {type(segmentation).__name__}")
-
-
-def rle_flat(rle: dict) -> np.ndarray:
-    """The mask as a flat column-major bool array (the layout of the runs)."""
-    h, w = (int(v) for v in rle["size"])
-    return _counts_to_flat(rle_counts(rle), h * w)
 
 
 # ------------------------------------------------------------------ IoU
