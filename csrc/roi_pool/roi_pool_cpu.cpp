@@ -174,11 +174,12 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad_in, const at::Tensor& ro
         buf.assign(HW * nc, T(0));  // [H*W, nc]
         for (int64_t i = buckets.begin(n); i < buckets.end(n); ++i) {
           const int64_t r = buckets.rois[i];
-          for (int64_t c = 0; c < nc; ++c) {
-            const int64_t base = r * gK + (c0 + c) * gC;
-            for (int64_t ph = 0; ph < PH; ++ph) {
-              for (int64_t pw = 0; pw < PW; ++pw) {
-                const int64_t off = base + ph * gH + pw * gW;
+          // Channels innermost: contiguous reads of channels-last grad and argmax.
+          for (int64_t ph = 0; ph < PH; ++ph) {
+            for (int64_t pw = 0; pw < PW; ++pw) {
+              const int64_t base = r * gK + c0 * gC + ph * gH + pw * gW;
+              for (int64_t c = 0; c < nc; ++c) {
+                const int64_t off = base + c * gC;
                 const int64_t idx = am[off];
                 if (idx >= 0 && idx < HW) buf[idx * nc + c] += T(g[off]);
               }

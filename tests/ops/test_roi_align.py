@@ -326,3 +326,14 @@ def test_multi_scale_bad_levels():
         torch.ops.detops.multi_scale_roi_align(
             [feats[0], torch.randn(1, 3, 2, 2)], rois, torch.tensor([0]), [1.0, 0.5], 2, 2, 2, False
         )
+
+
+def test_multi_scale_torch_compile_fullgraph():
+    g = torch.Generator().manual_seed(40)
+    feats = _fpn(g, c=2)
+    boxes = _fpn_boxes(g, [6, 5])
+    names = ["p2", "p3", "p4", "p5"]
+    module = detops.MultiScaleRoIAlign(names, 2, 2)
+    expected = module(feats, boxes, [(64, 96)])  # the first call infers the scales (host values)
+    compiled = torch.compile(lambda f, b: module(f, b, [(64, 96)]), fullgraph=True, backend="aot_eager")
+    assert_close(compiled(feats, boxes), expected)
