@@ -159,7 +159,7 @@ class GreedyNms {
     reach_y_ = max_h * (1 + 1e-9);
     const int64_t cells = gx_ * gy_;
     head_.assign(cells, kNone);
-    next_.assign(n_, kNone);
+    nodes_.resize(n_);
     cell_min_x1_.assign(cells, T(INFINITY));
     cell_min_y1_.assign(cells, T(INFINITY));
     cell_max_x2_.assign(cells, T(-INFINITY));
@@ -180,19 +180,24 @@ class GreedyNms {
     return lo - std::fabs(lo) * 1e-12;
   }
 
-  bool pair_suppresses(int64_t k, int64_t p) const {
+  // A kept box, packed so that a list walk reads one cache line per box.
+  struct Node {
+    T x1, y1, x2, y2, area;
+    int64_t next;  // the previous kept box of the same cell (or list)
+  };
+
+  bool pair_suppresses(const Node& k, int64_t p) const {
     const T px1 = b_.x1[p], py1 = b_.y1[p], px2 = b_.x2[p], py2 = b_.y2[p];
-    const T kx1 = b_.x1[k], ky1 = b_.y1[k], kx2 = b_.x2[k], ky2 = b_.y2[k];
     // Interiors must overlap for the ratio to be positive (nms_math.h).
-    if (!(kx1 < px2 && kx2 > px1 && ky1 < py2 && ky2 > py1)) return false;
-    return suppresses_cpu(kx1, ky1, kx2, ky2, b_.area[k], px1, py1, px2, py2, b_.area[p], thr_);
+    if (!(k.x1 < px2 && k.x2 > px1 && k.y1 < py2 && k.y2 > py1)) return false;
+    return suppresses_cpu(k.x1, k.y1, k.x2, k.y2, k.area, px1, py1, px2, py2, b_.area[p], thr_);
   }
 
   // Whether a kept box at a position >= from suppresses candidate p. Cell lists
   // and the big list run newest first, so the walk stops below `from`.
   bool suppressed_by_kept(int64_t p, int64_t from) const {
     for (auto it = big_kept_.rbegin(); it != big_kept_.rend() && *it >= from; ++it) {
-      if (pair_suppresses(*it, p)) return true;
+      if (pair_suppresses(nodes_[*it], p)) return true;
     }
     const T px1 = b_.x1[p], py1 = b_.y1[p], px2 = b_.x2[p], py2 = b_.y2[p];
     const int64_t cx0 = cell_of(lower_bound(px1, reach_x_), min_x_, inv_x_, gx_);
@@ -206,8 +211,8 @@ class GreedyNms {
         if (!(cell_max_x2_[c] > px1 && cell_min_x1_[c] < px2 && cell_max_y2_[c] > py1 && cell_min_y1_[c] < py2)) {
           continue;
         }
-        for (int64_t k = head_[c]; k >= from; k = next_[k]) {
-          if (pair_suppresses(k, p)) return true;
+        for (int64_t k = head_[c]; k >= from; k = nodes_[k].next) {
+          if (pair_suppresses(nodes_[k], p)) return true;
         }
       }
     }
@@ -215,12 +220,13 @@ class GreedyNms {
   }
 
   void insert(int64_t p) {
+    nodes_[p] = Node{b_.x1[p], b_.y1[p], b_.x2[p], b_.y2[p], b_.area[p], kNone};
     if (big_[p]) {
       big_kept_.push_back(p);
       return;
     }
     const int64_t c = cell_of(b_.y1[p], min_y_, inv_y_, gy_) * gx_ + cell_of(b_.x1[p], min_x_, inv_x_, gx_);
-    next_[p] = head_[c];
+    nodes_[p].next = head_[c];
     head_[c] = p;
     cell_min_x1_[c] = std::min(cell_min_x1_[c], b_.x1[p]);
     cell_min_y1_[c] = std::min(cell_min_y1_[c], b_.y1[p]);
@@ -234,7 +240,8 @@ class GreedyNms {
   std::vector<uint8_t> valid_, big_;
   double min_x_ = 0, min_y_ = 0, inv_x_ = 0, inv_y_ = 0, reach_x_ = 0, reach_y_ = 0;
   int64_t gx_ = 1, gy_ = 1;
-  std::vector<int64_t> head_, next_, big_kept_;
+  std::vector<int64_t> head_, big_kept_;
+  std::vector<Node> nodes_;
   std::vector<T> cell_min_x1_, cell_min_y1_, cell_max_x2_, cell_max_y2_;
 };
 
