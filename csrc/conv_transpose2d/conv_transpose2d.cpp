@@ -134,8 +134,9 @@ at::Tensor dense_forward(const at::Tensor& input, const at::Tensor& weight, cons
     const int64_t nb = std::min(chunk, g.N - n0);
     const at::Tensor xs = x.narrow(0, n0, nb);
     if (gemm == DenseGemm::kConv1x1) {
-      // [nb, R, H, W] in whichever memory format the convolution picks.
-      at::Tensor y = conv1x1(xs, w1x1);
+      // [nb, R, H, W], channels-last: oneDNN's native layout, so that it does not
+      // reorder its (large) output back to NCHW before the shuffle reads it.
+      at::Tensor y = conv1x1(xs.contiguous(at::MemoryFormat::ChannelsLast), w1x1);
       if (!(y.stride(2) == g.W * y.stride(3))) y = y.contiguous();
       shuffle(y, {y.stride(1), y.stride(0), y.stride(3)}, n0, nb, bias, skip, out, g, act);
     } else if (channels_last) {
@@ -176,13 +177,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_backward(const at::Tensor& 
     const int64_t nb = std::min(chunk, g.N - n0);
     const at::Tensor xs = x.narrow(0, n0, nb);
     if (conv) {
-      // The gradient columns as an image batch [nb, R, H, W]; both products are 1x1 convolutions.
-      at::Tensor cols = at::empty({nb, R, g.H, g.W}, grad.options());
-      unshuffle(grad, n0, nb, cols, {HW, R * HW, 1}, g);
+      // The gradient columns as a channels-last image batch [nb, R, H, W]; both
+      // products are 1x1 convolutions.
+      at::Tensor cols = at::empty({nb, R, g.H, g.W}, grad.options().memory_format(at::MemoryFormat::ChannelsLast));
+      unshuffle(grad, n0, nb, cols, {1, HW * R, R}, g);
       if (output_mask[0]) grad_input.narrow(0, n0, nb).copy_(conv1x1(cols, w_in));
       if (output_mask[1]) {
         const int64_t one[2] = {1, 1}, zero[2] = {0, 0};
-        const auto grads = at::convolution_backward(cols, xs, w1x1, std::nullopt, one, zero, one, false, zero, 1,
+        const auto grads = at::convolution_backward(cols, xs.contiguous(at::MemoryFormat::ChannelsLast), w1x1,
+                                                    std::nullopt, one, zero, one, false, zero, 1,
                                                     {false, true, false});
         gw2d.add_(std::get<1>(grads).view({R, g.Cin}).t());
       }

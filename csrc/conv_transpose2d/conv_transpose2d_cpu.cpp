@@ -14,6 +14,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/convolution.h>
+#include <ATen/ops/convolution_backward.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/sum.h>
@@ -149,12 +151,82 @@ void unshuffle_cpu(const at::Tensor& grad, int64_t n0, int64_t nb, at::Tensor& c
   });
 }
 
+// ------------------------------------------------------------------ large dense layers
+//
+// The dense algorithm writes its column buffer and reads it back once. When one
+// image's columns stay in the core's cache (the Mask R-CNN head: 1024 x 196) the
+// fused shuffle beats oneDNN's deconvolution followed by a separate ReLU; when
+// they do not (U-Net decoders on large maps), oneDNN's direct deconvolution is
+// faster on CPU than any matrix product + shuffle, so those layers call it and
+// fuse only the skip add and the ReLU, in place.
+constexpr int64_t kDenseCacheColumns = int64_t(1) << 18;
+
+// The torch output_padding of a dense window, or -1 when the window is not one
+// torch's conv_transpose2d can express.
+std::array<int64_t, 2> torch_output_padding(const Geometry& g) {
+  const int64_t op_h = g.OH - (g.H * g.sH - 2 * g.offH), op_w = g.OW - (g.W * g.sW - 2 * g.offW);
+  const bool ok = op_h >= 0 && op_h < g.sH && op_w >= 0 && op_w < g.sW;
+  return {ok ? op_h : -1, ok ? op_w : -1};
+}
+
+bool dense_via_onednn(const Geometry& g) {
+  return g.Cout * g.kH * g.kW * g.H * g.W > kDenseCacheColumns && torch_output_padding(g)[0] >= 0;
+}
+
+// out = act(out + skip window), in place, row by row.
+void epilogue_cpu(at::Tensor& out, const std::optional<at::Tensor>& skip, const Geometry& g, Activation act) {
+  if (!skip.has_value() && act == Activation::kNone) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "conv_transpose2d_epilogue_cpu", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const at::Tensor skip_c = skip.has_value() ? skip->contiguous() : at::Tensor();
+    const scalar_t* sp = skip.has_value() ? skip_c.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, g.N * g.Cout * g.OH, grain_for(g.OW), [&](int64_t begin, int64_t end) {
+      std::vector<T> row_buf(g.OW);
+      T* __restrict__ v = row_buf.data();
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t oy = row % g.OH, noc = row / g.OH;
+        scalar_t* __restrict__ o = op + row * g.OW;
+        for (int64_t ox = 0; ox < g.OW; ++ox) v[ox] = T(o[ox]);
+        if (sp) {
+          const scalar_t* __restrict__ sk = sp + (noc * g.skipH + oy + g.skip_offH) * g.skipW + g.skip_offW;
+          for (int64_t ox = 0; ox < g.OW; ++ox) v[ox] += T(sk[ox]);
+        }
+        generic::store_row(v, o, g.OW, act);
+      }
+    });
+  });
+}
+
+at::Tensor dense_forward_onednn(const at::Tensor& input, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& skip,
+                                const Geometry& g, Activation act) {
+  const auto op = torch_output_padding(g);
+  const int64_t stride[2] = {g.sH, g.sW}, pad[2] = {g.offH, g.offW}, one[2] = {1, 1};
+  at::Tensor out = at::convolution(input.contiguous(), weight, bias, stride, pad, one, true, op, 1).contiguous();
+  epilogue_cpu(out, skip, g, act);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_backward_onednn(const at::Tensor& grad, const at::Tensor& input,
+                                                                     const at::Tensor& weight, const Geometry& g,
+                                                                     std::array<bool, 3> mask) {
+  const auto op = torch_output_padding(g);
+  const int64_t stride[2] = {g.sH, g.sW}, pad[2] = {g.offH, g.offW}, one[2] = {1, 1};
+  const int64_t bias_size[1] = {g.Cout};
+  auto [gi, gw, gb] = at::convolution_backward(grad.contiguous(), input.contiguous(), weight, at::IntArrayRef(bias_size),
+                                               stride, pad, one, true, op, 1, mask);
+  const auto empty = [&] { return at::empty({0}, input.options()); };
+  return {mask[0] ? gi.contiguous() : empty(), mask[1] ? gw.contiguous() : empty(), mask[2] ? gb : empty()};
+}
+
 at::Tensor forward_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                        const std::optional<at::Tensor>& skip, at::IntArrayRef stride, at::IntArrayRef offset,
                        at::IntArrayRef output_size, at::IntArrayRef skip_offset, int64_t groups,
                        int64_t activation) {
   const Geometry g = make_geometry(input, weight, bias, skip, stride, offset, output_size, skip_offset, groups);
   const Activation act = parse_activation(activation);
+  if (is_dense(g) && dense_via_onednn(g)) return dense_forward_onednn(input, weight, bias, skip, g, act);
   if (is_dense(g)) return dense_forward(input, weight, bias, skip, g, act, &shuffle_cpu, DenseGemm::kConv1x1);
   const at::Tensor x = input.contiguous(), w = weight.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
@@ -179,6 +251,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& gr
   const int64_t zero[2] = {0, 0};
   const Geometry g = make_geometry(input, weight, std::nullopt, std::nullopt, stride, offset, out_size, zero, groups);
   check_grad(grad_in, g);
+  if (is_dense(g) && dense_via_onednn(g)) return dense_backward_onednn(grad_in, input, weight, g, mask);
   if (is_dense(g)) return dense_backward(grad_in, input, weight, g, mask, &unshuffle_cpu, DenseGemm::kConv1x1);
   const at::Tensor grad = grad_in.contiguous(), x = input.contiguous(), w = weight.contiguous();
   at::Tensor grad_input = mask[0] ? at::empty_like(x) : at::empty({0}, x.options());

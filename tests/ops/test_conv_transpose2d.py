@@ -165,6 +165,28 @@ def test_channels_last_and_unbatched(device, dense):
     assert_close(xg.grad.contiguous(), xr.grad, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("window", ["torch", "crop"])
+def test_large_dense_layers(device, window):
+    """Dense layers whose column buffer exceeds the cache (U-Net decoders): on CPU
+    these take oneDNN's deconvolution plus the fused skip/ReLU epilogue when torch
+    can express the window, else the matrix product + shuffle."""
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(2, 8, 32, 33, dtype=torch.float64, generator=gen).to(device)
+    w = torch.randn(8, 128, 2, 2, dtype=torch.float64, generator=gen).to(device)
+    b = torch.randn(128, dtype=torch.float64, generator=gen).to(device)
+    skip = torch.randn(2, 128, 70, 70, dtype=torch.float64, generator=gen).to(device)
+    crop, size = ((1, 0), (63, 67)) if window == "torch" else ((1, 3), (66, 60))
+    fused = lambda a, bb, c, d: detops.upsample_add(  # noqa: E731
+        a, d, bb, c, 2, crop, (2, 1), 1, size, activation="relu")
+    ref = lambda a, bb, c, d: _upsample_add_reference(a, d, bb, c, (2, 2), crop, (2, 1), 1, size, True)  # noqa: E731
+    grad_out = torch.randn(2, 128, *size, dtype=torch.float64, generator=gen).to(device)
+    out, grads = _grads(fused, (x, w, b, skip), grad_out)
+    ref_out, ref_grads = _grads(ref, (x, w, b, skip), grad_out)
+    assert_close(out, ref_out, rtol=1e-10, atol=1e-10)
+    for g, r in zip(grads, ref_grads):
+        assert_close(g, r, rtol=1e-9, atol=1e-9)
+
+
 def test_empty_batch_and_fallbacks(device):
     weight = torch.randn(4, 1, 4, 4, device=device)
     out = detops.conv_transpose2d(torch.randn(0, 4, 3, 3, device=device), weight, stride=2, groups=4)
