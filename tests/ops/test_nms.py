@@ -539,3 +539,16 @@ def test_matrix_nms_parallel_path(device):
     want_keep, want_s = _vectorized_matrix_nms(boxes, scores, idxs, 2.0)
     torch.testing.assert_close(s.cpu(), want_s, rtol=1e-12, atol=1e-12)
     assert torch.equal(keep.cpu(), want_keep)
+
+
+def test_torch_export():
+    class Model(torch.nn.Module):
+        def forward(self, boxes, scores):
+            keep = detops.nms(boxes, scores, 0.5)
+            return boxes[keep]
+
+    g = torch.Generator().manual_seed(13)
+    boxes, scores = _case("clustered", 100, g)
+    boxes, scores = boxes.float(), scores.float()
+    exported = torch.export.export(Model(), (boxes, scores))
+    assert torch.equal(exported.module()(boxes, scores), boxes[torchvision.ops.nms(boxes, scores, 0.5)])
