@@ -131,7 +131,9 @@ def grid_anchors(
     _check_cell_anchors(cell_anchors)
     flat_sizes, flat_strides = _flat_levels(grid_sizes, strides, len(cell_anchors))
     anchors = _launch(cell_anchors, flat_sizes, flat_strides, 1)[0]
-    counts = [flat_sizes[2 * l] * flat_sizes[2 * l + 1] * c.shape[0] for l, c in enumerate(cell_anchors)]
+    counts = [
+        flat_sizes[2 * level] * flat_sizes[2 * level + 1] * cells.shape[0] for level, cells in enumerate(cell_anchors)
+    ]
     return list(anchors.split(counts))
 
 
