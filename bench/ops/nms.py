@@ -99,7 +99,7 @@ def cases(device: str, quick: bool) -> list[BenchCase]:
         baseline_name="torchvision batched_nms loop",
         params={"score_threshold": 0.05, "max_per_class": 100, "max_detections": 100},
     ))
-    n = 300 if quick else 2000
+    n = 150 if quick else 2000
     boxes, scores = _boxes(n, g).to(device), torch.rand(n, generator=g).to(device)
     out.append(BenchCase(
         op="nms", name="soft_nms linear", size=f"{n} boxes",

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 import torchvision
-from torchvision.ops.boxes import _batched_nms_vanilla
+from torchvision.ops.boxes import _batched_nms_coordinate_trick, _batched_nms_vanilla
 
 import detops
 
@@ -188,12 +188,16 @@ def test_batched_nms_no_offset_precision_loss(device):
     rounds boxes in float32; detops stays exact per class."""
     g = torch.Generator().manual_seed(2)
     boxes, scores = _case("clustered", 3000, g)
-    boxes = (boxes * 40 + 1e4).float().to(device)
+    boxes = (boxes + 1e6).float().to(device)
     scores = scores.float().to(device)
     idxs = torch.randint(0, 80, (3000,), generator=g).to(device)
     got = detops.batched_nms(boxes, scores, idxs, 0.5)
     want = _stable_score_order(_batched_nms_vanilla(boxes, scores, idxs, 0.5), scores)
     assert torch.equal(got, want)
+    # The offset trick (class * (max + 1) added to float32 coordinates) does
+    # flip decisions on these inputs: the case the exact path exists for.
+    offset_path = _batched_nms_coordinate_trick(boxes, scores, idxs, 0.5)
+    assert not torch.equal(offset_path.sort().values, want.sort().values)
 
 
 def test_batched_nms_reduced_precision(device):
