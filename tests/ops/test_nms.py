@@ -196,8 +196,8 @@ def test_batched_nms_no_offset_precision_loss(device):
     assert torch.equal(got, want)
     # The offset trick (class * (max + 1) added to float32 coordinates) does
     # flip decisions on these inputs: the case the exact path exists for.
-    offset_path = _batched_nms_coordinate_trick(boxes, scores, idxs, 0.5)
-    assert not torch.equal(offset_path.sort().values, want.sort().values)
+    offset_path = _batched_nms_coordinate_trick(boxes.cpu(), scores.cpu(), idxs.cpu(), 0.5)
+    assert not torch.equal(offset_path.sort().values, want.cpu().sort().values)
 
 
 def test_batched_nms_reduced_precision(device):
