@@ -63,20 +63,46 @@ __global__ void mask_kernel(const T* __restrict__ boxes, const int64_t* __restri
 constexpr int kChunkWords = static_cast<int>(kMaskChunkRows / kBits);
 constexpr int kReduceThreads = 256;
 
+// First position in sorted cls[lo, hi) holding a class > value.
+__device__ __forceinline__ int64_t class_end(const int64_t* __restrict__ cls, int64_t lo, int64_t hi, int64_t value) {
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (cls[mid] <= value) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
+
 // The greedy pass over the chunk's rows. Rows are taken 64 at a time: all
 // threads first copy the 64 rows' in-chunk mask words to shared memory, then
-// warp 0 walks the rows in order reading only shared memory.
-__global__ void reduce_chunk_kernel(const uint64_t* __restrict__ mask, int64_t words, int64_t row0, int64_t rows,
-                                    const uint64_t* __restrict__ removed, uint8_t* __restrict__ keep) {
+// warp 0 walks the rows in order reading only shared memory. With classes,
+// only the words up to the end of the last row's class can be non-zero.
+__global__ void reduce_chunk_kernel(const uint64_t* __restrict__ mask, const int64_t* __restrict__ cls, int64_t n,
+                                    int64_t words, int64_t row0, int64_t rows, const uint64_t* __restrict__ removed,
+                                    uint8_t* __restrict__ keep) {
   __shared__ uint64_t local[kChunkWords];
   __shared__ uint64_t tile[kBits][kChunkWords];
+  __shared__ int tile_span;
   const int t = threadIdx.x, lane = t % 32;
   const int64_t w0 = row0 / kBits;
   const int chunk_words = static_cast<int>((rows + kBits - 1) / kBits);
   for (int w = t; w < chunk_words; w += blockDim.x) local[w] = removed[w0 + w];
   for (int rb = 0; rb < chunk_words; ++rb) {
     const int block_rows = static_cast<int>(min(int64_t(kBits), rows - int64_t(rb) * kBits));
-    const int span = chunk_words - rb;  // words rb .. chunk_words - 1
+    if (t == 0) {
+      int span = chunk_words - rb;  // words rb .. chunk_words - 1
+      if (cls != nullptr) {
+        const int64_t last = row0 + int64_t(rb) * kBits + block_rows - 1;
+        const int64_t end = class_end(cls, last, min(n, row0 + rows), cls[last]);
+        span = static_cast<int>(min(int64_t(span), (end - row0 + kBits - 1) / kBits - rb));
+      }
+      tile_span = span;
+    }
+    __syncthreads();
+    const int span = tile_span;
     for (int idx = t; idx < block_rows * span; idx += blockDim.x) {
       const int q = idx / span, w = idx % span;
       tile[q][w] = mask[(int64_t(rb) * kBits + q) * words + w0 + rb + w];
@@ -100,11 +126,14 @@ __global__ void reduce_chunk_kernel(const uint64_t* __restrict__ mask, int64_t w
 // the chunk: 32 words x 8 row lanes per block, rows split over grid.y.
 constexpr int kPropagateRows = 512;
 
-__global__ void propagate_kernel(const uint64_t* __restrict__ mask, int64_t words, int64_t row0, int64_t rows,
+__global__ void propagate_kernel(const uint64_t* __restrict__ mask, const int64_t* __restrict__ cls,
+                                 int64_t words, int64_t row0, int64_t rows,
                                  int64_t first_word, const uint8_t* __restrict__ keep,
                                  unsigned long long* __restrict__ removed) {
   const int64_t w = first_word + int64_t(blockIdx.x) * 32 + threadIdx.x;
   if (w >= words) return;
+  // Columns of a later class than every chunk row: nothing to propagate.
+  if (cls != nullptr && cls[w * kBits] > cls[row0 + rows - 1]) return;
   const int64_t r_end = min(rows, int64_t(blockIdx.y + 1) * kPropagateRows);
   unsigned long long acc = 0;
   for (int64_t r = int64_t(blockIdx.y) * kPropagateRows + threadIdx.y; r < r_end; r += blockDim.y) {
@@ -125,12 +154,12 @@ cudaError_t greedy_nms_typed(const T* boxes, const int64_t* cls, int64_t n, doub
     const int64_t rows = min(chunk, n - row0);
     const dim3 grid(static_cast<unsigned int>(words - row0 / kBits), static_cast<unsigned int>((rows + kBits - 1) / kBits));
     mask_kernel<T><<<grid, kBits, 0, stream>>>(boxes, cls, n, words, row0, threshold, removed, mask);
-    reduce_chunk_kernel<<<1, kReduceThreads, 0, stream>>>(mask, words, row0, rows, removed, keep);
+    reduce_chunk_kernel<<<1, kReduceThreads, 0, stream>>>(mask, cls, n, words, row0, rows, removed, keep);
     const int64_t first_word = (row0 + rows + kBits - 1) / kBits;
     if (first_word < words) {
       const dim3 pgrid(static_cast<unsigned int>((words - first_word + 31) / 32),
                        static_cast<unsigned int>((rows + kPropagateRows - 1) / kPropagateRows));
-      propagate_kernel<<<pgrid, dim3(32, 8), 0, stream>>>(mask, words, row0, rows, first_word, keep,
+      propagate_kernel<<<pgrid, dim3(32, 8), 0, stream>>>(mask, cls, words, row0, rows, first_word, keep,
                                                          reinterpret_cast<unsigned long long*>(removed));
     }
     err = cudaGetLastError();
