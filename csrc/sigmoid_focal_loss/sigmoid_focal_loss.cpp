@@ -21,6 +21,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdint>
 
 namespace detops {
 namespace focal {
@@ -50,6 +51,7 @@ void check_indexed_args(const at::Tensor& inputs, const at::Tensor& labels, cons
   TORCH_CHECK(inputs.dim() == 2, "inputs must have shape [N, C], got ", inputs.sizes());
   TORCH_CHECK(is_kernel_float(inputs.scalar_type()),
               "inputs must be float16, bfloat16, float32 or float64, got ", inputs.scalar_type());
+  TORCH_CHECK(inputs.size(1) <= INT32_MAX, "inputs may have at most 2^31 - 1 classes, got ", inputs.size(1));
   TORCH_CHECK(labels.dim() == 1 && labels.size(0) == inputs.size(0), labels_name, " must have shape [",
               inputs.size(0), "], got ", labels.sizes());
   TORCH_CHECK(labels.scalar_type() == at::kLong, labels_name, " must be int64, got ", labels.scalar_type());

@@ -41,8 +41,10 @@ constexpr int64_t kBlocksPerTask = 4;  // parallel grain, in blocks
 constexpr int64_t kRowElems = 8192;    // elements per row block (indexed and softmax forms)
 
 // ------------------------------------------------------------------ element loops
-// Templates on the gamma kind and the element type; `label` >= 0 selects the
-// indexed form (target 1 at column `label`, 0 elsewhere), otherwise t[] is read.
+// Templates on the gamma kind and the element type. When t is null, the
+// targets are one-hot: 1 at column `label` (-1: none), 0 elsewhere; rows of the
+// indexed form are counted in 32 bits (checked) so that the compare vectorises
+// at the width of the floats.
 
 template <GammaKind G, typename T>
 DETOPS_HD void forward_store(const T* __restrict__ x, const T* __restrict__ t, int64_t label, T* __restrict__ out,
@@ -51,8 +53,9 @@ DETOPS_HD void forward_store(const T* __restrict__ x, const T* __restrict__ t, i
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) out[i] = sigmoid_focal_forward<G>(x[i], t[i], c);
   } else {
+    const int32_t n32 = static_cast<int32_t>(n), label32 = static_cast<int32_t>(label);
 #pragma omp simd
-    for (int64_t i = 0; i < n; ++i) out[i] = sigmoid_focal_forward<G>(x[i], T(i == label), c);
+    for (int32_t i = 0; i < n32; ++i) out[i] = sigmoid_focal_forward<G>(x[i], T(i == label32), c);
   }
 }
 
@@ -64,8 +67,9 @@ DETOPS_HD T forward_sum(const T* __restrict__ x, const T* __restrict__ t, int64_
 #pragma omp simd reduction(+ : sum)
     for (int64_t i = 0; i < n; ++i) sum += sigmoid_focal_forward<G>(x[i], t[i], c);
   } else {
+    const int32_t n32 = static_cast<int32_t>(n), label32 = static_cast<int32_t>(label);
 #pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < n; ++i) sum += sigmoid_focal_forward<G>(x[i], T(i == label), c);
+    for (int32_t i = 0; i < n32; ++i) sum += sigmoid_focal_forward<G>(x[i], T(i == label32), c);
   }
   return sum;
 }
@@ -82,11 +86,15 @@ DETOPS_HD void backward_input(const T* __restrict__ x, const T* __restrict__ t, 
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) grad_x[i] = sigmoid_focal_grad_input<G>(x[i], t[i], g_scalar, c);
   } else if (g != nullptr) {
+    const int32_t n32 = static_cast<int32_t>(n), label32 = static_cast<int32_t>(label);
 #pragma omp simd
-    for (int64_t i = 0; i < n; ++i) grad_x[i] = sigmoid_focal_grad_input<G>(x[i], T(i == label), g[i], c);
+    for (int32_t i = 0; i < n32; ++i) grad_x[i] = sigmoid_focal_grad_input<G>(x[i], T(i == label32), g[i], c);
   } else {
+    const int32_t n32 = static_cast<int32_t>(n), label32 = static_cast<int32_t>(label);
 #pragma omp simd
-    for (int64_t i = 0; i < n; ++i) grad_x[i] = sigmoid_focal_grad_input<G>(x[i], T(i == label), g_scalar, c);
+    for (int32_t i = 0; i < n32; ++i) {
+      grad_x[i] = sigmoid_focal_grad_input<G>(x[i], T(i == label32), g_scalar, c);
+    }
   }
 }
 
@@ -99,6 +107,43 @@ DETOPS_HD void backward_target(const T* __restrict__ x, const T* __restrict__ t,
   } else {
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) grad_t[i] = sigmoid_focal_grad_target<G>(x[i], t[i], g_scalar, c);
+  }
+}
+
+// Rows of the indexed form: col_of_row[r] is the column whose target is 1,
+// -1 for background (all targets 0), or kIgnoredRow (loss and gradient 0).
+constexpr int64_t kIgnoredRow = -2;
+
+// Writes the rows' losses to out, or (out null) returns their sum.
+template <GammaKind G, typename T>
+DETOPS_HD double indexed_rows_forward(const T* __restrict__ x, const int64_t* __restrict__ col_of_row, int64_t rows,
+                                      int64_t cols, T* __restrict__ out, const Coeffs<T>& c) {
+  double total = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t col = col_of_row[r];
+    if (col == kIgnoredRow) {
+      if (out != nullptr) std::fill(out + r * cols, out + (r + 1) * cols, T(0));
+    } else if (out != nullptr) {
+      forward_store<G>(x + r * cols, static_cast<const T*>(nullptr), col, out + r * cols, cols, c);
+    } else {
+      total += static_cast<double>(forward_sum<G>(x + r * cols, static_cast<const T*>(nullptr), col, cols, c));
+    }
+  }
+  return total;
+}
+
+template <GammaKind G, typename T>
+DETOPS_HD void indexed_rows_backward(const T* __restrict__ x, const int64_t* __restrict__ col_of_row, int64_t rows,
+                                     int64_t cols, const T* __restrict__ g, T g_scalar, T* __restrict__ grad_x,
+                                     const Coeffs<T>& c) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t col = col_of_row[r];
+    if (col == kIgnoredRow) {
+      std::fill(grad_x + r * cols, grad_x + (r + 1) * cols, T(0));
+    } else {
+      backward_input<G>(x + r * cols, static_cast<const T*>(nullptr), col, g != nullptr ? g + r * cols : nullptr,
+                        g_scalar, grad_x + r * cols, cols, c);
+    }
   }
 }
 
@@ -117,8 +162,9 @@ DETOPS_HD T row_logsumexp(const T* __restrict__ x, int64_t n) {
 // grad[j] = dl * ([j == k] - exp(x[j] - lse)).
 template <typename T>
 DETOPS_HD void softmax_grad_row(const T* __restrict__ x, int64_t k, T lse, T dl, T* __restrict__ grad, int64_t n) {
+  const int32_t n32 = static_cast<int32_t>(n), k32 = static_cast<int32_t>(k);
 #pragma omp simd
-  for (int64_t j = 0; j < n; ++j) grad[j] = dl * (T(j == k) - exp_nonpos(x[j] - lse));
+  for (int32_t j = 0; j < n32; ++j) grad[j] = dl * (T(j == k32) - exp_nonpos(x[j] - lse));
 }
 
 // The float entry points, one machine-code clone per instruction set.
@@ -155,6 +201,37 @@ DETOPS_FOCAL_CLONES void backward_input_f32(const float* x, const float* t, int6
 DETOPS_FOCAL_CLONES void backward_target_f32(const float* x, const float* t, const float* g, float g_scalar,
                                              float* grad_t, int64_t n, const Coeffs<float>& c, GammaKind kind) {
 #define CALL(G) backward_target<G>(x, t, g, g_scalar, grad_t, n, c)
+  DETOPS_FOCAL_SWITCH(kind, CALL)
+#undef CALL
+}
+
+DETOPS_FOCAL_CLONES double indexed_rows_forward_f32(const float* x, const int64_t* col_of_row, int64_t rows,
+                                                    int64_t cols, float* out, const Coeffs<float>& c,
+                                                    GammaKind kind) {
+#define CALL(G) indexed_rows_forward<G>(x, col_of_row, rows, cols, out, c)
+  DETOPS_FOCAL_SWITCH(kind, CALL)
+#undef CALL
+}
+
+DETOPS_FOCAL_CLONES void indexed_rows_backward_f32(const float* x, const int64_t* col_of_row, int64_t rows,
+                                                   int64_t cols, const float* g, float g_scalar, float* grad_x,
+                                                   const Coeffs<float>& c, GammaKind kind) {
+#define CALL(G) indexed_rows_backward<G>(x, col_of_row, rows, cols, g, g_scalar, grad_x, c)
+  DETOPS_FOCAL_SWITCH(kind, CALL)
+#undef CALL
+}
+
+double indexed_rows_forward_f64(const double* x, const int64_t* col_of_row, int64_t rows, int64_t cols, double* out,
+                                const Coeffs<double>& c, GammaKind kind) {
+#define CALL(G) indexed_rows_forward<G>(x, col_of_row, rows, cols, out, c)
+  DETOPS_FOCAL_SWITCH(kind, CALL)
+#undef CALL
+}
+
+void indexed_rows_backward_f64(const double* x, const int64_t* col_of_row, int64_t rows, int64_t cols,
+                               const double* g, double g_scalar, double* grad_x, const Coeffs<double>& c,
+                               GammaKind kind) {
+#define CALL(G) indexed_rows_backward<G>(x, col_of_row, rows, cols, g, g_scalar, grad_x, c)
   DETOPS_FOCAL_SWITCH(kind, CALL)
 #undef CALL
 }
@@ -219,6 +296,22 @@ struct Kernels {
   static void backward_target(const double* x, const double* t, const double* g, double gs, double* gt, int64_t n,
                               const Coeffs<double>& c, GammaKind k) {
     backward_target_f64(x, t, g, gs, gt, n, c, k);
+  }
+  static double indexed_rows_forward(const float* x, const int64_t* cr, int64_t rows, int64_t cols, float* o,
+                                     const Coeffs<float>& c, GammaKind k) {
+    return indexed_rows_forward_f32(x, cr, rows, cols, o, c, k);
+  }
+  static double indexed_rows_forward(const double* x, const int64_t* cr, int64_t rows, int64_t cols, double* o,
+                                     const Coeffs<double>& c, GammaKind k) {
+    return indexed_rows_forward_f64(x, cr, rows, cols, o, c, k);
+  }
+  static void indexed_rows_backward(const float* x, const int64_t* cr, int64_t rows, int64_t cols, const float* g,
+                                    float gs, float* gx, const Coeffs<float>& c, GammaKind k) {
+    indexed_rows_backward_f32(x, cr, rows, cols, g, gs, gx, c, k);
+  }
+  static void indexed_rows_backward(const double* x, const int64_t* cr, int64_t rows, int64_t cols, const double* g,
+                                    double gs, double* gx, const Coeffs<double>& c, GammaKind k) {
+    indexed_rows_backward_f64(x, cr, rows, cols, g, gs, gx, c, k);
   }
   static float row_logsumexp(const float* x, int64_t n) { return row_logsumexp_f32(x, n); }
   static double row_logsumexp(const double* x, int64_t n) { return focal::row_logsumexp(x, n); }
@@ -506,6 +599,25 @@ void throw_bad_label(const std::atomic<int64_t>& bad, const std::atomic<bool>& s
               "), found ", bad.load());
 }
 
+// Resolves the labels of rows [r0, r0 + n) into columns (see indexed_rows_forward);
+// returns how many rows are not ignored.
+int64_t resolve_rows(const int64_t* lab, int64_t r0, int64_t n, const LabelRule& rule, int64_t* col_of_row,
+                     std::atomic<int64_t>& bad, std::atomic<bool>& seen) {
+  int64_t valid = 0;
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t label = lab[r0 + r];
+    int64_t col = -1;
+    if (rule.column(label, col, bad)) {
+      col_of_row[r] = col;
+      ++valid;
+    } else {
+      if (label != rule.ignore_index) seen.store(true);
+      col_of_row[r] = kIgnoredRow;
+    }
+  }
+  return valid;
+}
+
 at::Tensor indexed_forward_cpu(const at::Tensor& inputs_in, const at::Tensor& labels_in, double alpha, double gamma,
                                c10::string_view reduction_name, int64_t background, int64_t ignore_index) {
   check_indexed_args(inputs_in, labels_in, "labels");
@@ -519,8 +631,8 @@ at::Tensor indexed_forward_cpu(const at::Tensor& inputs_in, const at::Tensor& la
   const GammaKind kind = gamma_kind(gamma);
   at::Tensor out;
   if (reduction == Reduction::kNone) out = at::empty_like(inputs);
-  std::vector<double> partials(reduction == Reduction::kNone ? 0 : blocks, 0.0);
-  std::vector<int64_t> counts(partials.size(), 0);
+  std::vector<double> partials(blocks, 0.0);
+  std::vector<int64_t> counts(blocks, 0);
   std::atomic<int64_t> bad{0};
   std::atomic<bool> seen{false};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, inputs.scalar_type(), "sigmoid_focal_loss_indexed_cpu",
@@ -531,33 +643,19 @@ at::Tensor indexed_forward_cpu(const at::Tensor& inputs_in, const at::Tensor& la
     const int64_t* lab = labels.const_data_ptr<int64_t>();
     scalar_t* o = reduction == Reduction::kNone ? out.mutable_data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<T> buf(std::is_same_v<T, scalar_t> ? 0 : 2 * cols);
+      std::vector<int64_t> col_of_row(per_block);
+      std::vector<T> buf(std::is_same_v<T, scalar_t> ? 0 : 2 * per_block * cols);
       for (int64_t b = b0; b < b1; ++b) {
-        double sum = 0;
-        int64_t count = 0;
-        for (int64_t r = b * per_block; r < std::min(rows, (b + 1) * per_block); ++r) {
-          const scalar_t* xr = x + r * cols;
-          int64_t col = -1;
-          const bool valid = rule.column(lab[r], col, bad);
-          if (!valid && lab[r] != ignore_index) seen.store(true);
-          if (o != nullptr) {
-            if (!valid) {
-              std::fill(o + r * cols, o + (r + 1) * cols, scalar_t(0));
-              continue;
-            }
-            const T* xb = load_block<T>(xr, cols, buf.data());
-            T* ob = out_block<T>(o + r * cols, buf.data() + cols);
-            Kernels::forward_store(xb, static_cast<const T*>(nullptr), col, ob, cols, c, kind);
-            store_block(ob, cols, o + r * cols);
-          } else if (valid) {
-            const T* xb = load_block<T>(xr, cols, buf.data());
-            sum += static_cast<double>(Kernels::forward_sum(xb, static_cast<const T*>(nullptr), col, cols, c, kind));
-            ++count;
-          }
-        }
-        if (o == nullptr) {
-          partials[b] = sum;
-          counts[b] = count;
+        const int64_t r0 = b * per_block, n = std::min(rows, r0 + per_block) - r0, off = r0 * cols;
+        counts[b] = resolve_rows(lab, r0, n, rule, col_of_row.data(), bad, seen);
+        const T* xb = load_block<T>(x + off, n * cols, buf.data());
+        if (o != nullptr) {
+          T* ob = out_block<T>(o + off, buf.data() + per_block * cols);
+          Kernels::indexed_rows_forward(xb, col_of_row.data(), n, cols, ob, c, kind);
+          store_block(ob, n * cols, o + off);
+        } else {
+          partials[b] = Kernels::indexed_rows_forward(xb, col_of_row.data(), n, cols, static_cast<T*>(nullptr), c,
+                                                      kind);
         }
       }
     });
@@ -613,20 +711,16 @@ at::Tensor indexed_backward_cpu(const at::Tensor& grad_in, const at::Tensor& inp
     }
     scalar_t* gx = grad_inputs.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<T> buf(std::is_same_v<T, scalar_t> ? 0 : 3 * cols);
-      for (int64_t r = b0 * per_block; r < std::min(rows, b1 * per_block); ++r) {
-        int64_t col = -1;
-        const bool valid = rule.column(lab[r], col, bad);
-        if (!valid && lab[r] != ignore_index) seen.store(true);
-        if (!valid) {
-          std::fill(gx + r * cols, gx + (r + 1) * cols, scalar_t(0));
-          continue;
-        }
-        const T* xb = load_block<T>(x + r * cols, cols, buf.data());
-        const T* gb = uniform ? nullptr : load_block<T>(g + r * cols, cols, buf.data() + cols);
-        T* ob = out_block<T>(gx + r * cols, buf.data() + 2 * cols);
-        Kernels::backward_input(xb, static_cast<const T*>(nullptr), col, gb, g_scalar, ob, cols, c, kind);
-        store_block(ob, cols, gx + r * cols);
+      std::vector<int64_t> col_of_row(per_block);
+      std::vector<T> buf(std::is_same_v<T, scalar_t> ? 0 : 3 * per_block * cols);
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r0 = b * per_block, n = std::min(rows, r0 + per_block) - r0, off = r0 * cols;
+        resolve_rows(lab, r0, n, rule, col_of_row.data(), bad, seen);
+        const T* xb = load_block<T>(x + off, n * cols, buf.data());
+        const T* gb = uniform ? nullptr : load_block<T>(g + off, n * cols, buf.data() + per_block * cols);
+        T* ob = out_block<T>(gx + off, buf.data() + 2 * per_block * cols);
+        Kernels::indexed_rows_backward(xb, col_of_row.data(), n, cols, gb, g_scalar, ob, c, kind);
+        store_block(ob, n * cols, gx + off);
       }
     });
   });
