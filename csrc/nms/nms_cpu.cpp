@@ -385,16 +385,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multiclass_nms_cpu(
       T score;
       int64_t flat;  // box * C + class: the tie order
     };
-    // Per (image, class): exact greedy NMS over the candidates above the
-    // score threshold, stopped after max_per_class kept boxes.
-    std::vector<std::vector<Detection>> kept_per_task(B * C);
-    for_each_task(B * C, {}, B * N * C >= kParallelScores, [&](int64_t task) {
-      const int64_t img = task / C, cls = task % C;
-      std::vector<Detection> cand;
-      for (int64_t i = 0; i < N; ++i) {
-        const T score = T(s[(img * N + i) * C + cls]);
-        if (score > T(score_threshold)) cand.push_back({score, i * C + cls});
+    const bool parallel = B * N * C >= kParallelScores;
+    // Candidates above the score threshold, bucketed by (image, class) in one
+    // contiguous pass over each image's scores (ascending box index).
+    std::vector<std::vector<Detection>> candidates(B * C);
+    at::parallel_for(0, B, parallel ? 1 : B, [&](int64_t img_lo, int64_t img_hi) {
+      for (int64_t img = img_lo; img < img_hi; ++img) {
+        const scalar_t* row = s + img * N * C;
+        std::vector<Detection>* buckets = candidates.data() + img * C;
+        const T threshold = T(score_threshold);
+        for (int64_t i = 0; i < N; ++i) {
+          for (int64_t c = 0; c < C; ++c) {
+            const T score = T(row[i * C + c]);
+            if (score > threshold) buckets[c].push_back({score, i * C + c});
+          }
+        }
       }
+    });
+    // Per (image, class): exact greedy NMS over the candidates, stopped after
+    // max_per_class kept boxes.
+    std::vector<std::vector<Detection>> kept_per_task(B * C);
+    for_each_task(B * C, {}, parallel, [&](int64_t task) {
+      const int64_t img = task / C, cls = task % C;
+      std::vector<Detection>& cand = candidates[task];
       std::stable_sort(cand.begin(), cand.end(), [](const Detection& x, const Detection& y) { return x.score > y.score; });
       const int64_t m = static_cast<int64_t>(cand.size());
       BoxArrays<T> arr;
@@ -406,13 +419,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multiclass_nms_cpu(
       for (int64_t p = 0; p < m; ++p) {
         if (keep[p]) kept.push_back(cand[p]);
       }
+      std::vector<Detection>().swap(cand);
     });
     // Per image: the max_detections best over all classes.
     scalar_t* ob = out_boxes.mutable_data_ptr<scalar_t>();
     scalar_t* os = out_scores.mutable_data_ptr<scalar_t>();
     int64_t* ol = out_labels.mutable_data_ptr<int64_t>();
     int64_t* oc = out_count.mutable_data_ptr<int64_t>();
-    at::parallel_for(0, B, B * N * C >= kParallelScores ? 1 : B, [&](int64_t img_lo, int64_t img_hi) {
+    at::parallel_for(0, B, parallel ? 1 : B, [&](int64_t img_lo, int64_t img_hi) {
       for (int64_t img = img_lo; img < img_hi; ++img) {
         std::vector<Detection> all;
         for (int64_t cls = 0; cls < C; ++cls) {
