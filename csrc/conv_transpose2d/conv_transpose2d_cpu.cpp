@@ -126,6 +126,34 @@ void unshuffle_cpu(const at::Tensor& grad, int64_t n0, int64_t nb, at::Tensor& c
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "conv_transpose2d_unshuffle_cpu", [&] {
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
     scalar_t* cp = cols.mutable_data_ptr<scalar_t>();
+    if (st.rs == 1) {
+      // Channels-last columns: a pixel's R values are contiguous. One task per
+      // input row (image, iy) writes its pixels' columns in order; the
+      // 2 * Cout output rows it reads stay in cache across the pixels.
+      const int64_t R = g.Cout * g.kH * g.kW;
+      at::parallel_for(0, nb * g.H, grain_for(g.W * R), [&](int64_t begin, int64_t end) {
+        for (int64_t row = begin; row < end; ++row) {
+          const int64_t iy = row % g.H, nl = row / g.H;
+          const scalar_t* g_img = gp + (n0 + nl) * g.Cout * g.OH * g.OW;
+          for (int64_t ix = 0; ix < g.W; ++ix) {
+            scalar_t* __restrict__ c = cp + nl * st.ns + (iy * g.W + ix) * st.ps;
+            for (int64_t oc = 0; oc < g.Cout; ++oc) {
+              for (int64_t ky = 0; ky < g.kH; ++ky) {
+                const int64_t oy = iy * g.sH + ky - g.offH;
+                const bool row_inside = oy >= 0 && oy < g.OH;
+                const scalar_t* g_row = g_img + (oc * g.OH + oy) * g.OW;
+                for (int64_t kx = 0; kx < g.kW; ++kx) {
+                  const int64_t ox = ix * g.sW + kx - g.offW;
+                  c[(oc * g.kH + ky) * g.kW + kx] =
+                      (row_inside && ox >= 0 && ox < g.OW) ? g_row[ox] : scalar_t(0);
+                }
+              }
+            }
+          }
+        }
+      });
+      return;
+    }
     // rows (image, oc, ky, iy); each writes kW * W entries.
     const int64_t rows = nb * g.Cout * g.kH * g.H;
     at::parallel_for(0, rows, grain_for(g.kW * g.W), [&](int64_t begin, int64_t end) {

@@ -84,7 +84,7 @@ def _backward(ctx, grad: Tensor):
     input, weight, output = ctx.saved_tensors
     if ctx.activation == 1:
         # ReLU's gradient: zero where the output was clamped (torch's threshold_backward).
-        grad = torch.where(output > 0, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
+        grad = torch.ops.aten.threshold_backward(grad, output, 0)
     need = ctx.needs_input_grad
     mask = [need[0], need[1], need[2] and ctx.has_bias]
     grad_input = grad_weight = grad_bias = grad_skip = None
