@@ -54,11 +54,11 @@ def _fwd_bwd(fn, x: torch.Tensor, grad_shape, dtype=None, autocast: str | None =
 
 def cases(device: str, quick: bool) -> list[BenchCase]:
     out: list[BenchCase] = []
-    n, c = 2, (64 if quick else 256)
+    n, c = 2, (32 if quick else 256)
     image = (200, 304) if quick else IMAGE
     g = torch.Generator().manual_seed(0)
     level = torch.randn(n, c, image[0] // 4, image[1] // 4, generator=g).to(device)
-    counts = [128] if quick else [512, 1000]
+    counts = [64] if quick else [512, 1000]
     sizes = [7] if quick else [7, 14]
     for k in counts:
         rois = _rois(_proposals(k, n, device, k, image))

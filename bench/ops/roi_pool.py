@@ -14,9 +14,9 @@ from .roi_align import _fwd_bwd, _proposals, _rois
 
 def cases(device: str, quick: bool) -> list[BenchCase]:
     out: list[BenchCase] = []
-    n, c = 2, (64 if quick else 256)
+    n, c = 2, (32 if quick else 256)
     image = (200, 304) if quick else (800, 1216)
-    k = 128 if quick else 512
+    k = 64 if quick else 512
     g = torch.Generator().manual_seed(0)
     level = torch.randn(n, c, image[0] // 4, image[1] // 4, generator=g).to(device)
     rois = _rois(_proposals(k, n, device, 1, image))

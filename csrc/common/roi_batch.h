@@ -31,6 +31,16 @@ inline int64_t roi_batch_index(T value, int64_t batch_size, int64_t roi) {
   return static_cast<int64_t>(v);
 }
 
+// Grain (tasks per parallel chunk) so that every chunk carries at least
+// min_work elementary operations: small problems then run on the calling
+// thread, where waking a thread pool would cost more than the work (and on a
+// busy machine, a scheduler slice).
+inline int64_t grain_for(int64_t tasks, double total_work, double min_work = 4e6) {
+  if (tasks <= 0 || total_work <= min_work) return tasks > 0 ? tasks : 1;
+  const double g = static_cast<double>(tasks) * min_work / total_work;
+  return g < 1.0 ? 1 : static_cast<int64_t>(g);
+}
+
 // RoIs grouped by key = level * batch_size + batch, each group in RoI order.
 struct RoiBuckets {
   std::vector<int64_t> offsets;  // [num_keys + 1]

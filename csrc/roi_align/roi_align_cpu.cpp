@@ -124,7 +124,7 @@ Plan<T> make_plan(const std::vector<MapMeta>& maps, const at::Tensor& rois_in, c
   p.xt.resize(2 * nx);
   p.y_n.assign(p.K * PH, 0);
   p.x_n.assign(p.K * PW, 0);
-  at::parallel_for(0, p.K, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.K, grain_for(p.K, static_cast<double>(ny + nx) * 16), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const RoiGeometry<T>& g = geo[r];
       const MapMeta& m = maps[p.level[r]];
@@ -154,6 +154,15 @@ Plan<T> make_plan(const std::vector<MapMeta>& maps, const at::Tensor& rois_in, c
     }
   });
   return p;
+}
+
+// Elementary operations of a pass over all bins: 4 taps per valid sample
+// pair, per channel (an estimate for choosing the parallel grain).
+template <typename T>
+double tap_work(const Plan<T>& p, int64_t C) {
+  double samples = 0;
+  for (int64_t r = 0; r < p.K; ++r) samples += static_cast<double>(p.grid_h[r]) * static_cast<double>(p.grid_w[r]);
+  return 4.0 * samples * static_cast<double>(p.PH * p.PW) * static_cast<double>(C) + 1.0;
 }
 
 MapMeta meta_of(const at::Tensor& t, double scale) {
@@ -221,6 +230,7 @@ void forward_kernel(const std::vector<at::Tensor>& maps, const Plan<at::opmath_t
   const int64_t oK = out.stride(0), oC = out.stride(1), oH = out.stride(2), oW = out.stride(3);
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
   RoiBuckets buckets(p.keys, p.num_keys);
+  const double work = tap_work(p, C);
 
   // NCHW maps: (channel, level, image) plane tasks, channel outermost so the
   // static split gives every thread all images (balanced across batches).
@@ -229,7 +239,7 @@ void forward_kernel(const std::vector<at::Tensor>& maps, const Plan<at::opmath_t
     if (!is_channels_last(maps[l])) plane_levels.push_back(l);
   const int64_t per_channel = static_cast<int64_t>(plane_levels.size()) * N;
   if (per_channel > 0) {
-    at::parallel_for(0, C * per_channel, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, C * per_channel, grain_for(C * per_channel, work), [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const int64_t c = t / per_channel, ln = t % per_channel;
         const int64_t l = plane_levels[ln / N], n = ln % N;
@@ -264,7 +274,7 @@ void forward_kernel(const std::vector<at::Tensor>& maps, const Plan<at::opmath_t
   for (int64_t l = 0; l < L; ++l) any_cl |= is_channels_last(maps[l]);
   if (!any_cl) return;
   const int64_t blocks = (C + kForwardChannelBlock - 1) / kForwardChannelBlock;
-  at::parallel_for(0, blocks * p.K, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, blocks * p.K, grain_for(blocks * p.K, work), [&](int64_t begin, int64_t end) {
     T acc[kForwardChannelBlock];
     for (int64_t t = begin; t < end; ++t) {
       const int64_t j = t / p.K, r = t % p.K;
@@ -379,7 +389,7 @@ void backward_kernel(const at::Tensor& grad, const std::vector<MapMeta>& metas,
     units[l] = metas[l].channels_last ? blocks : C;
     max_units = std::max(max_units, units[l]);
   }
-  at::parallel_for(0, max_units * L * N, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, max_units * L * N, grain_for(max_units * L * N, tap_work(p, C)), [&](int64_t begin, int64_t end) {
     std::vector<T> buf;
     std::vector<T> gv(kBackwardChannelBlock);
     for (int64_t t = begin; t < end; ++t) {

@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "roi_pool/roi_pool.h"
@@ -64,10 +65,17 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_cpu(const at::Tensor& input, const a
     int64_t* am = argmax.mutable_data_ptr<int64_t>();
     const int64_t sN = input.stride(0), sC = input.stride(1), sH = input.stride(2), sW = input.stride(3);
     const int64_t oK = out.stride(0), oC = out.stride(1), oH = out.stride(2), oW = out.stride(3);
+    // Work estimate: every bin's pixels, per channel (bins tile the clamped RoI).
+    double work = 1.0;
+    for (int64_t r = 0; r < K; ++r) {
+      const PoolBin all{0, std::min(H, static_cast<int64_t>(std::ceil(double(p.geo[r].bin_h) * PH)) + 1), 0,
+                        std::min(W, static_cast<int64_t>(std::ceil(double(p.geo[r].bin_w) * PW)) + 1)};
+      work += static_cast<double>(all.hend) * static_cast<double>(all.wend) * static_cast<double>(C);
+    }
     if (!cl) {
       std::vector<int64_t> keys(p.batch);
       const RoiBuckets buckets(keys, N);
-      at::parallel_for(0, C * N, 1, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, C * N, grain_for(C * N, work), [&](int64_t begin, int64_t end) {
         for (int64_t t = begin; t < end; ++t) {
           const int64_t c = t / N, n = t % N;
           const scalar_t* plane = in + n * sN + c * sC;
@@ -98,7 +106,7 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_cpu(const at::Tensor& input, const a
       return;
     }
     const int64_t blocks = (C + kChannelBlock - 1) / kChannelBlock;
-    at::parallel_for(0, blocks * K, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, blocks * K, grain_for(blocks * K, work), [&](int64_t begin, int64_t end) {
       T best[kChannelBlock];
       int64_t best_idx[kChannelBlock];
       for (int64_t t = begin; t < end; ++t) {
@@ -165,7 +173,7 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad_in, const at::Tensor& ro
                   dW = grad_input.stride(3);
     const int64_t HW = H * W;
     const int64_t units = cl ? (C + kChannelBlock - 1) / kChannelBlock : C;
-    at::parallel_for(0, units * N, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, units * N, grain_for(units * N, static_cast<double>(K) * C * PH * PW + double(N) * C * HW), [&](int64_t begin, int64_t end) {
       std::vector<T> buf;
       for (int64_t t = begin; t < end; ++t) {
         const int64_t u = t / N, n = t % N;
