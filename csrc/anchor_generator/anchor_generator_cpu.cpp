@@ -1,12 +1,16 @@
-// CPU kernel of anchor generation: at::parallel_for over grid rows of every
-// level. Each task writes its rows for the first image and copies them to the
-// other images, so the whole batch is one pass over the output.
+// CPU kernel of anchor generation: at::parallel_for over the anchors of one
+// image. Each task walks its anchors in short segments, each started by the
+// same locate() the CUDA kernel calls for every anchor, so the CPU tests check
+// that index arithmetic at arbitrary positions (mid-row, mid-cell, across
+// levels); within a segment the position just advances. The task's anchors are
+// then copied to the other images, so the batch is one pass over the output.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -17,7 +21,12 @@ namespace anchor_generator {
 namespace {
 
 // Output values per parallel task: the writes are memory-bound, so tasks stay large.
-constexpr int64_t kGrainValues = int64_t(1) << 18;
+// Anchors per parallel task: the writes are memory-bound, so tasks stay large.
+constexpr int64_t kGrainAnchors = int64_t(1) << 16;
+// Anchors per locate() call: short enough that segment starts fall at many
+// different grid positions (it divides no row length evenly), long enough
+// that locate's divisions cost little.
+constexpr int64_t kSegment = 1021;
 
 at::Tensor grid_anchors_cpu(const at::Tensor& cell_anchors_in, at::IntArrayRef num_cell_anchors,
                             at::IntArrayRef grid_sizes, at::IntArrayRef strides, int64_t num_images) {
@@ -25,17 +34,6 @@ at::Tensor grid_anchors_cpu(const at::Tensor& cell_anchors_in, at::IntArrayRef n
   const at::Tensor cell_anchors = cell_anchors_in.contiguous();
   at::Tensor out = at::empty({num_images, table.anchors_per_image, 4}, cell_anchors.options());
   if (out.numel() == 0) return out;
-
-  // First anchor of every grid row (level l, row y) of an image, and the widest row.
-  std::vector<int64_t> row_begin;
-  int64_t widest = 1;
-  for (int l = 0; l < table.num_levels; ++l) {
-    const int64_t row_anchors = table.width[l] * table.num_cell[l];
-    if (row_anchors == 0) continue;
-    widest = std::max(widest, row_anchors);
-    for (int64_t y = 0, H = grid_sizes[2 * l]; y < H; ++y) row_begin.push_back(table.begin[l] + y * row_anchors);
-  }
-  const int64_t rows = static_cast<int64_t>(row_begin.size());
   const int64_t image_values = table.anchors_per_image * 4;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cell_anchors.scalar_type(), "grid_anchors_cpu", [&] {
@@ -46,27 +44,57 @@ at::Tensor grid_anchors_cpu(const at::Tensor& cell_anchors_in, at::IntArrayRef n
     // torch converts the integer shifts to the anchors' dtype before the add.
     const auto shift_of = [](int64_t position, int64_t stride) { return T(scalar_t(T(position * stride))); };
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, rows, std::max<int64_t>(1, kGrainValues / (4 * widest)), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const AnchorSite site = locate(table, row_begin[r]);
+    at::parallel_for(0, table.anchors_per_image, kGrainAnchors, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end;) {
+        const AnchorSite site = locate(table, i);
         const int l = site.level;
         const int64_t W = table.width[l], A = table.num_cell[l];
-        const T shift_y = shift_of(site.y, table.stride_h[l]);
-        const T* cell = cells.data() + 4 * site.cell;
-        scalar_t* dst = o + 4 * row_begin[r];
-        for (int64_t x = 0; x < W; ++x) {
-          const T shift_x = shift_of(x, table.stride_w[l]);
-          for (int64_t a = 0; a < A; ++a, dst += 4) {
-            dst[0] = scalar_t(shifted(shift_x, cell[4 * a + 0]));
-            dst[1] = scalar_t(shifted(shift_y, cell[4 * a + 1]));
-            dst[2] = scalar_t(shifted(shift_x, cell[4 * a + 2]));
-            dst[3] = scalar_t(shifted(shift_y, cell[4 * a + 3]));
+        const int64_t stop = std::min({end, i + kSegment, table.begin[l + 1]});
+        const T* level_cells = cells.data() + 4 * table.cell_begin[l];
+        int64_t a = site.cell - table.cell_begin[l], x = site.x, y = site.y;
+        T shift_y = shift_of(y, table.stride_h[l]);
+        while (i < stop) {
+          // Whole grid positions of row y first (the common case), then a partial one.
+          const int64_t positions = a == 0 ? std::min((stop - i) / A, W - x) : 0;
+          if (positions > 0) {
+            scalar_t* __restrict dst = o + 4 * i;
+            for (int64_t p = 0; p < positions; ++p) {
+              const T shift_x = shift_of(x + p, table.stride_w[l]);
+              for (int64_t k = 0; k < A; ++k, dst += 4) {
+                dst[0] = scalar_t(shifted(shift_x, level_cells[4 * k + 0]));
+                dst[1] = scalar_t(shifted(shift_y, level_cells[4 * k + 1]));
+                dst[2] = scalar_t(shifted(shift_x, level_cells[4 * k + 2]));
+                dst[3] = scalar_t(shifted(shift_y, level_cells[4 * k + 3]));
+              }
+            }
+            i += positions * A;
+            x += positions;
+          } else {
+            // The anchors of grid position (x, y) from cell anchor a on, as many as the segment holds.
+            const int64_t n = std::min(A - a, stop - i);
+            const T shift_x = shift_of(x, table.stride_w[l]);
+            const T* __restrict cell = level_cells + 4 * a;
+            scalar_t* __restrict dst = o + 4 * i;
+            for (int64_t k = 0; k < n; ++k) {
+              dst[4 * k + 0] = scalar_t(shifted(shift_x, cell[4 * k + 0]));
+              dst[4 * k + 1] = scalar_t(shifted(shift_y, cell[4 * k + 1]));
+              dst[4 * k + 2] = scalar_t(shifted(shift_x, cell[4 * k + 2]));
+              dst[4 * k + 3] = scalar_t(shifted(shift_y, cell[4 * k + 3]));
+            }
+            i += n;
+            a += n;
+            if (a < A) continue;
+            a = 0;
+            ++x;
+          }
+          if (x == W) {  // next grid row
+            x = 0;
+            shift_y = shift_of(++y, table.stride_h[l]);
           }
         }
-        const scalar_t* row = o + 4 * row_begin[r];
-        for (int64_t image = 1; image < num_images; ++image) {
-          std::memcpy(o + image * image_values + 4 * row_begin[r], row, sizeof(scalar_t) * 4 * W * A);
-        }
+      }
+      for (int64_t image = 1; image < num_images; ++image) {
+        std::memcpy(o + image * image_values + 4 * begin, o + 4 * begin, sizeof(scalar_t) * 4 * (end - begin));
       }
     });
   });

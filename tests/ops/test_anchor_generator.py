@@ -83,6 +83,28 @@ def test_grid_anchors_functional_and_method_match_torchvision(device):
     assert_identical(ours.grid_anchors(grid_sizes, strides), expected)
 
 
+def test_grid_anchors_random_configs(device):
+    """Random level counts, cell anchors (some levels without any), grids and
+    strides: the kernel's segments start at many grid positions, mid-row and
+    mid-cell, and cross levels."""
+    import random
+
+    rng = random.Random(0)
+    for trial in range(60):
+        levels = rng.randint(1, 6)
+        sizes = tuple(tuple(rng.sample([8, 16, 23, 32, 45, 64, 100, 128], rng.randint(0, 3))) for _ in range(levels))
+        ratios = tuple(tuple(rng.sample([0.25, 0.5, 1.0, 1.7, 2.0], rng.randint(1, 3))) for _ in range(levels))
+        grid_sizes = [[rng.randint(1, 70), rng.randint(1, 70)] for _ in range(levels)]
+        strides = [[torch.tensor(rng.randint(1, 40)), torch.tensor(rng.randint(1, 40))] for _ in range(levels)]
+        ref = TvAnchorGenerator(sizes, ratios)
+        ref.set_cell_anchors(rng.choice([torch.float32, torch.float64, torch.float16]), torch.device(device))
+        expected = ref.grid_anchors(grid_sizes, strides)
+        got = detops.grid_anchors(ref.cell_anchors, grid_sizes, strides)
+        assert len(got) == len(expected)
+        for level, (a, b) in enumerate(zip(got, expected)):
+            assert a.dtype == b.dtype and torch.equal(a, b), f"trial {trial} level {level}"
+
+
 def test_empty_batch_and_empty_level(device):
     sizes, ratios = ((32,), ()), ((1.0,), (1.0,))
     images, features = make_inputs((64, 64), 2, [(8, 8), (4, 4)], torch.float32, device)
