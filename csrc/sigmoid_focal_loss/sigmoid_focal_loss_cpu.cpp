@@ -167,6 +167,44 @@ DETOPS_HD void softmax_grad_row(const T* __restrict__ x, int64_t k, T lse, T dl,
   for (int32_t j = 0; j < n32; ++j) grad[j] = dl * (T(j == k32) - exp_nonpos(x[j] - lse));
 }
 
+// Rows of the softmax form: k_of_row[r] is the row's class, or -1 for an
+// ignored row (loss and gradient 0). Forward writes the rows' losses to out
+// (when not null) and returns their sum.
+template <GammaKind G, typename T>
+DETOPS_HD double softmax_rows_forward(const T* __restrict__ x, const int64_t* __restrict__ k_of_row, int64_t rows,
+                                      int64_t cols, T scale, T gamma, T* __restrict__ out) {
+  double total = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t k = k_of_row[r];
+    T loss = 0;
+    if (k >= 0) {
+      const T* xr = x + r * cols;
+      loss = softmax_focal_from_logp<G>(xr[k] - row_logsumexp(xr, cols), scale, gamma);
+      total += static_cast<double>(loss);
+    }
+    if (out != nullptr) out[r] = loss;
+  }
+  return total;
+}
+
+// grad of sum_r g_r loss_r, g_r = g[r] or g_scalar when g is null.
+template <GammaKind G, typename T>
+DETOPS_HD void softmax_rows_backward(const T* __restrict__ x, const int64_t* __restrict__ k_of_row, int64_t rows,
+                                     int64_t cols, const T* __restrict__ g, T g_scalar, T scale, T gamma,
+                                     T* __restrict__ grad) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t k = k_of_row[r];
+    if (k < 0) {
+      std::fill(grad + r * cols, grad + (r + 1) * cols, T(0));
+      continue;
+    }
+    const T* xr = x + r * cols;
+    const T lse = row_logsumexp(xr, cols);
+    const T dl = (g != nullptr ? g[r] : g_scalar) * softmax_focal_dlogp<G>(xr[k] - lse, scale, gamma);
+    softmax_grad_row(xr, k, lse, dl, grad + r * cols, cols);
+  }
+}
+
 // The float entry points, one machine-code clone per instruction set.
 #define DETOPS_FOCAL_SWITCH(kind, CALL)                            \
   switch (kind) {                                                  \
@@ -236,11 +274,35 @@ void indexed_rows_backward_f64(const double* x, const int64_t* col_of_row, int64
 #undef CALL
 }
 
-DETOPS_FOCAL_CLONES float row_logsumexp_f32(const float* x, int64_t n) { return row_logsumexp(x, n); }
+DETOPS_FOCAL_CLONES double softmax_rows_forward_f32(const float* x, const int64_t* k_of_row, int64_t rows,
+                                                    int64_t cols, float scale, float gamma, float* out,
+                                                    GammaKind kind) {
+#define CALL(G) softmax_rows_forward<G>(x, k_of_row, rows, cols, scale, gamma, out)
+  DETOPS_FOCAL_SWITCH(kind, CALL)
+#undef CALL
+}
 
-DETOPS_FOCAL_CLONES void softmax_grad_row_f32(const float* x, int64_t k, float lse, float dl, float* grad,
-                                              int64_t n) {
-  softmax_grad_row(x, k, lse, dl, grad, n);
+DETOPS_FOCAL_CLONES void softmax_rows_backward_f32(const float* x, const int64_t* k_of_row, int64_t rows,
+                                                   int64_t cols, const float* g, float g_scalar, float scale,
+                                                   float gamma, float* grad, GammaKind kind) {
+#define CALL(G) softmax_rows_backward<G>(x, k_of_row, rows, cols, g, g_scalar, scale, gamma, grad)
+  DETOPS_FOCAL_SWITCH(kind, CALL)
+#undef CALL
+}
+
+double softmax_rows_forward_f64(const double* x, const int64_t* k_of_row, int64_t rows, int64_t cols, double scale,
+                                double gamma, double* out, GammaKind kind) {
+#define CALL(G) softmax_rows_forward<G>(x, k_of_row, rows, cols, scale, gamma, out)
+  DETOPS_FOCAL_SWITCH(kind, CALL)
+#undef CALL
+}
+
+void softmax_rows_backward_f64(const double* x, const int64_t* k_of_row, int64_t rows, int64_t cols,
+                               const double* g, double g_scalar, double scale, double gamma, double* grad,
+                               GammaKind kind) {
+#define CALL(G) softmax_rows_backward<G>(x, k_of_row, rows, cols, g, g_scalar, scale, gamma, grad)
+  DETOPS_FOCAL_SWITCH(kind, CALL)
+#undef CALL
 }
 
 // The same entry points for double (libm, scalar).
@@ -313,13 +375,21 @@ struct Kernels {
                                     double gs, double* gx, const Coeffs<double>& c, GammaKind k) {
     indexed_rows_backward_f64(x, cr, rows, cols, g, gs, gx, c, k);
   }
-  static float row_logsumexp(const float* x, int64_t n) { return row_logsumexp_f32(x, n); }
-  static double row_logsumexp(const double* x, int64_t n) { return focal::row_logsumexp(x, n); }
-  static void softmax_grad_row(const float* x, int64_t k, float lse, float dl, float* g, int64_t n) {
-    softmax_grad_row_f32(x, k, lse, dl, g, n);
+  static double softmax_rows_forward(const float* x, const int64_t* kr, int64_t rows, int64_t cols, float scale,
+                                     float gamma, float* o, GammaKind k) {
+    return softmax_rows_forward_f32(x, kr, rows, cols, scale, gamma, o, k);
   }
-  static void softmax_grad_row(const double* x, int64_t k, double lse, double dl, double* g, int64_t n) {
-    focal::softmax_grad_row(x, k, lse, dl, g, n);
+  static double softmax_rows_forward(const double* x, const int64_t* kr, int64_t rows, int64_t cols, double scale,
+                                     double gamma, double* o, GammaKind k) {
+    return softmax_rows_forward_f64(x, kr, rows, cols, scale, gamma, o, k);
+  }
+  static void softmax_rows_backward(const float* x, const int64_t* kr, int64_t rows, int64_t cols, const float* g,
+                                    float gs, float scale, float gamma, float* gx, GammaKind k) {
+    softmax_rows_backward_f32(x, kr, rows, cols, g, gs, scale, gamma, gx, k);
+  }
+  static void softmax_rows_backward(const double* x, const int64_t* kr, int64_t rows, int64_t cols, const double* g,
+                                    double gs, double scale, double gamma, double* gx, GammaKind k) {
+    softmax_rows_backward_f64(x, kr, rows, cols, g, gs, scale, gamma, gx, k);
   }
 };
 
@@ -730,36 +800,24 @@ at::Tensor indexed_backward_cpu(const at::Tensor& grad_in, const at::Tensor& inp
 
 // ------------------------------------------------------------------ softmax focal loss
 
-// log p_k and logsumexp of one row (in the compute type).
-template <typename T>
-void row_log_softmax(const T* x, int64_t cols, int64_t k, T& logp, T& lse) {
-  lse = Kernels::row_logsumexp(x, cols);
-  logp = x[k] - lse;
-}
-
-template <typename T>
-T softmax_loss(T logp, T scale, T gamma, GammaKind kind) {
-  switch (kind) {
-    case GammaKind::kZero: return softmax_focal_from_logp<GammaKind::kZero>(logp, scale, gamma);
-    case GammaKind::kOne: return softmax_focal_from_logp<GammaKind::kOne>(logp, scale, gamma);
-    case GammaKind::kTwo: return softmax_focal_from_logp<GammaKind::kTwo>(logp, scale, gamma);
-    default: return softmax_focal_from_logp<GammaKind::kGeneral>(logp, scale, gamma);
-  }
-}
-
-template <typename T>
-T softmax_dlogp(T logp, T scale, T gamma, GammaKind kind) {
-  switch (kind) {
-    case GammaKind::kZero: return softmax_focal_dlogp<GammaKind::kZero>(logp, scale, gamma);
-    case GammaKind::kOne: return softmax_focal_dlogp<GammaKind::kOne>(logp, scale, gamma);
-    case GammaKind::kTwo: return softmax_focal_dlogp<GammaKind::kTwo>(logp, scale, gamma);
-    default: return softmax_focal_dlogp<GammaKind::kGeneral>(logp, scale, gamma);
-  }
-}
-
 void check_softmax_cols(const at::Tensor& inputs) {
   TORCH_CHECK(inputs.size(1) > 0 || inputs.size(0) == 0, "inputs must have at least one class, got shape ",
               inputs.sizes());
+}
+
+// Resolves the targets of rows [r0, r0 + n) into classes, -1 for ignored rows;
+// returns how many rows are not ignored.
+int64_t resolve_softmax_rows(const int64_t* lab, int64_t r0, int64_t n, const LabelRule& rule, int64_t* k_of_row,
+                             std::atomic<int64_t>& bad, std::atomic<bool>& seen) {
+  int64_t valid = 0;
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t label = lab[r0 + r];
+    int64_t k = -1;
+    if (label != rule.ignore_index && !rule.column(label, k, bad)) seen.store(true);
+    k_of_row[r] = k;
+    valid += k >= 0;
+  }
+  return valid;
 }
 
 at::Tensor softmax_forward_cpu(const at::Tensor& inputs_in, const at::Tensor& targets_in, double alpha,
@@ -788,25 +846,15 @@ at::Tensor softmax_forward_cpu(const at::Tensor& inputs_in, const at::Tensor& ta
     const int64_t* lab = targets.const_data_ptr<int64_t>();
     scalar_t* o = reduction == Reduction::kNone ? out.mutable_data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<T> buf(std::is_same_v<T, scalar_t> ? 0 : cols);
+      std::vector<int64_t> k_of_row(per_block);
+      std::vector<T> buf(std::is_same_v<T, scalar_t> ? 0 : per_block * (cols + 1));
       for (int64_t b = b0; b < b1; ++b) {
-        double sum = 0;
-        int64_t count = 0;
-        for (int64_t r = b * per_block; r < std::min(rows, (b + 1) * per_block); ++r) {
-          int64_t k = -1;
-          if (lab[r] != ignore_index && !rule.column(lab[r], k, bad)) seen.store(true);
-          T loss = 0;
-          if (k >= 0) {
-            T logp, lse;
-            row_log_softmax(load_block<T>(x + r * cols, cols, buf.data()), cols, k, logp, lse);
-            loss = softmax_loss(logp, scale, T(gamma), kind);
-            sum += static_cast<double>(loss);
-            ++count;
-          }
-          if (o != nullptr) o[r] = static_cast<scalar_t>(loss);
-        }
-        partials[b] = sum;
-        counts[b] = count;
+        const int64_t r0 = b * per_block, n = std::min(rows, r0 + per_block) - r0;
+        counts[b] = resolve_softmax_rows(lab, r0, n, rule, k_of_row.data(), bad, seen);
+        const T* xb = load_block<T>(x + r0 * cols, n * cols, buf.data());
+        T* ob = o != nullptr ? out_block<T>(o + r0, buf.data() + per_block * cols) : nullptr;
+        partials[b] = Kernels::softmax_rows_forward(xb, k_of_row.data(), n, cols, scale, T(gamma), ob, kind);
+        if (o != nullptr) store_block(ob, n, o + r0);
       }
     });
   });
@@ -852,22 +900,16 @@ at::Tensor softmax_backward_cpu(const at::Tensor& grad_in, const at::Tensor& inp
     }
     scalar_t* gx = grad_inputs.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<T> buf(std::is_same_v<T, scalar_t> ? 0 : 2 * cols);
-      for (int64_t r = b0 * per_block; r < std::min(rows, b1 * per_block); ++r) {
-        int64_t k = -1;
-        if (lab[r] != ignore_index && !rule.column(lab[r], k, bad)) seen.store(true);
-        if (k < 0) {
-          std::fill(gx + r * cols, gx + (r + 1) * cols, scalar_t(0));
-          continue;
-        }
-        const T* xb = load_block<T>(x + r * cols, cols, buf.data());
-        T logp, lse;
-        row_log_softmax(xb, cols, k, logp, lse);
-        const T gr = uniform ? g_scalar : static_cast<T>(g[r]);
-        const T dl = gr * softmax_dlogp(logp, scale, T(gamma), kind);
-        T* ob = out_block<T>(gx + r * cols, buf.data() + cols);
-        Kernels::softmax_grad_row(xb, k, lse, dl, ob, cols);
-        store_block(ob, cols, gx + r * cols);
+      std::vector<int64_t> k_of_row(per_block);
+      std::vector<T> buf(std::is_same_v<T, scalar_t> ? 0 : per_block * (2 * cols + 1));
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r0 = b * per_block, n = std::min(rows, r0 + per_block) - r0, off = r0 * cols;
+        resolve_softmax_rows(lab, r0, n, rule, k_of_row.data(), bad, seen);
+        const T* xb = load_block<T>(x + off, n * cols, buf.data());
+        const T* gb = uniform ? nullptr : load_block<T>(g + r0, n, buf.data() + per_block * cols);
+        T* ob = out_block<T>(gx + off, buf.data() + per_block * (cols + 1));
+        Kernels::softmax_rows_backward(xb, k_of_row.data(), n, cols, gb, g_scalar, scale, T(gamma), ob, kind);
+        store_block(ob, n * cols, gx + off);
       }
     });
   });
