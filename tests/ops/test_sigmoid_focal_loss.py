@@ -202,6 +202,25 @@ def test_sigmoid_larger_than_one_block(device):
         assert_close(ours[1], ref[1], rtol=1e-12, atol=1e-12)
 
 
+def test_reductions_do_not_depend_on_the_thread_count():
+    """CPU partial sums are per fixed block and added in block order."""
+    x, t = logits_and_targets((700, 80), torch.float32, "cpu", seed=23)
+    labels = random_labels(700, 80, "cpu", seed=24)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(torch.stack([
+                detops.sigmoid_focal_loss(x, t, reduction="sum"),
+                detops.sigmoid_focal_loss_indexed(x, labels, reduction="mean"),
+                detops.softmax_focal_loss(x, labels.clamp(min=0), reduction="sum"),
+            ]))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
+
+
 # ------------------------------------------------------------------ indexed form
 
 
