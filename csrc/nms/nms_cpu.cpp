@@ -531,10 +531,17 @@ std::tuple<at::Tensor, at::Tensor> matrix_nms_cpu(const at::Tensor& boxes_in, co
     BoxArrays<T> arr;
     arr.resize(n);
     for (int64_t p = 0; p < n; ++p) arr.set(p, b + 4 * order[p]);
-    auto same_class = [&](int64_t i, int64_t j) { return idxs == nullptr || idxs[order[i]] == idxs[order[j]]; };
-    auto iou = [&](int64_t i, int64_t j) {
-      return iou_or_zero(arr.x1[i], arr.y1[i], arr.x2[i], arr.y2[i], arr.x1[j], arr.y1[j], arr.x2[j], arr.y2[j]);
-    };
+    // Classes in score order (all 0 without idxs), so the inner loops are
+    // branch-free over plain arrays and vectorise.
+    std::vector<int64_t> cls(n, 0);
+    if (idxs != nullptr) {
+      for (int64_t p = 0; p < n; ++p) cls[p] = idxs[order[p]];
+    }
+    const T* __restrict__ x1 = arr.x1.data();
+    const T* __restrict__ y1 = arr.y1.data();
+    const T* __restrict__ x2 = arr.x2.data();
+    const T* __restrict__ y2 = arr.y2.data();
+    const int64_t* __restrict__ c = cls.data();
     // comp[j]: the largest IoU of j with a higher-scored box of its class.
     std::vector<T> comp(n, T(0)), decayed(n);
     const int64_t grain = n * n / 2 >= kParallelPairs ? 64 : std::max<int64_t>(n, 1);
@@ -542,17 +549,32 @@ std::tuple<at::Tensor, at::Tensor> matrix_nms_cpu(const at::Tensor& boxes_in, co
       for (int64_t j = lo; j < hi; ++j) {
         T m = T(0);
         for (int64_t i = 0; i < j; ++i) {
-          if (same_class(i, j)) m = std::max(m, iou(i, j));
+          const T v = iou_or_zero(x1[i], y1[i], x2[i], y2[i], x1[j], y1[j], x2[j], y2[j]);
+          m = (c[i] == c[j] && v > m) ? v : m;
         }
         comp[j] = m;
       }
     });
     const T sig = T(sigma);
+    const T* __restrict__ cp = comp.data();
     at::parallel_for(0, n, grain, [&](int64_t lo, int64_t hi) {
       for (int64_t j = lo; j < hi; ++j) {
         T decay = T(1);
-        for (int64_t i = 0; i < j; ++i) {
-          if (same_class(i, j)) decay = std::min(decay, matrix_nms_decay(method, iou(i, j), comp[i], sig));
+        if (method == DecayMethod::kLinear) {
+          for (int64_t i = 0; i < j; ++i) {
+            const T v = iou_or_zero(x1[i], y1[i], x2[i], y2[i], x1[j], y1[j], x2[j], y2[j]);
+            const T term = matrix_nms_decay(DecayMethod::kLinear, v, cp[i], sig);
+            decay = (c[i] == c[j] && term < decay) ? term : decay;
+          }
+        } else {
+          // exp is monotone: the smallest factor is exp of the smallest exponent.
+          T lowest = T(0);
+          for (int64_t i = 0; i < j; ++i) {
+            const T v = iou_or_zero(x1[i], y1[i], x2[i], y2[i], x1[j], y1[j], x2[j], y2[j]);
+            const T e = matrix_nms_gaussian_exponent(v, cp[i], sig);
+            lowest = (c[i] == c[j] && e < lowest) ? e : lowest;
+          }
+          decay = std::exp(lowest);
         }
         decayed[j] = T(s_in[order[j]]) * decay;
       }

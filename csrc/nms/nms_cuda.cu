@@ -323,13 +323,20 @@ __global__ void matrix_decay_kernel(const T* __restrict__ boxes, const T* __rest
                                     const int64_t* __restrict__ cls, int64_t n, DecayMethod method, T sigma,
                                     const T* __restrict__ comp, T* __restrict__ decayed) {
   for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < n; j += int64_t(gridDim.x) * blockDim.x) {
-    T decay = T(1);
+    T decay = T(1), lowest = T(0);
     if (!isnan(scores[j])) {
       for (int64_t i = 0; i < j; ++i) {
         if (isnan(scores[i]) || (cls != nullptr && cls[i] != cls[j])) continue;
-        decay = min2(decay, matrix_nms_decay(method, sorted_iou(boxes, i, j), comp[i], sigma));
+        const T v = sorted_iou(boxes, i, j);
+        if (method == DecayMethod::kLinear) {
+          decay = min2(decay, matrix_nms_decay(method, v, comp[i], sigma));
+        } else {
+          // exp is monotone: the smallest factor is exp of the smallest exponent.
+          lowest = min2(lowest, matrix_nms_gaussian_exponent(v, comp[i], sigma));
+        }
       }
     }
+    if (method == DecayMethod::kGaussian) decay = exp(lowest);
     decayed[j] = scores[j] * decay;
   }
 }

@@ -90,17 +90,23 @@ DETOPS_HD T soft_nms_weight(DecayMethod method, T iou, T iou_threshold, T sigma)
   return exp(-(iou * iou) / sigma);
 }
 
+template <typename T>
+DETOPS_HD T matrix_nms_gaussian_exponent(T iou, T comp, T sigma) {
+  return -sigma * (iou * iou - comp * comp);
+}
+
 // Matrix NMS (SOLOv2): the decay box j gets from a higher-scored box i, given
 // their IoU and i's own largest IoU with a higher-scored box (compensation).
 // Linear: (1 - iou) / (1 - comp), +inf (no effect) when 1 - comp <= 0;
-// Gaussian: exp(-sigma * (iou^2 - comp^2)).
+// Gaussian: exp(-sigma * (iou^2 - comp^2)); as exp is monotone the kernels
+// take exp of the smallest exponent instead of the smallest exp.
 template <typename T>
 DETOPS_HD T matrix_nms_decay(DecayMethod method, T iou, T comp, T sigma) {
   if (method == DecayMethod::kLinear) {
     const T denom = T(1) - comp;
     return denom > T(0) ? (T(1) - iou) / denom : T(INFINITY);
   }
-  return exp(-sigma * (iou * iou - comp * comp));
+  return exp(matrix_nms_gaussian_exponent(iou, comp, sigma));
 }
 
 }  // namespace nms
