@@ -4,6 +4,7 @@
 //   multi_scale_roi_align: features (one map per level), rois [K,5], levels [K] (int64,
 //       index into features), scales (one per level) -> [K,C,PH,PW]
 //   multi_scale_roi_align_backward: -> one gradient per feature map
+//   _roi_align_backward_gather: CPU reference of the gather-form gradient (tests only)
 // sampling_ratio <= 0 means adaptive (ceil(roi_size / pooled_size) samples per bin).
 #include "roi_align/roi_align.h"
 
@@ -62,4 +63,10 @@ TORCH_LIBRARY_FRAGMENT(detops, m) {
   m.def(
       "multi_scale_roi_align_backward(Tensor grad, Tensor[] features, Tensor rois, Tensor levels, float[] scales, "
       "int pooled_height, int pooled_width, int sampling_ratio, bool aligned) -> Tensor[]");
+  // CPU reference of the gather-form gradient (roi_align_math.h's
+  // gather_roi_grad, which the deterministic CUDA backward runs), for tests.
+  m.def(
+      "_roi_align_backward_gather(Tensor grad, Tensor rois, float spatial_scale, int pooled_height, "
+      "int pooled_width, int batch_size, int channels, int height, int width, int sampling_ratio, bool aligned) "
+      "-> Tensor");
 }

@@ -541,6 +541,55 @@ std::vector<at::Tensor> multi_scale_backward_cpu(const at::Tensor& grad, at::Ten
   return backward_impl(grad, metas, features[0].options(), rois, levels, PH, PW, sampling_ratio, aligned);
 }
 
+// Gather-form gradient, element by element through gather_roi_grad (the
+// arithmetic of the deterministic CUDA backward), so that CPU tests check it.
+// float32/float64, NCHW output; a reference, not a fast path.
+at::Tensor backward_gather_cpu(const at::Tensor& grad_in, const at::Tensor& rois, double spatial_scale, int64_t PH,
+                               int64_t PW, int64_t N, int64_t C, int64_t H, int64_t W, int64_t sampling_ratio,
+                               bool aligned) {
+  check_rois_shape(rois);
+  check_pool_args(PH, PW, spatial_scale);
+  TORCH_CHECK(grad_in.scalar_type() == at::kFloat || grad_in.scalar_type() == at::kDouble,
+              "grad must be float32 or float64, got ", grad_in.scalar_type());
+  const int64_t K = rois.size(0);
+  TORCH_CHECK(grad_in.sizes() == at::IntArrayRef({K, C, PH, PW}), "grad must have shape [", K, ", ", C, ", ", PH,
+              ", ", PW, "], got ", grad_in.sizes());
+  at::Tensor out = at::zeros({N, C, H, W}, grad_in.options());
+  if (out.numel() == 0 || K == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(grad_in.scalar_type(), "roi_align_backward_gather_cpu", [&] {
+    using T = scalar_t;
+    const at::Tensor grad = grad_in.contiguous();
+    const at::Tensor r5 = rois.to(grad.scalar_type()).contiguous();
+    const T* g = grad.const_data_ptr<T>();
+    const T* rb = r5.const_data_ptr<T>();
+    std::vector<int64_t> batch(K);
+    std::vector<RoiGeometry<T>> geo(K);
+    for (int64_t r = 0; r < K; ++r) {
+      batch[r] = roi_batch_index(rb[5 * r], N, r);
+      geo[r] = roi_geometry<T>(rb[5 * r + 1], rb[5 * r + 2], rb[5 * r + 3], rb[5 * r + 4], T(spatial_scale), PH, PW,
+                               sampling_ratio, aligned);
+    }
+    const RoiBuckets buckets(batch, N);
+    T* o = out.mutable_data_ptr<T>();
+    at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t n = t / C, c = t % C;
+        for (int64_t y = 0; y < H; ++y) {
+          for (int64_t x = 0; x < W; ++x) {
+            T acc = T(0);
+            for (int64_t i = buckets.begin(n); i < buckets.end(n); ++i) {
+              const int64_t r = buckets.rois[i];
+              acc += gather_roi_grad(geo[r], PH, PW, H, W, y, x, g + (r * C + c) * PH * PW, PW, int64_t(1));
+            }
+            o[(t * H + y) * W + x] = acc;
+          }
+        }
+      }
+    });
+  });
+  return out;
+}
+
 }  // namespace
 }  // namespace roi_align
 }  // namespace detops
@@ -551,4 +600,5 @@ TORCH_LIBRARY_IMPL(detops, CPU, m) {
   m.impl("roi_align_backward", &roi_align_backward_cpu);
   m.impl("multi_scale_roi_align", &multi_scale_cpu);
   m.impl("multi_scale_roi_align_backward", &multi_scale_backward_cpu);
+  m.impl("_roi_align_backward_gather", &backward_gather_cpu);
 }

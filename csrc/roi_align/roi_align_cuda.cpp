@@ -102,10 +102,12 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad_in, const std::vect
     auto [sorted, order] = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
     const at::Tensor offsets = at::searchsorted(sorted, at::arange(L * N + 1, lv.options())).contiguous();
     const at::Tensor order_c = order.contiguous();
+    const at::Tensor grad_t = grad.to(opmath_of(dtype));
+    const int64_t gts[4] = {grad_t.stride(0), grad_t.stride(1), grad_t.stride(2), grad_t.stride(3)};
     std::vector<at::Tensor> views(grads.begin(), grads.end());
     bool cl[kMaxLevels] = {};
     for (int64_t l = 0; l < L; ++l) cl[l] = metas[l].channels_last;
-    DETOPS_CUDA_CHECK(backward_gather_cuda(to_dtype(dtype), maps_args(views, scales), cl, grad.const_data_ptr(), gs,
+    DETOPS_CUDA_CHECK(backward_gather_cuda(to_dtype(dtype), maps_args(views, scales), cl, grad_t.const_data_ptr(), gts,
                                            rois.const_data_ptr(), order_c.const_data_ptr<int64_t>(),
                                            offsets.const_data_ptr<int64_t>(), pool, stream));
     return grads;

@@ -123,7 +123,8 @@ __global__ void backward_atomic_kernel(MapsArgs accum, const S* __restrict__ gra
 // One thread per grad_input element of one level; the sum over the RoIs of
 // its (level, image) runs in RoI order, so the result is bit-reproducible.
 template <typename S>
-__global__ void backward_gather_kernel(MapsArgs gis, int level, bool channels_last, const S* __restrict__ grad,
+__global__ void backward_gather_kernel(MapsArgs gis, int level, bool channels_last,
+                                       const opmath_t<S>* __restrict__ grad,
                                        int64_t gK, int64_t gC, int64_t gH, int64_t gW,
                                        const opmath_t<S>* __restrict__ rois, const int64_t* __restrict__ order,
                                        const int64_t* __restrict__ offsets, PoolArgs pool, int64_t total) {
@@ -154,28 +155,7 @@ __global__ void backward_gather_kernel(MapsArgs gis, int level, bool channels_la
       const T* b = rois + 5 * r;
       const RoiGeometry<T> g = roi_geometry<T>(b[1], b[2], b[3], b[4], T(m.scale), pool.PH, pool.PW,
                                                pool.sampling_ratio, pool.aligned);
-      if (g.grid_h <= 0 || g.grid_w <= 0) continue;
-      // Quick reject: samples lie between start and start + bins * bin
-      // (either order: bins are negative for inverted aligned boxes) and a
-      // sample touches rows within 1 of it; rows 0 and 1 also get the samples
-      // clamped from [-1, 0].
-      const T y_end = g.start_h + g.bin_h * T(pool.PH), x_end = g.start_w + g.bin_w * T(pool.PW);
-      const T y_lo = min2(g.start_h, y_end), y_hi = max2(g.start_h, y_end);
-      const T x_lo = min2(g.start_w, x_end), x_hi = max2(g.start_w, x_end);
-      if ((T(y) + T(1) < y_lo && y > 1) || T(y) - T(1) > y_hi) continue;
-      if ((T(x) + T(1) < x_lo && x > 1) || T(x) - T(1) > x_hi) continue;
-      const S* gr = grad + r * gK + c * gC;
-      T sum = T(0);
-      for (int64_t ph = 0; ph < pool.PH; ++ph) {
-        const T wy = axis_weight_at(g.start_h, g.bin_h, ph, g.grid_h, H, y);
-        if (wy == T(0)) continue;
-        for (int64_t pw = 0; pw < pool.PW; ++pw) {
-          const T wx = axis_weight_at(g.start_w, g.bin_w, pw, g.grid_w, W, x);
-          if (wx == T(0)) continue;
-          sum += convert<T>(gr[ph * gH + pw * gW]) * wy * wx;
-        }
-      }
-      acc += sum / g.count;
+      acc += gather_roi_grad(g, pool.PH, pool.PW, H, W, y, x, grad + r * gK + c * gC, gH, gW);
     }
     S* dst = static_cast<S*>(const_cast<void*>(m.data));
     dst[n * m.sN + c * m.sC + y * m.sH + x * m.sW] = convert<S>(acc);
@@ -234,7 +214,7 @@ cudaError_t backward_gather_cuda(DType dtype, const MapsArgs& gis, const bool* c
     dispatch_dtype(dtype, [&](auto s) {
       using S = decltype(s);
       backward_gather_kernel<S><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
-          gis, l, channels_last[l], static_cast<const S*>(grad), gs[0], gs[1], gs[2], gs[3],
+          gis, l, channels_last[l], static_cast<const opmath_t<S>*>(grad), gs[0], gs[1], gs[2], gs[3],
           static_cast<const opmath_t<S>*>(rois), order, offsets, pool, total);
     });
     const cudaError_t err = cudaGetLastError();

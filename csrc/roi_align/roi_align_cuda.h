@@ -51,7 +51,7 @@ cudaError_t backward_atomic_cuda(DType dtype, const MapsArgs& accum, const void*
 
 // Gather form (deterministic): one thread per element of grad_inputs (given
 // in maps[l].data, the map's type), each summing over the RoIs of its (level,
-// image) in RoI order. order [K] lists RoIs sorted by key = level * N + batch
+// image) in RoI order. grad is in the compute type (float or double). order [K] lists RoIs sorted by key = level * N + batch
 // (stable); offsets [L * N + 1] delimit each key's run.
 cudaError_t backward_gather_cuda(DType dtype, const MapsArgs& grad_inputs, const bool* channels_last,
                                  const void* grad, const int64_t* grad_strides, const void* rois,

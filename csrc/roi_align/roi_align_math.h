@@ -104,5 +104,36 @@ DETOPS_HD T axis_weight_at(T start, T bin, int64_t p, int64_t grid, int64_t size
   return w;
 }
 
+// The gradient that one RoI sends to map element (y, x) of its plane, in
+// gather form: sum over bins of grad[ph, pw] * Wy(ph, y) * Wx(pw, x) / count,
+// grad[ph, pw] = gr[ph * gH + pw * gW]. Equal to the sum of the scatter-form
+// contributions; the deterministic CUDA backward evaluates it per element and
+// the CPU op _roi_align_backward_gather lets the tests check it.
+template <typename T>
+DETOPS_HD T gather_roi_grad(const RoiGeometry<T>& g, int64_t pooled_h, int64_t pooled_w, int64_t height,
+                            int64_t width, int64_t y, int64_t x, const T* gr, int64_t gH, int64_t gW) {
+  if (g.grid_h <= 0 || g.grid_w <= 0) return T(0);
+  // Quick reject: samples lie between start and start + bins * bin (either
+  // order: bins are negative for inverted aligned boxes) and touch indices
+  // within 1 of themselves; indices 0 and 1 also take the samples clamped
+  // from [-1, 0].
+  const T y_end = g.start_h + g.bin_h * T(pooled_h), x_end = g.start_w + g.bin_w * T(pooled_w);
+  const T y_lo = min2(g.start_h, y_end), y_hi = max2(g.start_h, y_end);
+  const T x_lo = min2(g.start_w, x_end), x_hi = max2(g.start_w, x_end);
+  if ((T(y) + T(1) < y_lo && y > 1) || T(y) - T(1) > y_hi) return T(0);
+  if ((T(x) + T(1) < x_lo && x > 1) || T(x) - T(1) > x_hi) return T(0);
+  T sum = T(0);
+  for (int64_t ph = 0; ph < pooled_h; ++ph) {
+    const T wy = axis_weight_at(g.start_h, g.bin_h, ph, g.grid_h, height, y);
+    if (wy == T(0)) continue;
+    for (int64_t pw = 0; pw < pooled_w; ++pw) {
+      const T wx = axis_weight_at(g.start_w, g.bin_w, pw, g.grid_w, width, x);
+      if (wx == T(0)) continue;
+      sum += gr[ph * gH + pw * gW] * wy * wx;
+    }
+  }
+  return sum / g.count;
+}
+
 }  // namespace roi_align
 }  // namespace detops

@@ -159,6 +159,22 @@ def test_cpu_backward_is_deterministic():
     assert all(torch.equal(grads[0], gr) for gr in grads[1:])
 
 
+@pytest.mark.parametrize("sampling_ratio", [-1, 1, 2, 4])
+@pytest.mark.parametrize("aligned", [False, True])
+def test_gather_form_gradient_matches_torchvision(sampling_ratio, aligned):
+    """The deterministic CUDA backward evaluates gather_roi_grad per map element;
+    its CPU reference op must give torchvision's gradient on the same edge cases."""
+    g = torch.Generator().manual_seed(50 + sampling_ratio + 10 * aligned)
+    x = torch.randn(2, 3, 9, 11, dtype=torch.float64, generator=g)
+    rois = make_rois(25, 2, (9, 11), scale=0.5, generator=g)
+    xt = x.clone().requires_grad_()
+    ref = torchvision.ops.roi_align(xt, rois, (3, 2), 0.5, sampling_ratio, aligned)
+    grad = torch.randn(ref.shape, dtype=torch.float64, generator=g)
+    ref.backward(grad)
+    gathered = torch.ops.detops._roi_align_backward_gather(grad, rois, 0.5, 3, 2, 2, 3, 9, 11, sampling_ratio, aligned)
+    assert_close(gathered, xt.grad, rtol=1e-10, atol=1e-10)
+
+
 @requires_cuda
 def test_cuda_deterministic_backward_bit_identical():
     g = torch.Generator().manual_seed(12)
