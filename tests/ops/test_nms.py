@@ -556,3 +556,17 @@ def test_torch_export():
     boxes, scores = boxes.float(), scores.float()
     exported = torch.export.export(Model(), (boxes, scores))
     assert torch.equal(exported.module()(boxes, scores), boxes[torchvision.ops.nms(boxes, scores, 0.5)])
+
+
+def test_multiclass_nms_parallel_path(device):
+    """Above the CPU kernel's parallel threshold (B * N * C >= 2**22 scores),
+    with a high score threshold so the reference stays cheap."""
+    g = torch.Generator().manual_seed(23)
+    B, N, C = 2, 25000, 84
+    boxes = torch.stack([_case("uniform", N, g)[0] for _ in range(B)]).float()
+    scores = torch.rand(B, N, C, generator=g)
+    args = (0.998, 0.3, 5, 60)
+    got = detops.multiclass_nms(boxes.to(device), scores.to(device), *args)
+    want = _reference_multiclass(boxes, scores, *args)
+    for gt, wt in zip(got, want):
+        assert torch.equal(gt.cpu(), wt)
