@@ -152,11 +152,17 @@ def test_cpu_backward_is_deterministic():
     x = torch.randn(2, 4, 9, 9, generator=g)
     rois = make_rois(40, 2, (9, 9), generator=g, dtype=torch.float32)
     grads = []
-    for _ in range(3):
-        xi = x.clone().requires_grad_()
-        detops.roi_align(xi, rois, 3, 1.0, 2).backward(torch.ones(40, 4, 3, 3))
-        grads.append(xi.grad)
-    assert all(torch.equal(grads[0], gr) for gr in grads[1:])
+    threads = torch.get_num_threads()
+    try:
+        for n_threads in (threads, 1, threads):  # also independent of the thread count
+            torch.set_num_threads(n_threads)
+            for channels_last in (False, True):
+                xi = _layout(x, channels_last).requires_grad_()
+                detops.roi_align(xi, rois, 3, 1.0, 2).backward(torch.ones(40, 4, 3, 3))
+                grads.append(xi.grad.contiguous())
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(grads[i], grads[i + 2]) for i in range(len(grads) - 2))
 
 
 @pytest.mark.parametrize("sampling_ratio", [-1, 1, 2, 4])
