@@ -46,11 +46,36 @@ def _with_ties(scores: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 KINDS = ["uniform", "clustered", "dense", "grid"]
 
 
+def _stable_rank_scores(scores: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Distinct scores n, n-1, ..., 1 in the stable descending order of scores."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    ranks = torch.empty(scores.shape[0], dtype=dtype, device=scores.device)
+    ranks[order] = torch.arange(scores.shape[0], 0, -1, dtype=dtype, device=scores.device)
+    return ranks
+
+
+def _tv_nms(boxes: torch.Tensor, scores: torch.Tensor, thr: float) -> torch.Tensor:
+    """torchvision.ops.nms on the device. On CUDA its score sort is not stable,
+    so equal scores are first made distinct in stable order: torchvision's
+    arithmetic with the tie order detops defines. (On CPU torchvision's sort
+    is stable, and its raw output is the reference.)"""
+    if boxes.device.type == "cpu":
+        return torchvision.ops.nms(boxes, scores, thr)
+    return torchvision.ops.nms(boxes, _stable_rank_scores(scores, boxes.dtype), thr)
+
+
+def _tv_batched_nms(boxes, scores, idxs, thr) -> torch.Tensor:
+    """torchvision's exact per-class batched NMS (the same tie rule as _tv_nms),
+    ordered by decreasing score, equal scores by lower index."""
+    ranked = scores if boxes.device.type == "cpu" else _stable_rank_scores(scores, boxes.dtype)
+    return _stable_score_order(_batched_nms_vanilla(boxes, ranked, idxs, thr), scores)
+
+
 def _reference_nms(boxes: torch.Tensor, scores: torch.Tensor, thr: float) -> torch.Tensor:
     """torchvision on the device, float16/bfloat16 computed in float32 (as detops documents)."""
     if boxes.dtype in (torch.float16, torch.bfloat16):
         boxes, scores = boxes.float(), scores.float()
-    return torchvision.ops.nms(boxes, scores, thr)
+    return _tv_nms(boxes, scores, thr)
 
 
 def _stable_score_order(indices: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -74,7 +99,7 @@ def test_nms_matches_torchvision_random(device, kind, dtype):
         thr = [0.0, 0.3, 0.5, 0.7, 1.0, float(torch.rand(1, generator=g))][trial % 6]
         boxes, scores = boxes.to(device, dtype), scores.to(device, dtype)
         got = detops.nms(boxes, scores, thr)
-        want = torchvision.ops.nms(boxes, scores, thr)
+        want = _tv_nms(boxes, scores, thr)
         assert got.dtype == torch.int64 and got.device == boxes.device
         assert torch.equal(got, want), f"{kind} n={n} thr={thr} trial={trial}"
 
@@ -95,7 +120,7 @@ def test_nms_large_sizes_match_torchvision(device):
     for n, kind in ((5000, "uniform"), (6000, "clustered"), (9000, "grid")):
         boxes, scores = _case(kind, n, g)
         boxes, scores = boxes.float().to(device), scores.float().to(device)
-        assert torch.equal(detops.nms(boxes, scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5))
+        assert torch.equal(detops.nms(boxes, scores, 0.5), _tv_nms(boxes, scores, 0.5))
 
 
 def test_nms_edge_cases(device):
@@ -112,7 +137,7 @@ def test_nms_edge_cases(device):
     # Degenerate (zero-area, inverted) boxes never suppress nor get suppressed.
     degenerate = torch.tensor([[0.0, 0, 0, 0], [0, 0, 0, 0], [5, 5, 1, 1], [0, 0, 10, 10]], **f)
     got = detops.nms(degenerate, torch.tensor([0.9, 0.8, 0.7, 0.6], **f), 0.0)
-    assert got.tolist() == torchvision.ops.nms(degenerate, torch.tensor([0.9, 0.8, 0.7, 0.6], **f), 0.0).tolist()
+    assert got.tolist() == _tv_nms(degenerate, torch.tensor([0.9, 0.8, 0.7, 0.6], **f), 0.0).tolist()
     assert got.tolist() == [0, 1, 2, 3]
 
 
@@ -123,12 +148,12 @@ def test_nms_huge_coordinates(device, dtype):
     for offset in (1e6, 1e7, -3e7):
         b = (boxes * 10 + offset).to(device, dtype)
         s = scores.to(device, dtype)
-        assert torch.equal(detops.nms(b, s, 0.5), torchvision.ops.nms(b, s, 0.5))
+        assert torch.equal(detops.nms(b, s, 0.5), _tv_nms(b, s, 0.5))
     # One box spanning everything among small ones (the CPU kernel's "big" list).
     b = torch.cat([boxes, torch.tensor([[-1e5, -1e5, 1e5, 1e5], [0, 0, 600, 600]], dtype=torch.float64)])
     s = torch.cat([scores, torch.tensor([0.5, 0.55], dtype=torch.float64)])
     b, s = b.to(device, dtype), s.to(device, dtype)
-    assert torch.equal(detops.nms(b, s, 0.1), torchvision.ops.nms(b, s, 0.1))
+    assert torch.equal(detops.nms(b, s, 0.1), _tv_nms(b, s, 0.1))
 
 
 def test_nms_nan_and_inf(device):
@@ -157,7 +182,7 @@ def test_nms_threshold_rounding_matches_torchvision(device):
     boxes = torch.tensor([[0.0, 0, 2, 2], [1, 0, 3, 2], [0, 0, 2, 1]], device=device)
     scores = torch.tensor([0.9, 0.8, 0.7], device=device)
     for thr in (1 / 3, 0.5, 1 / 3 + 1e-9, 0.5 - 1e-9, 0.0):
-        assert torch.equal(detops.nms(boxes, scores, thr), torchvision.ops.nms(boxes, scores, thr)), thr
+        assert torch.equal(detops.nms(boxes, scores, thr), _tv_nms(boxes, scores, thr)), thr
 
 
 # ------------------------------------------------------------------ batched_nms
@@ -177,10 +202,10 @@ def test_batched_nms_matches_per_class_torchvision(device, kind, dtype):
         thr = [0.3, 0.5, 0.7, float(torch.rand(1, generator=g))][trial % 4]
         boxes, scores, idxs = boxes.to(device, dtype), scores.to(device, dtype), idxs.to(device)
         got = detops.batched_nms(boxes, scores, idxs, thr)
-        want = _batched_nms_vanilla(boxes, scores, idxs, thr)  # exact per-class path
-        assert torch.equal(got, _stable_score_order(want, scores)), f"{kind} n={n} trial={trial}"
+        want = _tv_batched_nms(boxes, scores, idxs, thr)  # torchvision's exact per-class path
+        assert torch.equal(got, want), f"{kind} n={n} trial={trial}"
         if classes == 1:
-            assert torch.equal(got, torchvision.ops.nms(boxes, scores, thr))
+            assert torch.equal(got, _tv_nms(boxes, scores, thr))
 
 
 def test_batched_nms_no_offset_precision_loss(device):
@@ -192,7 +217,7 @@ def test_batched_nms_no_offset_precision_loss(device):
     scores = scores.float().to(device)
     idxs = torch.randint(0, 80, (3000,), generator=g).to(device)
     got = detops.batched_nms(boxes, scores, idxs, 0.5)
-    want = _stable_score_order(_batched_nms_vanilla(boxes, scores, idxs, 0.5), scores)
+    want = _tv_batched_nms(boxes, scores, idxs, 0.5)
     assert torch.equal(got, want)
     # The offset trick (class * (max + 1) added to float32 coordinates) does
     # flip decisions on these inputs: the case the exact path exists for.
@@ -206,7 +231,7 @@ def test_batched_nms_reduced_precision(device):
     idxs = torch.randint(0, 5, (400,), generator=g).to(device)
     for dtype in (torch.float16, torch.bfloat16):
         b, s = boxes.to(device, dtype), scores.to(device, dtype)
-        want = _stable_score_order(_batched_nms_vanilla(b.float(), s.float(), idxs, 0.5), s.float())
+        want = _tv_batched_nms(b.float(), s.float(), idxs, 0.5)
         assert torch.equal(detops.batched_nms(b, s, idxs, 0.5), want)
 
 
@@ -511,9 +536,9 @@ def test_parallel_paths_match_torchvision(device):
     g = torch.Generator().manual_seed(21)
     boxes, scores = _case("clustered", 40000, g)
     boxes, scores = boxes.float().to(device), scores.float().to(device)
-    assert torch.equal(detops.nms(boxes, scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5))
+    assert torch.equal(detops.nms(boxes, scores, 0.5), _tv_nms(boxes, scores, 0.5))
     idxs = torch.randint(0, 8, (40000,), generator=g).to(device)
-    want = _stable_score_order(_batched_nms_vanilla(boxes, scores, idxs, 0.5), scores)
+    want = _tv_batched_nms(boxes, scores, idxs, 0.5)
     assert torch.equal(detops.batched_nms(boxes, scores, idxs, 0.5), want)
 
 
