@@ -562,23 +562,26 @@ at::Tensor backward_gather_cpu(const at::Tensor& grad_in, const at::Tensor& rois
     const at::Tensor r5 = rois.to(grad.scalar_type()).contiguous();
     const T* g = grad.const_data_ptr<T>();
     const T* rb = r5.const_data_ptr<T>();
-    std::vector<int64_t> batch(K);
     std::vector<RoiGeometry<T>> geo(K);
     for (int64_t r = 0; r < K; ++r) {
-      batch[r] = roi_batch_index(rb[5 * r], N, r);
+      roi_batch_index(rb[5 * r], N, r);  // clear error for a bad batch index
       geo[r] = roi_geometry<T>(rb[5 * r + 1], rb[5 * r + 2], rb[5 * r + 3], rb[5 * r + 4], T(spatial_scale), PH, PW,
                                sampling_ratio, aligned);
     }
-    const RoiBuckets buckets(batch, N);
+    // The same tile lists as the CUDA kernel, so the tests cover them too.
+    const TileLists tl = make_tile_lists(rois, at::Tensor(), {spatial_scale}, N, H, W, aligned);
+    const int64_t* tile_rois = tl.rois.const_data_ptr<int64_t>();
+    const int64_t* offsets = tl.offsets.const_data_ptr<int64_t>();
     T* o = out.mutable_data_ptr<T>();
     at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const int64_t n = t / C, c = t % C;
         for (int64_t y = 0; y < H; ++y) {
           for (int64_t x = 0; x < W; ++x) {
+            const int64_t key = (n * tl.tiles_y + y / kTile) * tl.tiles_x + x / kTile;
             T acc = T(0);
-            for (int64_t i = buckets.begin(n); i < buckets.end(n); ++i) {
-              const int64_t r = buckets.rois[i];
+            for (int64_t j = offsets[key]; j < offsets[key + 1]; ++j) {
+              const int64_t r = tile_rois[j];
               acc += gather_roi_grad(geo[r], PH, PW, H, W, y, x, g + (r * C + c) * PH * PW, PW, int64_t(1));
             }
             o[(t * H + y) * W + x] = acc;

@@ -2,15 +2,11 @@
 // backward scatters with atomics by default and switches to the gather form
 // (bit-reproducible) when torch.use_deterministic_algorithms(True) is on.
 #include <ATen/Context.h>
-#include <ATen/ops/arange.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/full.h>
-#include <ATen/ops/searchsorted.h>
-#include <ATen/ops/sort.h>
-#include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "common/cuda_glue.h"
@@ -20,6 +16,8 @@
 namespace detops {
 namespace roi_align {
 namespace {
+
+static_assert(kTile == kTileSide, "the tile lists and the gather kernel must agree on the tile size");
 
 at::MemoryFormat format_of(bool channels_last) {
   return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
@@ -89,27 +87,26 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad_in, const std::vect
   const cudaStream_t stream = current_stream(grad);
 
   if (at::globalContext().deterministicAlgorithms()) {
-    // Gather form: RoIs sorted by (level, image), stable so each run keeps RoI order.
+    // Gather form: each element visits the RoIs of its tile in RoI order.
     std::vector<at::Tensor> grads;
     for (const GradMeta& m : metas)
       grads.push_back(at::empty({m.N, m.C, m.H, m.W}, options, format_of(m.channels_last)));
     if (grads[0].numel() == 0 && L == 1) return grads;
-    const at::Tensor batch = rois.select(1, 0);
-    const at::Tensor lv = levels.defined() ? levels : at::zeros({K}, rois.options().dtype(at::kLong));
-    const at::Tensor valid = batch.gt(-1).logical_and(batch.lt(N)).logical_and(lv.ge(0)).logical_and(lv.lt(L));
-    // Invalid RoIs get the key L * N, after every real (level, image).
-    const at::Tensor keys = at::where(valid, lv.mul(N).add(batch.to(at::kLong)), at::full({}, L * N, lv.options()));
-    auto [sorted, order] = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
-    const at::Tensor offsets = at::searchsorted(sorted, at::arange(L * N + 1, lv.options())).contiguous();
-    const at::Tensor order_c = order.contiguous();
+    int64_t max_h = 0, max_w = 0;
+    for (const GradMeta& m : metas) {
+      max_h = std::max(max_h, m.H);
+      max_w = std::max(max_w, m.W);
+    }
+    const TileLists tl = make_tile_lists(rois, levels, scales, N, max_h, max_w, aligned);
     const at::Tensor grad_t = grad.to(opmath_of(dtype));
     const int64_t gts[4] = {grad_t.stride(0), grad_t.stride(1), grad_t.stride(2), grad_t.stride(3)};
     std::vector<at::Tensor> views(grads.begin(), grads.end());
     bool cl[kMaxLevels] = {};
     for (int64_t l = 0; l < L; ++l) cl[l] = metas[l].channels_last;
     DETOPS_CUDA_CHECK(backward_gather_cuda(to_dtype(dtype), maps_args(views, scales), cl, grad_t.const_data_ptr(), gts,
-                                           rois.const_data_ptr(), order_c.const_data_ptr<int64_t>(),
-                                           offsets.const_data_ptr<int64_t>(), pool, stream));
+                                           rois.const_data_ptr(), tl.rois.const_data_ptr<int64_t>(),
+                                           tl.offsets.const_data_ptr<int64_t>(), tl.tiles_y, tl.tiles_x, pool,
+                                           stream));
     return grads;
   }
 

@@ -120,14 +120,16 @@ __global__ void backward_atomic_kernel(MapsArgs accum, const S* __restrict__ gra
   }
 }
 
-// One thread per grad_input element of one level; the sum over the RoIs of
-// its (level, image) runs in RoI order, so the result is bit-reproducible.
+// One thread per grad_input element of one level; it sums over the RoIs
+// listed for its tile (make_tile_lists), in RoI order, so the result is
+// bit-reproducible.
 template <typename S>
 __global__ void backward_gather_kernel(MapsArgs gis, int level, bool channels_last,
                                        const opmath_t<S>* __restrict__ grad,
                                        int64_t gK, int64_t gC, int64_t gH, int64_t gW,
-                                       const opmath_t<S>* __restrict__ rois, const int64_t* __restrict__ order,
-                                       const int64_t* __restrict__ offsets, PoolArgs pool, int64_t total) {
+                                       const opmath_t<S>* __restrict__ rois, const int64_t* __restrict__ tile_rois,
+                                       const int64_t* __restrict__ offsets, int64_t tiles_y, int64_t tiles_x,
+                                       PoolArgs pool, int64_t total) {
   using T = opmath_t<S>;
   const MapArgs& m = gis.maps[level];
   const int64_t C = gis.C, H = m.H, W = m.W;
@@ -148,10 +150,10 @@ __global__ void backward_gather_kernel(MapsArgs gis, int level, bool channels_la
       c = q % C;
       n = q / C;
     }
-    const int64_t key = level * gis.N + n;
+    const int64_t key = ((level * gis.N + n) * tiles_y + y / kTileSide) * tiles_x + x / kTileSide;
     T acc = T(0);
     for (int64_t j = offsets[key]; j < offsets[key + 1]; ++j) {
-      const int64_t r = order[j];
+      const int64_t r = tile_rois[j];
       const T* b = rois + 5 * r;
       const RoiGeometry<T> g = roi_geometry<T>(b[1], b[2], b[3], b[4], T(m.scale), pool.PH, pool.PW,
                                                pool.sampling_ratio, pool.aligned);
@@ -206,8 +208,8 @@ cudaError_t backward_atomic_cuda(DType dtype, const MapsArgs& accum, const void*
 }
 
 cudaError_t backward_gather_cuda(DType dtype, const MapsArgs& gis, const bool* channels_last, const void* grad,
-                                 const int64_t* gs, const void* rois, const int64_t* order, const int64_t* offsets,
-                                 const PoolArgs& pool, cudaStream_t stream) {
+                                 const int64_t* gs, const void* rois, const int64_t* tile_rois, const int64_t* offsets,
+                                 int64_t tiles_y, int64_t tiles_x, const PoolArgs& pool, cudaStream_t stream) {
   for (int l = 0; l < gis.num_levels; ++l) {
     const int64_t total = gis.N * gis.C * gis.maps[l].H * gis.maps[l].W;
     if (total == 0) continue;
@@ -215,7 +217,7 @@ cudaError_t backward_gather_cuda(DType dtype, const MapsArgs& gis, const bool* c
       using S = decltype(s);
       backward_gather_kernel<S><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
           gis, l, channels_last[l], static_cast<const opmath_t<S>*>(grad), gs[0], gs[1], gs[2], gs[3],
-          static_cast<const opmath_t<S>*>(rois), order, offsets, pool, total);
+          static_cast<const opmath_t<S>*>(rois), tile_rois, offsets, tiles_y, tiles_x, pool, total);
     });
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;

@@ -50,13 +50,14 @@ cudaError_t backward_atomic_cuda(DType dtype, const MapsArgs& accum, const void*
                                  cudaStream_t stream);
 
 // Gather form (deterministic): one thread per element of grad_inputs (given
-// in maps[l].data, the map's type), each summing over the RoIs of its (level,
-// image) in RoI order. grad is in the compute type (float or double). order [K] lists RoIs sorted by key = level * N + batch
-// (stable); offsets [L * N + 1] delimit each key's run.
+// in maps[l].data, the map's type) sums gather_roi_grad over the RoIs listed
+// for its tile, in RoI order. grad is in the compute type (float or double).
+// tile_rois / offsets: make_tile_lists (roi_align.h) with kTileSide tiles.
+constexpr int64_t kTileSide = 16;
 cudaError_t backward_gather_cuda(DType dtype, const MapsArgs& grad_inputs, const bool* channels_last,
                                  const void* grad, const int64_t* grad_strides, const void* rois,
-                                 const int64_t* order, const int64_t* offsets, const PoolArgs& pool,
-                                 cudaStream_t stream);
+                                 const int64_t* tile_rois, const int64_t* offsets, int64_t tiles_y,
+                                 int64_t tiles_x, const PoolArgs& pool, cudaStream_t stream);
 
 }  // namespace roi_align
 }  // namespace detops

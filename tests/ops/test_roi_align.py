@@ -171,13 +171,15 @@ def test_gather_form_gradient_matches_torchvision(sampling_ratio, aligned):
     """The deterministic CUDA backward evaluates gather_roi_grad per map element;
     its CPU reference op must give torchvision's gradient on the same edge cases."""
     g = torch.Generator().manual_seed(50 + sampling_ratio + 10 * aligned)
-    x = torch.randn(2, 3, 9, 11, dtype=torch.float64, generator=g)
-    rois = make_rois(25, 2, (9, 11), scale=0.5, generator=g)
+    # A map of several 16x16 tiles, so that the per-tile RoI lists matter.
+    x = torch.randn(2, 2, 37, 50, dtype=torch.float64, generator=g)
+    rois = make_rois(30, 2, (37, 50), scale=0.5, generator=g)
+    rois[5:10, 1:] = rois[5:10, 1:] / 4  # small boxes: in one or two tiles
     xt = x.clone().requires_grad_()
     ref = torchvision.ops.roi_align(xt, rois, (3, 2), 0.5, sampling_ratio, aligned)
     grad = torch.randn(ref.shape, dtype=torch.float64, generator=g)
     ref.backward(grad)
-    gathered = torch.ops.detops._roi_align_backward_gather(grad, rois, 0.5, 3, 2, 2, 3, 9, 11, sampling_ratio, aligned)
+    gathered = torch.ops.detops._roi_align_backward_gather(grad, rois, 0.5, 3, 2, 2, 2, 37, 50, sampling_ratio, aligned)
     assert_close(gathered, xt.grad, rtol=1e-10, atol=1e-10)
 
 
