@@ -77,6 +77,13 @@ def _multi_backward_fake(grad, features, rois, levels, scales, pooled_height, po
     return [torch.empty_like(f, memory_format=_format(_is_channels_last(f))) for f in features]
 
 
+@torch.library.register_fake("detops::_roi_align_backward_gather")
+def _gather_fake(grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width,
+                 sampling_ratio, aligned):
+    # CPU reference of the deterministic CUDA backward's arithmetic (tests only).
+    return grad.new_empty((batch_size, channels, height, width))
+
+
 def _roi_align_setup(ctx, inputs, output) -> None:
     input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = inputs
     ctx.save_for_backward(rois)
