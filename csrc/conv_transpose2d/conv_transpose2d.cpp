@@ -212,7 +212,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_backward(const at::Tensor& 
 TORCH_LIBRARY_FRAGMENT(detops, m) {
   m.def(
       "conv_transpose2d(Tensor input, Tensor weight, Tensor? bias, Tensor? skip, int[2] stride, int[2] offset, "
-      "int[2] output_size, int[2] skip_offset, int groups, int activation) -> Tensor");
+      "SymInt[2] output_size, int[2] skip_offset, int groups, int activation) -> Tensor");
   m.def(
       "conv_transpose2d_backward(Tensor grad, Tensor input, Tensor weight, int[2] stride, int[2] offset, "
       "int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");

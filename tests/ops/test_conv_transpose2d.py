@@ -380,7 +380,8 @@ def test_opcheck(dense, with_skip, act):
                                                           args[8], [True, True, True]))
 
 
-def test_torch_compile_fullgraph():
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(backend):
     torch._dynamo.reset()
 
     def head(score_fr, score_pool4, w2, w_dense, b_dense):
@@ -393,7 +394,7 @@ def test_torch_compile_fullgraph():
     w2 = bilinear_kernel(4).expand(21, 1, 4, 4).contiguous()
     w_dense = torch.randn(21, 3, 2, 2, generator=gen, requires_grad=True)
     b_dense = torch.randn(3, generator=gen)
-    compiled = torch.compile(head, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(head, fullgraph=True, backend=backend)
     out = compiled(score_fr, score_pool4, w2, w_dense, b_dense)
     ref = head(score_fr, score_pool4, w2, w_dense, b_dense)
     assert_close(out, ref, rtol=1e-6, atol=1e-6)
@@ -401,6 +402,22 @@ def test_torch_compile_fullgraph():
     g2 = torch.autograd.grad(ref.sum(), (score_fr, w_dense))
     for a, b in zip(g1, g2):
         assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_torch_compile_dynamic_shapes():
+    torch._dynamo.reset()
+
+    def fn(x, w, skip):
+        return detops.upsample_add(x, skip, w, stride=2, skip_offset=1, groups=4, activation="relu") * 2
+
+    compiled = torch.compile(fn, fullgraph=True, dynamic=True, backend="aot_eager")
+    w = torch.randn(4, 1, 4, 4)
+    for hw in [(5, 6), (7, 9)]:
+        x = torch.randn(2, 4, *hw, requires_grad=True)
+        skip = torch.randn(2, 4, 2 * hw[0] + 5, 2 * hw[1] + 5)
+        out, ref = compiled(x, w, skip), fn(x, w, skip)
+        assert_close(out, ref, rtol=1e-6, atol=1e-6)
+        assert_close(torch.autograd.grad(out.sum(), x)[0], torch.autograd.grad(ref.sum(), x)[0], rtol=1e-6, atol=1e-6)
 
 
 # ------------------------------------------------------------------ bad inputs
