@@ -447,6 +447,10 @@ def test_bad_inputs():
         detops.conv_transpose2d(x, w, groups=4, activation="gelu")
     with pytest.raises(TypeError, match="input"):
         detops.conv_transpose2d(x.numpy(), w)
+    with pytest.raises(ValueError, match="same device"):
+        detops.conv_transpose2d(x, w.to("meta"), groups=4)
+    with pytest.raises(ValueError, match="same device"):
+        detops.upsample_add(x, torch.randn(1, 4, 9, 9, device="meta"), w, stride=2, groups=4)
     # the operator's own checks (direct torch.ops calls)
     with pytest.raises(RuntimeError, match="skip"):
         ops.conv_transpose2d(x, w, None, torch.randn(1, 4, 5, 5), [2, 2], [0, 0], [8, 8], [0, 0], 4, 0)
