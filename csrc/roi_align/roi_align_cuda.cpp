@@ -77,7 +77,9 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad_in, const std::vect
                   grad_in.size(3) == PW,
               "grad must have shape [", K, ", ", C, ", ", PH, ", ", PW, "], got ", grad_in.sizes());
   const at::ScalarType dtype = options.dtype().toScalarType();
-  const at::Tensor grad = grad_in.to(dtype);
+  // Channels-last maps take a channels-last grad, so threads that walk
+  // channels innermost read it contiguously.
+  const at::Tensor grad = grad_in.to(dtype).contiguous(format_of(metas[0].channels_last));
   const at::Tensor rois = rois_in.to(opmath_of(dtype)).contiguous();
   const at::Tensor levels = levels_in.defined() ? levels_in.contiguous() : levels_in;
   const PoolArgs pool{K, PH, PW, sampling_ratio, aligned};
@@ -118,7 +120,8 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad_in, const std::vect
                         .contiguous(format_of(m.channels_last)));
   DETOPS_CUDA_CHECK(backward_atomic_cuda(to_dtype(dtype), maps_args(accum, scales), grad.const_data_ptr(), gs,
                                          rois.const_data_ptr(),
-                                         levels.defined() ? levels.const_data_ptr<int64_t>() : nullptr, pool, stream));
+                                         levels.defined() ? levels.const_data_ptr<int64_t>() : nullptr, pool,
+                                         metas[0].channels_last, stream));
   if (reduced) {
     for (size_t l = 0; l < accum.size(); ++l) accum[l] = accum[l].to(dtype);
   }

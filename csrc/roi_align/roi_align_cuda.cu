@@ -93,11 +93,12 @@ __device__ __forceinline__ void atomic_add(A* p, A v) {
 template <typename S, typename A>
 __global__ void backward_atomic_kernel(MapsArgs accum, const S* __restrict__ grad, int64_t gK, int64_t gC, int64_t gH,
                                        int64_t gW, const opmath_t<S>* __restrict__ rois,
-                                       const int64_t* __restrict__ levels, PoolArgs pool, int64_t total) {
+                                       const int64_t* __restrict__ levels, PoolArgs pool, bool channel_fastest,
+                                       int64_t total) {
   using T = opmath_t<S>;
   for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < total; p += int64_t(gridDim.x) * blockDim.x) {
     int64_t r, c, ph, pw;
-    unravel(p, accum.C, pool.PH, pool.PW, /*channel_fastest=*/false, r, c, ph, pw);
+    unravel(p, accum.C, pool.PH, pool.PW, channel_fastest, r, c, ph, pw);
     const Roi<T> roi = load_roi(rois, levels, r, accum, pool);
     if (!roi.valid) continue;
     const T go = convert<T>(grad[r * gK + c * gC + ph * gH + pw * gW]) / roi.g.count;
@@ -194,7 +195,7 @@ cudaError_t forward_cuda(DType dtype, const MapsArgs& maps, const void* rois, co
 }
 
 cudaError_t backward_atomic_cuda(DType dtype, const MapsArgs& accum, const void* grad, const int64_t* gs,
-                                 const void* rois, const int64_t* levels, const PoolArgs& pool,
+                                 const void* rois, const int64_t* levels, const PoolArgs& pool, bool channel_fastest,
                                  cudaStream_t stream) {
   const int64_t total = pool.K * accum.C * pool.PH * pool.PW;
   if (total == 0) return cudaSuccess;
@@ -202,7 +203,7 @@ cudaError_t backward_atomic_cuda(DType dtype, const MapsArgs& accum, const void*
     using S = decltype(s);
     backward_atomic_kernel<S, typename Accum<S>::type><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
         accum, static_cast<const S*>(grad), gs[0], gs[1], gs[2], gs[3], static_cast<const opmath_t<S>*>(rois),
-        levels, pool, total);
+        levels, pool, channel_fastest, total);
   });
   return cudaGetLastError();
 }

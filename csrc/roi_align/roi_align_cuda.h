@@ -44,9 +44,10 @@ cudaError_t forward_cuda(DType dtype, const MapsArgs& maps, const void* rois, co
 
 // Scatter form: one thread per grad element, atomicAdd into accum (one per
 // level, given in maps[l].data with its strides; float for float16/bfloat16
-// maps, else the map's type). accum must be zeroed.
+// maps, else the map's type). accum must be zeroed. channel_fastest: threads
+// walk channels innermost (channels-last maps: coalesced reads and atomics).
 cudaError_t backward_atomic_cuda(DType dtype, const MapsArgs& accum, const void* grad, const int64_t* grad_strides,
-                                 const void* rois, const int64_t* levels, const PoolArgs& pool,
+                                 const void* rois, const int64_t* levels, const PoolArgs& pool, bool channel_fastest,
                                  cudaStream_t stream);
 
 // Gather form (deterministic): one thread per element of grad_inputs (given

@@ -85,7 +85,7 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad_in, const at::Tensor& r
   if (K > 0) {
     DETOPS_CUDA_CHECK(backward_atomic_cuda(to_dtype(dtype), grad.const_data_ptr(), argmax.const_data_ptr<int64_t>(),
                                            out_args(grad), rois.const_data_ptr(), accum.mutable_data_ptr(),
-                                           map_args(accum), stream));
+                                           map_args(accum), cl, stream));
   }
   return reduced ? accum.to(dtype) : accum;
 }

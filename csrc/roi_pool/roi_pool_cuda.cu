@@ -71,11 +71,11 @@ __global__ void forward_kernel(const S* __restrict__ input, MapArgs m, const opm
 template <typename S, typename A>
 __global__ void backward_atomic_kernel(const S* __restrict__ grad, const int64_t* __restrict__ argmax, OutArgs o,
                                        const opmath_t<S>* __restrict__ rois, A* __restrict__ accum, MapArgs m,
-                                       int64_t total) {
+                                       bool channel_fastest, int64_t total) {
   using T = opmath_t<S>;
   for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < total; p += int64_t(gridDim.x) * blockDim.x) {
     int64_t r, c, ph, pw, n;
-    unravel(p, o, m.C, /*channel_fastest=*/false, r, c, ph, pw);
+    unravel(p, o, m.C, channel_fastest, r, c, ph, pw);
     const int64_t off = r * o.sK + c * o.sC + ph * o.sH + pw * o.sW;
     const int64_t idx = argmax[off];
     if (idx < 0 || idx >= m.H * m.W || !load_batch(rois + 5 * r, m.N, n)) continue;
@@ -158,7 +158,8 @@ cudaError_t forward_cuda(DType dtype, const void* input, const MapArgs& map, con
 }
 
 cudaError_t backward_atomic_cuda(DType dtype, const void* grad, const int64_t* argmax, const OutArgs& o,
-                                 const void* rois, void* accum, const MapArgs& map, cudaStream_t stream) {
+                                 const void* rois, void* accum, const MapArgs& map, bool channel_fastest,
+                                 cudaStream_t stream) {
   const int64_t total = o.K * map.C * o.PH * o.PW;
   if (total == 0) return cudaSuccess;
   dispatch_dtype(dtype, [&](auto s) {
@@ -166,7 +167,7 @@ cudaError_t backward_atomic_cuda(DType dtype, const void* grad, const int64_t* a
     using A = typename Accum<S>::type;
     backward_atomic_kernel<S, A><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
         static_cast<const S*>(grad), argmax, o, static_cast<const opmath_t<S>*>(rois), static_cast<A*>(accum), map,
-        total);
+        channel_fastest, total);
   });
   return cudaGetLastError();
 }

@@ -25,9 +25,11 @@ struct OutArgs {
 cudaError_t forward_cuda(DType dtype, const void* input, const MapArgs& map, const void* rois, double spatial_scale,
                          void* out, int64_t* argmax, const OutArgs& o, bool channel_fastest, cudaStream_t stream);
 
-// atomicAdd of grad at argmax into accum (float for float16/bfloat16, zeroed).
+// atomicAdd of grad at argmax into accum (float for float16/bfloat16, zeroed);
+// channel_fastest: threads walk channels innermost (channels-last layouts).
 cudaError_t backward_atomic_cuda(DType dtype, const void* grad, const int64_t* argmax, const OutArgs& o,
-                                 const void* rois, void* accum, const MapArgs& map, cudaStream_t stream);
+                                 const void* rois, void* accum, const MapArgs& map, bool channel_fastest,
+                                 cudaStream_t stream);
 
 // Gather form (deterministic): one thread per grad_input element, summing the
 // grads of the bins whose argmax is that element, over the RoIs of its image
