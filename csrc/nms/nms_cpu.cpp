@@ -4,11 +4,12 @@
 // decreasing score order, whether a box already kept suppresses it; that is
 // the same decision torchvision takes (it suppresses with each kept box in
 // turn), made with the same arithmetic (nms_math.h), so the keep sets are
-// identical. Kept boxes go into a uniform grid keyed on their (x1, y1)
-// corner, so a candidate is only tested against kept boxes whose cell could
-// hold an overlapping box, and the test stops at the first suppressor.
-// Boxes much larger than a cell live in a separate list that every query
-// reads. For one large set, candidates are taken in blocks: first, in
+// identical. Kept boxes go into uniform grids keyed on their (x1, y1)
+// corner, one grid per binade of box area, so a candidate is only tested
+// against kept boxes of comparable area (IoU <= min area / max area) whose
+// cell could hold an overlapping box, and the test stops at the first
+// suppressor. Boxes much larger than their grid's cells live in a separate
+// list per grid. For one large set, candidates are taken in blocks: first, in
 // parallel, each is tested against the boxes kept before the block; then,
 // in order, the survivors are tested against the boxes kept inside the block.
 // Classes (batched_nms) and (image, class) pairs (multiclass_nms) run in
@@ -61,20 +62,31 @@ constexpr int64_t kNone = -1;
 constexpr int64_t kParallelBoxes = 32768;  // boxes in one NMS problem / in all tasks
 constexpr int64_t kParallelBlock = 8192;   // candidates tested in parallel at a time
 constexpr int64_t kParallelPairs = 1 << 23;  // IoU pairs (Matrix NMS)
+// Problems with fewer boxes put all sizes in one grid.
+constexpr int64_t kLevelsMinBoxes = 1024;
 constexpr int64_t kParallelScores = 1 << 22;  // (image, box, class) scores scanned (multiclass)
 
 // Greedy NMS over boxes already in processing order. Sets keep[p] = 1 for the
 // kept positions and returns how many were kept; stops once max_keep boxes are
 // kept (max_keep < 0: no limit).
+//
+// Kept boxes are filed by the binade of their area (one "level" per power of
+// two), each level with its own grid sized to its boxes. IoU <= min(area) /
+// max(area), and the computed ratio obeys the same bound to within a few
+// rounding errors (the computed intersection never exceeds either computed
+// area), so a candidate only visits the levels whose areas lie within a
+// factor 1 / (0.9999 * iou_threshold) of its own: boxes of very different
+// sizes are never compared.
 template <typename T>
 class GreedyNms {
  public:
-  GreedyNms(const BoxArrays<T>& b, int64_t n, double iou_threshold) : b_(b), n_(n), thr_(iou_threshold) {}
+  GreedyNms(const BoxArrays<T>& b, int64_t n, double iou_threshold)
+      : b_(b), n_(n), thr_(iou_threshold), area_ratio_(iou_threshold * (1 - 1e-4)) {}
 
   int64_t run(int64_t max_keep, bool parallel, uint8_t* keep) {
     std::fill(keep, keep + n_, uint8_t(0));
     if (n_ == 0 || max_keep == 0) return 0;
-    build_grid();
+    build_levels();
     std::vector<uint8_t> suppressed(n_, 0);
     // Blocks only pay off when candidates can be tested in parallel, and a
     // parallel region costs a thread wake-up (milliseconds on a loaded
@@ -84,15 +96,15 @@ class GreedyNms {
     for (int64_t start = 0; start < n_; start += block) {
       const int64_t end = std::min(n_, start + block);
       if (start > 0) {
-        // Against the boxes kept before this block; the grid is read only here.
+        // Against the boxes kept before this block; the levels are read only here.
         at::parallel_for(start, end, 64, [&](int64_t lo, int64_t hi) {
           for (int64_t p = lo; p < hi; ++p) {
-            if (valid_[p] && suppressed_by_kept(p, 0)) suppressed[p] = 1;
+            if (level_of_[p] != kNone && suppressed_by_kept(p, 0)) suppressed[p] = 1;
           }
         });
       }
       for (int64_t p = start; p < end; ++p) {
-        if (valid_[p]) {
+        if (level_of_[p] != kNone) {
           if (suppressed[p] || suppressed_by_kept(p, start)) continue;
           insert(p);
         }
@@ -104,14 +116,71 @@ class GreedyNms {
   }
 
  private:
-  void build_grid() {
-    valid_.assign(n_, 0);
-    double min_x = INFINITY, min_y = INFINITY, max_x = -INFINITY, max_y = -INFINITY, sum_w = 0, sum_h = 0;
-    int64_t n_valid = 0;
+  // A kept box, packed so that a list walk reads one cache line per box.
+  struct Node {
+    T x1, y1, x2, y2, area;
+    int64_t next;  // the previous kept box of the same cell (or list)
+  };
+
+  // A uniform grid over the boxes of one area binade, keyed on the (x1, y1)
+  // corner. Boxes over 8 cells wide or high are "big": kept in their own list
+  // so the query window (the largest non-big box) stays a few cells.
+  struct Level {
+    double min_x = 0, min_y = 0, inv_x = 0, inv_y = 0, reach_x = 0, reach_y = 0;
+    int64_t gx = 1, gy = 1;
+    std::vector<int64_t> head, big_kept;
+    std::vector<T> cell_min_x1, cell_min_y1, cell_max_x2, cell_max_y2;
+  };
+
+  // Whether a box can take part in suppression (nms_math.h; a zero or
+  // infinite computed area cannot either), and then its area binade.
+  bool takes_part(int64_t p) const {
+    const double area = double(b_.area[p]);
+    return is_valid_box(b_.x1[p], b_.y1[p], b_.x2[p], b_.y2[p]) && area > 0 && std::isfinite(area);
+  }
+
+  void build_levels() {
+    level_of_.assign(n_, kNone);
+    std::vector<int64_t> binade(n_, 0);
+    int64_t lo = std::numeric_limits<int64_t>::max(), hi = std::numeric_limits<int64_t>::min();
+    // Small problems use one grid for all sizes: building a grid per binade
+    // costs more than it saves there.
+    single_level_ = n_ < kLevelsMinBoxes;
     for (int64_t p = 0; p < n_; ++p) {
-      if (!is_valid_box(b_.x1[p], b_.y1[p], b_.x2[p], b_.y2[p])) continue;
-      valid_[p] = 1;
-      ++n_valid;
+      if (!takes_part(p)) continue;
+      binade[p] = single_level_ ? 0 : std::ilogb(double(b_.area[p]));
+      lo = std::min(lo, binade[p]);
+      hi = std::max(hi, binade[p]);
+    }
+    levels_.clear();
+    if (lo > hi) return;
+    first_binade_ = lo;
+    levels_.resize(hi - lo + 1);
+    std::vector<std::vector<int64_t>> members(levels_.size());
+    for (int64_t p = 0; p < n_; ++p) {
+      if (takes_part(p)) {
+        level_of_[p] = binade[p] - lo;
+        members[level_of_[p]].push_back(p);
+      }
+    }
+    for (size_t l = 0; l < levels_.size(); ++l) build_grid(levels_[l], members[l]);
+    is_big_.assign(n_, 0);
+    for (size_t l = 0; l < levels_.size(); ++l) {
+      const Level& lv = levels_[l];
+      const double big_w = lv.gx > 1 ? 8.0 / lv.inv_x : INFINITY, big_h = lv.gy > 1 ? 8.0 / lv.inv_y : INFINITY;
+      for (int64_t p : members[l]) {
+        const double w = double(b_.x2[p]) - double(b_.x1[p]), h = double(b_.y2[p]) - double(b_.y1[p]);
+        is_big_[p] = w > big_w || h > big_h;
+      }
+    }
+    nodes_.resize(n_);
+  }
+
+  void build_grid(Level& lv, const std::vector<int64_t>& members) const {
+    const int64_t count = static_cast<int64_t>(members.size());
+    if (count == 0) return;
+    double min_x = INFINITY, min_y = INFINITY, max_x = -INFINITY, max_y = -INFINITY, sum_w = 0, sum_h = 0;
+    for (int64_t p : members) {
       min_x = std::min(min_x, double(b_.x1[p]));
       max_x = std::max(max_x, double(b_.x1[p]));
       min_y = std::min(min_y, double(b_.y1[p]));
@@ -119,55 +188,46 @@ class GreedyNms {
       sum_w += double(b_.x2[p]) - double(b_.x1[p]);
       sum_h += double(b_.y2[p]) - double(b_.y1[p]);
     }
-    min_x_ = min_x;
-    min_y_ = min_y;
+    lv.min_x = min_x;
+    lv.min_y = min_y;
     // Cells of half the mean box size (finer cells let the per-cell bounds
     // skip more kept boxes), at most ~4 cells per box.
     const double range_x = max_x - min_x, range_y = max_y - min_y;
     auto cells_along = [&](double range, double mean) -> int64_t {
-      if (n_valid == 0 || !(range > 0) || !(mean > 0) || !std::isfinite(range / mean)) return 1;
+      if (!(range > 0) || !(mean > 0) || !std::isfinite(range / mean)) return 1;
       return std::min<int64_t>(int64_t(2 * range / mean) + 1, 4096);
     };
-    gx_ = cells_along(range_x, sum_w / std::max<int64_t>(n_valid, 1));
-    gy_ = cells_along(range_y, sum_h / std::max<int64_t>(n_valid, 1));
-    while (gx_ * gy_ > 4 * n_valid + 16) {
-      gx_ = (gx_ + 1) / 2;
-      gy_ = (gy_ + 1) / 2;
+    lv.gx = cells_along(range_x, sum_w / count);
+    lv.gy = cells_along(range_y, sum_h / count);
+    while (lv.gx * lv.gy > 4 * count + 16) {
+      lv.gx = (lv.gx + 1) / 2;
+      lv.gy = (lv.gy + 1) / 2;
     }
-    inv_x_ = gx_ > 1 ? double(gx_) / range_x : 0.0;
-    inv_y_ = gy_ > 1 ? double(gy_) / range_y : 0.0;
-    if (!std::isfinite(inv_x_)) { gx_ = 1; inv_x_ = 0.0; }
-    if (!std::isfinite(inv_y_)) { gy_ = 1; inv_y_ = 0.0; }
-    // Boxes over 8 cells wide or high are "big": kept in their own list so the
-    // query window (the largest non-big box) stays a few cells.
-    const double big_w = gx_ > 1 ? 8.0 * range_x / gx_ : INFINITY;
-    const double big_h = gy_ > 1 ? 8.0 * range_y / gy_ : INFINITY;
-    big_.assign(n_, 0);
+    lv.inv_x = lv.gx > 1 ? double(lv.gx) / range_x : 0.0;
+    lv.inv_y = lv.gy > 1 ? double(lv.gy) / range_y : 0.0;
+    if (!std::isfinite(lv.inv_x) || !(lv.inv_x > 0)) { lv.gx = 1; lv.inv_x = 0.0; }
+    if (!std::isfinite(lv.inv_y) || !(lv.inv_y > 0)) { lv.gy = 1; lv.inv_y = 0.0; }
+    const double big_w = lv.gx > 1 ? 8.0 / lv.inv_x : INFINITY, big_h = lv.gy > 1 ? 8.0 / lv.inv_y : INFINITY;
     double max_w = 0, max_h = 0;
-    for (int64_t p = 0; p < n_; ++p) {
-      if (!valid_[p]) continue;
+    for (int64_t p : members) {
       const double w = double(b_.x2[p]) - double(b_.x1[p]), h = double(b_.y2[p]) - double(b_.y1[p]);
-      if (w > big_w || h > big_h) {
-        big_[p] = 1;
-      } else {
+      if (!(w > big_w || h > big_h)) {
         max_w = std::max(max_w, w);
         max_h = std::max(max_h, h);
       }
     }
     // Slack so that rounding in the window bound never drops a true neighbour.
-    reach_x_ = max_w * (1 + 1e-9);
-    reach_y_ = max_h * (1 + 1e-9);
-    const int64_t cells = gx_ * gy_;
-    head_.assign(cells, kNone);
-    nodes_.resize(n_);
-    cell_min_x1_.assign(cells, T(INFINITY));
-    cell_min_y1_.assign(cells, T(INFINITY));
-    cell_max_x2_.assign(cells, T(-INFINITY));
-    cell_max_y2_.assign(cells, T(-INFINITY));
-    big_kept_.clear();
+    lv.reach_x = max_w * (1 + 1e-9);
+    lv.reach_y = max_h * (1 + 1e-9);
+    const int64_t cells = lv.gx * lv.gy;
+    lv.head.assign(cells, kNone);
+    lv.cell_min_x1.assign(cells, T(INFINITY));
+    lv.cell_min_y1.assign(cells, T(INFINITY));
+    lv.cell_max_x2.assign(cells, T(-INFINITY));
+    lv.cell_max_y2.assign(cells, T(-INFINITY));
   }
 
-  // Monotone in x, so a < b implies cell(a) <= cell(b).
+  // Monotone in v, so a < b implies cell(a) <= cell(b).
   static int64_t cell_of(double v, double origin, double inv, int64_t g) {
     const double c = (v - origin) * inv;
     if (!(c > 0)) return 0;
@@ -180,12 +240,6 @@ class GreedyNms {
     return lo - std::fabs(lo) * 1e-12;
   }
 
-  // A kept box, packed so that a list walk reads one cache line per box.
-  struct Node {
-    T x1, y1, x2, y2, area;
-    int64_t next;  // the previous kept box of the same cell (or list)
-  };
-
   bool pair_suppresses(const Node& k, int64_t p) const {
     const T px1 = b_.x1[p], py1 = b_.y1[p], px2 = b_.x2[p], py2 = b_.y2[p];
     // Interiors must overlap for the ratio to be positive (nms_math.h).
@@ -193,25 +247,25 @@ class GreedyNms {
     return suppresses_cpu(k.x1, k.y1, k.x2, k.y2, k.area, px1, py1, px2, py2, b_.area[p], thr_);
   }
 
-  // Whether a kept box at a position >= from suppresses candidate p. Cell lists
-  // and the big list run newest first, so the walk stops below `from`.
-  bool suppressed_by_kept(int64_t p, int64_t from) const {
-    for (auto it = big_kept_.rbegin(); it != big_kept_.rend() && *it >= from; ++it) {
+  bool level_suppresses(const Level& lv, int64_t p, int64_t from) const {
+    for (auto it = lv.big_kept.rbegin(); it != lv.big_kept.rend() && *it >= from; ++it) {
       if (pair_suppresses(nodes_[*it], p)) return true;
     }
+    if (lv.head.empty()) return false;
     const T px1 = b_.x1[p], py1 = b_.y1[p], px2 = b_.x2[p], py2 = b_.y2[p];
-    const int64_t cx0 = cell_of(lower_bound(px1, reach_x_), min_x_, inv_x_, gx_);
-    const int64_t cx1 = cell_of(px2, min_x_, inv_x_, gx_);
-    const int64_t cy0 = cell_of(lower_bound(py1, reach_y_), min_y_, inv_y_, gy_);
-    const int64_t cy1 = cell_of(py2, min_y_, inv_y_, gy_);
+    const int64_t cx0 = cell_of(lower_bound(px1, lv.reach_x), lv.min_x, lv.inv_x, lv.gx);
+    const int64_t cx1 = cell_of(px2, lv.min_x, lv.inv_x, lv.gx);
+    const int64_t cy0 = cell_of(lower_bound(py1, lv.reach_y), lv.min_y, lv.inv_y, lv.gy);
+    const int64_t cy1 = cell_of(py2, lv.min_y, lv.inv_y, lv.gy);
     for (int64_t cy = cy0; cy <= cy1; ++cy) {
       for (int64_t cx = cx0; cx <= cx1; ++cx) {
-        const int64_t c = cy * gx_ + cx;
-        if (head_[c] < from) continue;
-        if (!(cell_max_x2_[c] > px1 && cell_min_x1_[c] < px2 && cell_max_y2_[c] > py1 && cell_min_y1_[c] < py2)) {
+        const int64_t c = cy * lv.gx + cx;
+        if (lv.head[c] < from) continue;
+        if (!(lv.cell_max_x2[c] > px1 && lv.cell_min_x1[c] < px2 && lv.cell_max_y2[c] > py1 &&
+              lv.cell_min_y1[c] < py2)) {
           continue;
         }
-        for (int64_t k = head_[c]; k >= from; k = nodes_[k].next) {
+        for (int64_t k = lv.head[c]; k >= from; k = nodes_[k].next) {
           if (pair_suppresses(nodes_[k], p)) return true;
         }
       }
@@ -219,30 +273,49 @@ class GreedyNms {
     return false;
   }
 
+  // Whether a kept box at a position >= from suppresses candidate p. Lists run
+  // newest first, so each walk stops below `from`.
+  bool suppressed_by_kept(int64_t p, int64_t from) const {
+    const int64_t last = static_cast<int64_t>(levels_.size()) - 1;
+    int64_t lo = 0, hi = last;
+    if (area_ratio_ > 0 && !single_level_) {
+      const double area = double(b_.area[p]);
+      const double below = area * area_ratio_, above = area / area_ratio_;
+      if (below > 0) lo = std::max<int64_t>(lo, int64_t(std::ilogb(below)) - first_binade_);
+      if (std::isfinite(above)) hi = std::min<int64_t>(hi, int64_t(std::ilogb(above)) - first_binade_);
+    }
+    for (int64_t l = lo; l <= hi; ++l) {
+      if (level_suppresses(levels_[l], p, from)) return true;
+    }
+    return false;
+  }
+
   void insert(int64_t p) {
     nodes_[p] = Node{b_.x1[p], b_.y1[p], b_.x2[p], b_.y2[p], b_.area[p], kNone};
-    if (big_[p]) {
-      big_kept_.push_back(p);
+    Level& lv = levels_[level_of_[p]];
+    if (is_big_[p]) {
+      lv.big_kept.push_back(p);
       return;
     }
-    const int64_t c = cell_of(b_.y1[p], min_y_, inv_y_, gy_) * gx_ + cell_of(b_.x1[p], min_x_, inv_x_, gx_);
-    nodes_[p].next = head_[c];
-    head_[c] = p;
-    cell_min_x1_[c] = std::min(cell_min_x1_[c], b_.x1[p]);
-    cell_min_y1_[c] = std::min(cell_min_y1_[c], b_.y1[p]);
-    cell_max_x2_[c] = std::max(cell_max_x2_[c], b_.x2[p]);
-    cell_max_y2_[c] = std::max(cell_max_y2_[c], b_.y2[p]);
+    const int64_t c = cell_of(b_.y1[p], lv.min_y, lv.inv_y, lv.gy) * lv.gx + cell_of(b_.x1[p], lv.min_x, lv.inv_x, lv.gx);
+    nodes_[p].next = lv.head[c];
+    lv.head[c] = p;
+    lv.cell_min_x1[c] = std::min(lv.cell_min_x1[c], b_.x1[p]);
+    lv.cell_min_y1[c] = std::min(lv.cell_min_y1[c], b_.y1[p]);
+    lv.cell_max_x2[c] = std::max(lv.cell_max_x2[c], b_.x2[p]);
+    lv.cell_max_y2[c] = std::max(lv.cell_max_y2[c], b_.y2[p]);
   }
 
   const BoxArrays<T>& b_;
   const int64_t n_;
   const double thr_;
-  std::vector<uint8_t> valid_, big_;
-  double min_x_ = 0, min_y_ = 0, inv_x_ = 0, inv_y_ = 0, reach_x_ = 0, reach_y_ = 0;
-  int64_t gx_ = 1, gy_ = 1;
-  std::vector<int64_t> head_, big_kept_;
+  const double area_ratio_;  // pairs whose area ratio is below this cannot suppress
+  std::vector<int64_t> level_of_;  // level index of each box, kNone if it takes no part
+  std::vector<uint8_t> is_big_;
+  int64_t first_binade_ = 0;
+  bool single_level_ = false;
+  std::vector<Level> levels_;
   std::vector<Node> nodes_;
-  std::vector<T> cell_min_x1_, cell_min_y1_, cell_max_x2_, cell_max_y2_;
 };
 
 // Positions sorted by decreasing score, equal scores by lower index (a stable

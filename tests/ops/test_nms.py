@@ -31,6 +31,9 @@ def _case(kind: str, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Te
     elif kind == "dense":  # heavy overlap in a small area
         xy = torch.rand(n, 2, generator=g, dtype=torch.float64) * 50
         wh = torch.rand(n, 2, generator=g, dtype=torch.float64) * 50 + 1
+    elif kind == "multiscale":  # sizes and aspect ratios log-uniform over decades
+        xy = torch.rand(n, 2, generator=g, dtype=torch.float64) * 1000
+        wh = torch.exp(torch.rand(n, 2, generator=g, dtype=torch.float64) * 9 - 2)
     else:  # "grid": boxes on an integer grid, many exact IoU values
         xy = torch.randint(0, 20, (n, 2), generator=g).double()
         wh = torch.randint(1, 8, (n, 2), generator=g).double()
@@ -43,7 +46,7 @@ def _with_ties(scores: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.randint(0, 4, scores.shape, generator=g).to(scores.dtype) / 4
 
 
-KINDS = ["uniform", "clustered", "dense", "grid"]
+KINDS = ["uniform", "clustered", "dense", "grid", "multiscale"]
 
 
 def _stable_rank_scores(scores: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -108,16 +111,16 @@ def test_nms_matches_torchvision_random(device, kind, dtype):
 def test_nms_reduced_precision_is_float32_nms(device, dtype):
     g = torch.Generator().manual_seed(7)
     for trial in range(40):
-        boxes, scores = _case(KINDS[trial % 4], 200, g)
+        boxes, scores = _case(KINDS[trial % 5], 200, g)
         boxes, scores = boxes.to(device, dtype), scores.to(device, dtype)
         assert torch.equal(detops.nms(boxes, scores, 0.5), _reference_nms(boxes, scores, 0.5))
 
 
 def test_nms_large_sizes_match_torchvision(device):
-    # Sizes that take the blocked (parallel) path of the CPU kernel and several
-    # chunks of the CUDA kernel.
+    # Sizes that take the CPU kernel's per-area-binade grids and several chunks
+    # of the CUDA kernel.
     g = torch.Generator().manual_seed(3)
-    for n, kind in ((5000, "uniform"), (6000, "clustered"), (9000, "grid")):
+    for n, kind in ((5000, "uniform"), (6000, "clustered"), (9000, "grid"), (4000, "multiscale")):
         boxes, scores = _case(kind, n, g)
         boxes, scores = boxes.float().to(device), scores.float().to(device)
         assert torch.equal(detops.nms(boxes, scores, 0.5), _tv_nms(boxes, scores, 0.5))
@@ -286,7 +289,7 @@ def test_multiclass_nms_matches_reference(device, per_class_boxes, dtype):
     g = torch.Generator().manual_seed(int(per_class_boxes) * 10 + KINDS.index("dense"))
     for trial in range(12):
         B, N, C = 3, int(torch.randint(1, 120, (1,), generator=g)), [1, 4, 9][trial % 3]
-        boxes = torch.stack([_case(KINDS[(trial + b) % 4], N * (C if per_class_boxes else 1), g)[0] for b in range(B)])
+        boxes = torch.stack([_case(KINDS[(trial + b) % 5], N * (C if per_class_boxes else 1), g)[0] for b in range(B)])
         boxes = boxes.reshape(B, N, C, 4) if per_class_boxes else boxes
         scores = torch.rand(B, N, C, generator=g, dtype=torch.float64)
         if trial % 4 == 3:
@@ -408,7 +411,7 @@ def test_matrix_nms_matches_float64_reference(device, method, with_classes):
     g = torch.Generator().manual_seed(hash(("matrix", method, with_classes)) % 2**31)
     for trial in range(20):
         n = int(torch.randint(0, 80, (1,), generator=g))
-        boxes, scores = _case(KINDS[trial % 4], n, g)
+        boxes, scores = _case(KINDS[trial % 5], n, g)
         idxs = torch.randint(0, 3, (n,), generator=g) if with_classes else None
         keep, new_scores = detops.matrix_nms(boxes.to(device), scores.to(device),
                                              None if idxs is None else idxs.to(device), method, 2.0, 0.1)
