@@ -216,7 +216,26 @@ inline void forward_plane_roi(const Plan<at::opmath_type<scalar_t>>& p, int64_t 
   } else if (p.grid_h[r] == 1 && p.grid_w[r] == 1) {
     plane_roi<2, 2, kUnitStride>(p, r, plane, sH, sW, out, oH, oW);
   } else {
-    plane_roi<0, 0, kUnitStride>(p, r, plane, sH, sW, out, oH, oW);
+    // Other grids (adaptive sampling) visit only the valid samples: for a
+    // box much larger than the map most samples fall outside it.
+    using T = at::opmath_type<scalar_t>;
+    const T count = p.count[r];
+    for (int64_t ph = 0; ph < p.PH; ++ph) {
+      for (int64_t pw = 0; pw < p.PW; ++pw) {
+        T acc = T(0);
+        for (const AxisSample<T>* y = p.y_begin(r, ph); y != p.y_end(r, ph); ++y) {
+          const scalar_t* rl = plane + y->low * sH;
+          const scalar_t* rh = plane + y->high * sH;
+          T vl = T(0), vh = T(0);
+          for (const AxisSample<T>* x = p.x_begin(r, pw); x != p.x_end(r, pw); ++x) {
+            vl += x->w_low * T(rl[x->low * sW]) + x->w_high * T(rl[x->high * sW]);
+            vh += x->w_low * T(rh[x->low * sW]) + x->w_high * T(rh[x->high * sW]);
+          }
+          acc += y->w_low * vl + y->w_high * vh;
+        }
+        out[ph * oH + pw * oW] = scalar_t(acc / count);
+      }
+    }
   }
 }
 
@@ -330,10 +349,10 @@ at::Tensor forward_impl(const std::vector<at::Tensor>& maps, const at::Tensor& r
 
 // ------------------------------------------------------------------ backward
 
-// Scatter of one RoI's gradient into one dense NCHW plane [H, W]. Uses the
-// fixed-size tap lists (zero-weight taps add 0 at index 0) unless a gradient
-// is not finite, where a zero weight would turn into NaN; then only the
-// valid samples are visited.
+// Scatter of one RoI's gradient into one dense NCHW plane [H, W]. With a
+// fixed grid (kTY > 0) it uses the fixed-size tap lists (zero-weight taps add
+// 0 at index 0), unless a gradient is not finite, where a zero weight would
+// turn into NaN; otherwise only the valid samples are visited.
 template <int kTY, int kTX, typename scalar_t, typename T>
 inline void backward_plane_roi(const Plan<T>& p, int64_t r, const scalar_t* grc, int64_t gH, int64_t gW, T* plane,
                                int64_t W) {
@@ -344,7 +363,7 @@ inline void backward_plane_roi(const Plan<T>& p, int64_t r, const scalar_t* grc,
     for (int64_t pw = 0; pw < p.PW; ++pw) {
       const T go = T(grc[ph * gH + pw * gW]) / count;
       if (go == T(0)) continue;
-      if (std::isfinite(static_cast<double>(go))) {
+      if (kTY > 0 && std::isfinite(static_cast<double>(go))) {
         const Tap<T>* xt = p.x_taps(r, pw);
         for (int64_t a = 0; a < ty; ++a) {
           const T ga = go * yt[a].w;

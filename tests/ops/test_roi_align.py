@@ -147,6 +147,24 @@ def test_huge_coordinates_and_strided_input():
     assert_close(out, ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_adaptive_sampling_on_boxes_far_larger_than_the_map(channels_last):
+    # 1000 samples per bin along each axis, nearly all outside the map: only
+    # the valid ones are visited, and the average still divides by all.
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(1, 3, 6, 7, dtype=torch.float64, generator=g)
+    rois = torch.tensor([[0, -2000.0, -2000.0, 2000.0, 2000.0], [0, -1000.0, 2.0, 1000.0, 4.0]], dtype=torch.float64)
+    xd = _layout(x, channels_last).requires_grad_()
+    xt = x.detach().clone().requires_grad_()
+    out = detops.roi_align(xd, rois, 2, 1.0, -1)
+    ref = torchvision.ops.roi_align(xt, rois, 2, 1.0, -1)
+    assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    grad = torch.randn(ref.shape, dtype=torch.float64, generator=g)
+    out.backward(grad)
+    ref.backward(grad)
+    assert_close(xd.grad, xt.grad, rtol=1e-10, atol=1e-12)
+
+
 def test_cpu_backward_is_deterministic():
     g = torch.Generator().manual_seed(11)
     x = torch.randn(2, 4, 9, 9, generator=g)
