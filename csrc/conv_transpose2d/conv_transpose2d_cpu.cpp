@@ -126,7 +126,9 @@ void unshuffle_cpu(const at::Tensor& grad, int64_t n0, int64_t nb, at::Tensor& c
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "conv_transpose2d_unshuffle_cpu", [&] {
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
     scalar_t* cp = cols.mutable_data_ptr<scalar_t>();
-    if (st.rs == 1) {
+    // The CPU driver always asks for channels-last columns (see dense_backward).
+    TORCH_INTERNAL_ASSERT(st.rs == 1, "conv_transpose2d: CPU unshuffle expects channels-last columns");
+    {
       // Channels-last columns: a pixel's R values are contiguous. One task per
       // input row (image, iy) writes its pixels' columns in order; the
       // 2 * Cout output rows it reads stay in cache across the pixels.
@@ -141,7 +143,7 @@ void unshuffle_cpu(const at::Tensor& grad, int64_t n0, int64_t nb, at::Tensor& c
               for (int64_t ky = 0; ky < g.kH; ++ky) {
                 const int64_t oy = iy * g.sH + ky - g.offH;
                 const bool row_inside = oy >= 0 && oy < g.OH;
-                const scalar_t* g_row = g_img + (oc * g.OH + oy) * g.OW;
+                const scalar_t* g_row = row_inside ? g_img + (oc * g.OH + oy) * g.OW : g_img;
                 for (int64_t kx = 0; kx < g.kW; ++kx) {
                   const int64_t ox = ix * g.sW + kx - g.offW;
                   c[(oc * g.kH + ky) * g.kW + kx] =
@@ -152,30 +154,7 @@ void unshuffle_cpu(const at::Tensor& grad, int64_t n0, int64_t nb, at::Tensor& c
           }
         }
       });
-      return;
     }
-    // rows (image, oc, ky, iy); each writes kW * W entries.
-    const int64_t rows = nb * g.Cout * g.kH * g.H;
-    at::parallel_for(0, rows, grain_for(g.kW * g.W), [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t iy = row % g.H;
-        int64_t rest = row / g.H;
-        const int64_t ky = rest % g.kH;
-        rest /= g.kH;
-        const int64_t oc = rest % g.Cout;
-        const int64_t nl = rest / g.Cout;
-        const int64_t oy = iy * g.sH + ky - g.offH;
-        const bool row_inside = oy >= 0 && oy < g.OH;
-        const scalar_t* g_row = row_inside ? gp + (((n0 + nl) * g.Cout + oc) * g.OH + oy) * g.OW : nullptr;
-        for (int64_t kx = 0; kx < g.kW; ++kx) {
-          scalar_t* c = cp + ((oc * g.kH + ky) * g.kW + kx) * st.rs + nl * st.ns + iy * g.W * st.ps;
-          for (int64_t ix = 0; ix < g.W; ++ix) {
-            const int64_t ox = ix * g.sW + kx - g.offW;
-            c[ix * st.ps] = (row_inside && ox >= 0 && ox < g.OW) ? g_row[ox] : scalar_t(0);
-          }
-        }
-      }
-    });
   });
 }
 
