@@ -61,10 +61,11 @@ constexpr int64_t kNone = -1;
 // only problems of tens of milliseconds go parallel.
 constexpr int64_t kParallelBoxes = 32768;  // boxes in one NMS problem / in all tasks
 constexpr int64_t kParallelBlock = 8192;   // candidates tested in parallel at a time
-constexpr int64_t kParallelPairs = 1 << 23;  // IoU pairs (Matrix NMS)
+constexpr int64_t kParallelPairs = 1 << 23;   // IoU pairs (Matrix NMS)
+constexpr int64_t kParallelScores = 1 << 22;  // (image, box, class) scores scanned (multiclass)
+
 // Problems with fewer boxes put all sizes in one grid.
 constexpr int64_t kLevelsMinBoxes = 1024;
-constexpr int64_t kParallelScores = 1 << 22;  // (image, box, class) scores scanned (multiclass)
 
 // Greedy NMS over boxes already in processing order. Sets keep[p] = 1 for the
 // kept positions and returns how many were kept; stops once max_keep boxes are
