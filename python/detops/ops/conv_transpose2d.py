@@ -18,7 +18,13 @@ Algorithms (the C++ CPU and CUDA kernels choose):
   each output pixel reads only the ``ceil(k/s)**2`` taps that reach it;
 * dense, for ``groups == 1`` and ``kernel == stride`` (Mask R-CNN 2/2, U-Net):
   one matrix product, then one pass that shuffles pixels and adds bias and skip
-  and applies the activation.
+  and applies the activation. The product is cuBLAS on CUDA and a oneDNN 1x1
+  convolution on CPU; on CPU, when one image's columns outgrow the cache (U-Net
+  decoders on large maps) and torch can express the window, the layer runs
+  oneDNN's direct deconvolution instead and fuses only the skip add and ReLU,
+  because that is faster there.
+
+All index arithmetic is int64. Gradients are first order (no double backward).
 
 :func:`conv_transpose2d` uses these kernels for depthwise/grouped layers with at
 most 16 (input, output) channel pairs per group, and for dense layers with
