@@ -154,15 +154,16 @@ def test_channels_last_and_unbatched(device, dense):
     weight = torch.randn(8, 3 if dense else 1, 2, 2, generator=gen).to(device)
     bias = torch.randn(weight.shape[1] * groups, generator=gen).to(device)
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    ref = F.conv_transpose2d(x, weight, bias, stride=2, groups=groups)
+    # float64 references: cuDNN may compute float32 convolutions in TF32
+    ref = F.conv_transpose2d(x.double(), weight.double(), bias.double(), stride=2, groups=groups).float()
     assert_close(detops.conv_transpose2d(x_cl, weight, bias, stride=2, groups=groups), ref, rtol=1e-5, atol=1e-5)
     assert_close(detops.conv_transpose2d(x[0], weight, bias, stride=2, groups=groups), ref[0], rtol=1e-5, atol=1e-5)
     # gradients through the channels-last input
     xg = x_cl.clone().requires_grad_(True)
     detops.conv_transpose2d(xg, weight, bias, stride=2, groups=groups).sum().backward()
-    xr = x.clone().requires_grad_(True)
-    F.conv_transpose2d(xr, weight, bias, stride=2, groups=groups).sum().backward()
-    assert_close(xg.grad.contiguous(), xr.grad, rtol=1e-5, atol=1e-5)
+    xr = x.double().requires_grad_(True)
+    F.conv_transpose2d(xr, weight.double(), bias.double(), stride=2, groups=groups).sum().backward()
+    assert_close(xg.grad.contiguous(), xr.grad.float(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("window", ["torch", "crop"])
@@ -326,14 +327,15 @@ def test_conv_transpose2d_module_state_dict(device, args, kwargs):
     theirs.load_state_dict(ours.state_dict())
     assert ours.state_dict().keys() == theirs.state_dict().keys()
     x = torch.randn(2, args[0], 5, 7, device=device)
-    assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+    theirs64 = theirs.double()  # float64 reference: cuDNN may compute float32 in TF32
+    assert_close(ours(x), theirs64(x.double()).float(), rtol=1e-5, atol=1e-5)
     if kwargs.get("stride", 1) == 2 and not kwargs.get("output_padding"):
         # forward(output_size=...) picks the output_padding, as torch's module does
-        want = [s + 1 for s in theirs(x).shape[-2:]]
-        assert_close(ours(x, output_size=want), theirs(x, output_size=want), rtol=1e-5, atol=1e-5)
+        want = [s + 1 for s in theirs64(x.double()).shape[-2:]]
+        assert_close(ours(x, output_size=want), theirs64(x.double(), output_size=want).float(), rtol=1e-5, atol=1e-5)
     relu = ConvTranspose2d(*args, **kwargs, activation="relu").to(device)
     relu.load_state_dict(theirs.state_dict())
-    assert_close(relu(x), F.relu(theirs(x)), rtol=1e-5, atol=1e-5)
+    assert_close(relu(x), F.relu(theirs64(x.double())).float(), rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------ torch.library checks
@@ -469,6 +471,6 @@ def test_nan_propagates(device):
     x[0, 0, 1, 1] = float("nan")
     w = torch.rand(2, 1, 4, 4, device=device) + 0.1
     out = detops.conv_transpose2d(x, w, stride=2, groups=2, activation="relu")
-    ref = F.relu(F.conv_transpose2d(x, w, stride=2, groups=2))
+    ref = F.relu(F.conv_transpose2d(x.double(), w.double(), stride=2, groups=2)).float()
     assert_close(out, ref, rtol=1e-5, atol=1e-5)
     assert out.isnan().sum() == 16
