@@ -50,6 +50,7 @@ at::Tensor grid_anchors_cpu(const at::Tensor& cell_anchors_in, at::IntArrayRef n
         const int l = site.level;
         const int64_t W = table.width[l], A = table.num_cell[l];
         const int64_t stop = std::min({end, i + kSegment, table.begin[l + 1]});
+        TORCH_INTERNAL_ASSERT(stop > i && site.x < W, "grid_anchors: locate() found no anchor at ", i);
         const T* level_cells = cells.data() + 4 * table.cell_begin[l];
         int64_t a = site.cell - table.cell_begin[l], x = site.x, y = site.y;
         T shift_y = shift_of(y, table.stride_h[l]);
