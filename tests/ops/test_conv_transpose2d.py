@@ -258,6 +258,41 @@ def test_upsample_add_equals_unfused(device, name, cin, cout_g, groups, k, s, cr
         assert_close(g, r, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_random_windows_equal_unfused(device, seed):
+    """Random layers (dense kernel == stride and grouped) with random crop windows,
+    many of which torch's padding/output_padding cannot express (so every CPU
+    algorithm, including the fused dense shuffle, runs), with skip and ReLU."""
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(100 + seed)
+    for trial in range(8):
+        cfg = _random_config(rng, dense=trial % 2 == 0)
+        x, weight, bias = _make(cfg, device=device, generator=gen)
+        s, k = cfg["s"], cfg["k"]
+        natural = [(i - 1) * st + kk for i, st, kk in zip((cfg["h"], cfg["w"]), s, k)]
+        crop = (rng.randint(0, natural[0] - 1), rng.randint(0, natural[1] - 1))
+        size = (rng.randint(1, natural[0] + 3 - crop[0]), rng.randint(1, natural[1] + 3 - crop[1]))
+        cout = cfg["cout_g"] * cfg["groups"]
+        skip_offset = (rng.randint(0, 2), rng.randint(0, 2))
+        skip = None
+        if rng.random() < 0.5:
+            skip = torch.randn(cfg["n"], cout, size[0] + skip_offset[0] + rng.randint(0, 2),
+                               size[1] + skip_offset[1] + rng.randint(0, 2), dtype=x.dtype, generator=gen).to(device)
+        act = rng.random() < 0.5
+        fused = lambda a, b, c, d: detops.upsample_add(  # noqa: E731
+            a, d, b, c, s, crop, skip_offset, cfg["groups"], size, activation="relu" if act else None)
+        ref = lambda a, b, c, d: _upsample_add_reference(  # noqa: E731
+            a, d, b, c, s, crop, skip_offset, cfg["groups"], size, act)
+        out0 = ref(x, weight, bias, skip)
+        grad_out = torch.randn(out0.shape, dtype=x.dtype, generator=gen).to(device)
+        out, grads = _grads(fused, (x, weight, bias, skip), grad_out)
+        ref_out, ref_grads = _grads(ref, (x, weight, bias, skip), grad_out)
+        msg = f"{cfg} crop={crop} size={size} skip_offset={skip_offset} act={act}"
+        assert_close(out, ref_out, rtol=1e-10, atol=1e-10, msg=msg)
+        for g, r in zip(grads, ref_grads):
+            assert_close(g, r, rtol=1e-10, atol=1e-10, msg=msg)
+
+
 def test_upsample_add_bad_skip():
     x, weight = torch.randn(1, 3, 4, 4), torch.randn(3, 1, 4, 4)
     with pytest.raises(ValueError, match="skip"):
