@@ -39,15 +39,22 @@ def synchronize(device: str) -> None:
 
 
 def time_callable(fn: Callable[[], Any], device: str, *, repeats: int, min_time: float) -> list[float]:
-    """Median-ready samples in seconds: warm up, then ``repeats`` samples of
-    enough calls each to last ``min_time`` (one call when it is slower)."""
+    """Median-ready samples in seconds: warm up, find how many calls last at
+    least ``min_time`` (doubling, as timeit's autorange does), then take
+    ``repeats`` samples of that many calls each."""
     fn()
     synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    once = max(time.perf_counter() - start, 1e-7)
-    inner = max(1, int(min_time / once))
+    inner = 1
+    while True:
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        synchronize(device)
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time or inner >= 1 << 20:
+            break
+        inner *= 2
     samples = []
     for _ in range(repeats):
         synchronize(device)
