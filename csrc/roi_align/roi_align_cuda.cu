@@ -165,19 +165,6 @@ __global__ void backward_gather_kernel(MapsArgs gis, int level, bool channels_la
   }
 }
 
-template <typename S>
-struct Accum {
-  using type = S;
-};
-template <>
-struct Accum<__half> {
-  using type = float;
-};
-template <>
-struct Accum<__nv_bfloat16> {
-  using type = float;
-};
-
 }  // namespace
 
 cudaError_t forward_cuda(DType dtype, const MapsArgs& maps, const void* rois, const int64_t* levels,
@@ -201,7 +188,7 @@ cudaError_t backward_atomic_cuda(DType dtype, const MapsArgs& accum, const void*
   if (total == 0) return cudaSuccess;
   dispatch_dtype(dtype, [&](auto s) {
     using S = decltype(s);
-    backward_atomic_kernel<S, typename Accum<S>::type><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
+    backward_atomic_kernel<S, opmath_t<S>><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
         accum, static_cast<const S*>(grad), gs[0], gs[1], gs[2], gs[3], static_cast<const opmath_t<S>*>(rois),
         levels, pool, channel_fastest, total);
   });

@@ -128,19 +128,6 @@ __global__ void backward_gather_kernel(const S* __restrict__ grad, const int64_t
   }
 }
 
-template <typename S>
-struct Accum {
-  using type = S;
-};
-template <>
-struct Accum<__half> {
-  using type = float;
-};
-template <>
-struct Accum<__nv_bfloat16> {
-  using type = float;
-};
-
 }  // namespace
 
 cudaError_t forward_cuda(DType dtype, const void* input, const MapArgs& map, const void* rois, double spatial_scale,
@@ -164,7 +151,7 @@ cudaError_t backward_atomic_cuda(DType dtype, const void* grad, const int64_t* a
   if (total == 0) return cudaSuccess;
   dispatch_dtype(dtype, [&](auto s) {
     using S = decltype(s);
-    using A = typename Accum<S>::type;
+    using A = opmath_t<S>;
     backward_atomic_kernel<S, A><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
         static_cast<const S*>(grad), argmax, o, static_cast<const opmath_t<S>*>(rois), static_cast<A*>(accum), map,
         channel_fastest, total);
