@@ -14,6 +14,7 @@ namespace detops {
 namespace box_iou {
 
 Variant parse_variant(std::string_view name);
+BoxFormat parse_format(std::string_view fmt, Variant v);
 
 // Shape/dtype/device checks; the "aligned" and "loss" forms take [K, 4] pairs.
 void check_matrix_args(const at::Tensor& boxes1, const at::Tensor& boxes2);

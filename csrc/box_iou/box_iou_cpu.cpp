@@ -41,17 +41,21 @@ void accumulate(BoxGrad<A>& acc, const BoxGrad<T>& g) {
   acc.y2 += A(g.y2);
 }
 
+template <Variant V, BoxFormat F, typename T, typename scalar_t>
+BoxInfo<T> load_info(const scalar_t* p) {
+  return make_info_as<V, F>(T(p[0]), T(p[1]), T(p[2]), T(p[3]));
+}
+
 // Per-box quantities of one set of boxes, one array per field.
 template <typename T>
 struct BoxInfoArrays {
   std::vector<T> x1, y1, x2, y2, area, cx, cy, atan_ratio;
 
-  template <Variant V, typename scalar_t>
-  BoxInfoArrays(VariantTag<V>, const scalar_t* boxes, int64_t n)
+  template <Variant V, BoxFormat F, typename scalar_t>
+  BoxInfoArrays(VariantTag<V>, FormatTag<F>, const scalar_t* boxes, int64_t n)
       : x1(n), y1(n), x2(n), y2(n), area(n), cx(n), cy(n), atan_ratio(n) {
     for (int64_t j = 0; j < n; ++j) {
-      const Box<T> b = load_box<T>(boxes + 4 * j);
-      const BoxInfo<T> info = make_info<V>(b.x1, b.y1, b.x2, b.y2);
+      const BoxInfo<T> info = load_info<V, F, T>(boxes + 4 * j);
       x1[j] = info.x1; y1[j] = info.y1; x2[j] = info.x2; y2[j] = info.y2;
       area[j] = info.area; cx[j] = info.cx; cy[j] = info.cy; atan_ratio[j] = info.atan_ratio;
     }
@@ -76,9 +80,10 @@ void matrix_row(const BoxInfo<T>& a, const BoxInfoArrays<T>& cols, int64_t m, T 
 }
 
 at::Tensor matrix_forward_cpu(const at::Tensor& boxes1_in, const at::Tensor& boxes2_in,
-                              c10::string_view variant, double eps) {
+                              c10::string_view variant, double eps, c10::string_view fmt) {
   check_matrix_args(boxes1_in, boxes2_in);
   const Variant v = parse_variant(variant);
+  const BoxFormat f = parse_format(fmt, v);
   const at::Tensor boxes1 = boxes1_in.contiguous(), boxes2 = boxes2_in.contiguous();
   const int64_t B = boxes1.size(0), N = boxes1.size(1), M = boxes2.size(1);
   at::Tensor out = at::empty({B, N, M}, boxes1.options().dtype(compute_dtype(boxes1.scalar_type())));
@@ -90,15 +95,17 @@ at::Tensor matrix_forward_cpu(const at::Tensor& boxes1_in, const at::Tensor& box
     T* o = out.mutable_data_ptr<T>();
     dispatch_variant(v, [&](auto tag) {
       constexpr Variant V = decltype(tag)::value;
-      for (int64_t b = 0; b < B; ++b) {
-        const BoxInfoArrays<T> cols(tag, b2 + b * M * 4, M);
-        at::parallel_for(0, N, std::max<int64_t>(1, kGrain / M), [&](int64_t begin, int64_t end) {
-          for (int64_t i = begin; i < end; ++i) {
-            const Box<T> a = load_box<T>(b1 + (b * N + i) * 4);
-            matrix_row<V>(make_info<V>(a.x1, a.y1, a.x2, a.y2), cols, M, T(eps), o + (b * N + i) * M);
-          }
-        });
-      }
+      dispatch_format<V>(f, [&](auto ftag) {
+        constexpr BoxFormat F = decltype(ftag)::value;
+        for (int64_t b = 0; b < B; ++b) {
+          const BoxInfoArrays<T> cols(tag, ftag, b2 + b * M * 4, M);
+          at::parallel_for(0, N, std::max<int64_t>(1, kGrain / M), [&](int64_t begin, int64_t end) {
+            for (int64_t i = begin; i < end; ++i) {
+              matrix_row<V>(load_info<V, F, T>(b1 + (b * N + i) * 4), cols, M, T(eps), o + (b * N + i) * M);
+            }
+          });
+        }
+      });
     });
   });
   return out;
@@ -172,12 +179,12 @@ void for_each_pair(int64_t K, const F& fn) {
 
 enum class PairedForm { kAligned, kLoss };
 
-template <PairedForm F, Variant V, typename T>
-T paired_forward(const Box<T>& a, const Box<T>& b, T eps) {
+template <PairedForm F, Variant V, BoxFormat BF, typename T, typename scalar_t>
+T paired_forward(const scalar_t* a, const scalar_t* b, T eps) {
   if constexpr (F == PairedForm::kAligned) {
-    return matrix_forward<V>(make_info<V>(a.x1, a.y1, a.x2, a.y2), make_info<V>(b.x1, b.y1, b.x2, b.y2), eps);
+    return matrix_forward<V>(load_info<V, BF, T>(a), load_info<V, BF, T>(b), eps);
   } else {
-    return loss_forward<V>(a, b, eps);
+    return loss_forward<V>(load_box<T>(a), load_box<T>(b), eps);
   }
 }
 
@@ -192,11 +199,13 @@ void paired_backward(const Box<T>& a, const Box<T>& b, T eps, T g, BoxGrad<T>& g
 
 template <PairedForm F>
 at::Tensor paired_forward_cpu(const at::Tensor& boxes1_in, const at::Tensor& boxes2_in, c10::string_view variant,
-                              double eps) {
+                              double eps, c10::string_view fmt) {
   check_paired_args(boxes1_in, boxes2_in);
   const Variant v = parse_variant(variant);
-  TORCH_CHECK(F == PairedForm::kAligned || v != Variant::kIoU,
+  TORCH_CHECK(F == PairedForm::kAligned || (v != Variant::kIoU && v != Variant::kIoF),
               "box_iou_loss: variant must be 'giou', 'diou' or 'ciou'");
+  const BoxFormat f = parse_format(fmt, v);
+  TORCH_CHECK(F == PairedForm::kAligned || f == BoxFormat::kXYXY, "box_iou_loss: boxes must be (x1, y1, x2, y2)");
   const at::Tensor boxes1 = boxes1_in.contiguous(), boxes2 = boxes2_in.contiguous();
   const int64_t K = boxes1.size(0);
   at::Tensor out = at::empty({K}, boxes1.options().dtype(compute_dtype(boxes1.scalar_type())));
@@ -207,8 +216,9 @@ at::Tensor paired_forward_cpu(const at::Tensor& boxes1_in, const at::Tensor& box
     T* o = out.mutable_data_ptr<T>();
     dispatch_variant(v, [&](auto tag) {
       constexpr Variant V = decltype(tag)::value;
-      for_each_pair(K, [&](int64_t k) {
-        o[k] = paired_forward<F, V>(load_box<T>(b1 + 4 * k), load_box<T>(b2 + 4 * k), T(eps));
+      dispatch_format<V>(f, [&](auto ftag) {
+        constexpr BoxFormat BF = decltype(ftag)::value;
+        for_each_pair(K, [&](int64_t k) { o[k] = paired_forward<F, V, BF, T>(b1 + 4 * k, b2 + 4 * k, T(eps)); });
       });
     });
   });
@@ -221,7 +231,7 @@ std::tuple<at::Tensor, at::Tensor> paired_backward_cpu(const at::Tensor& grad_in
                                                        double eps) {
   check_paired_args(boxes1_in, boxes2_in);
   const Variant v = parse_variant(variant);
-  TORCH_CHECK(F == PairedForm::kAligned || v != Variant::kIoU,
+  TORCH_CHECK(F == PairedForm::kAligned || (v != Variant::kIoU && v != Variant::kIoF),
               "box_iou_loss_backward: variant must be 'giou', 'diou' or 'ciou'");
   const at::Tensor boxes1 = boxes1_in.contiguous(), boxes2 = boxes2_in.contiguous();
   const int64_t K = boxes1.size(0);
@@ -248,6 +258,11 @@ std::tuple<at::Tensor, at::Tensor> paired_backward_cpu(const at::Tensor& grad_in
   return {grad1, grad2};
 }
 
+at::Tensor loss_forward_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view variant,
+                            double eps) {
+  return paired_forward_cpu<PairedForm::kLoss>(boxes1, boxes2, variant, eps, "xyxy");
+}
+
 }  // namespace
 }  // namespace box_iou
 }  // namespace detops
@@ -258,6 +273,6 @@ TORCH_LIBRARY_IMPL(detops, CPU, m) {
   m.impl("box_iou_matrix_backward", &matrix_backward_cpu);
   m.impl("box_iou_aligned", &paired_forward_cpu<PairedForm::kAligned>);
   m.impl("box_iou_aligned_backward", &paired_backward_cpu<PairedForm::kAligned>);
-  m.impl("box_iou_loss", &paired_forward_cpu<PairedForm::kLoss>);
+  m.impl("box_iou_loss", &loss_forward_cpu);
   m.impl("box_iou_loss_backward", &paired_backward_cpu<PairedForm::kLoss>);
 }

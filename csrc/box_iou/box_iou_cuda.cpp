@@ -14,14 +14,15 @@ namespace box_iou {
 namespace {
 
 at::Tensor matrix_forward_op(const at::Tensor& boxes1_in, const at::Tensor& boxes2_in, c10::string_view variant,
-                          double eps) {
+                             double eps, c10::string_view fmt) {
   check_matrix_args(boxes1_in, boxes2_in);
+  const Variant v = parse_variant(variant);
+  const BoxFormat f = parse_format(fmt, v);
   const c10::cuda::CUDAGuard guard(boxes1_in.device());
   const at::Tensor boxes1 = boxes1_in.contiguous(), boxes2 = boxes2_in.contiguous();
   const int64_t B = boxes1.size(0), N = boxes1.size(1), M = boxes2.size(1);
   at::Tensor out = at::empty({B, N, M}, boxes1.options().dtype(compute_dtype(boxes1.scalar_type())));
-  DETOPS_CUDA_CHECK(matrix_forward_cuda(to_dtype(boxes1.scalar_type()), parse_variant(variant),
-                                        boxes1.const_data_ptr(), boxes2.const_data_ptr(), out.mutable_data_ptr(),
+  DETOPS_CUDA_CHECK(matrix_forward_cuda(to_dtype(boxes1.scalar_type()), v, f, boxes1.const_data_ptr(), boxes2.const_data_ptr(), out.mutable_data_ptr(),
                                         B, N, M, eps, current_stream(boxes1)));
   return out;
 }
@@ -47,13 +48,14 @@ std::tuple<at::Tensor, at::Tensor> matrix_backward_op(const at::Tensor& grad_in,
 }
 
 at::Tensor aligned_forward_op(const at::Tensor& boxes1_in, const at::Tensor& boxes2_in, c10::string_view variant,
-                           double eps) {
+                              double eps, c10::string_view fmt) {
   check_paired_args(boxes1_in, boxes2_in);
+  const Variant v = parse_variant(variant);
+  const BoxFormat f = parse_format(fmt, v);
   const c10::cuda::CUDAGuard guard(boxes1_in.device());
   const at::Tensor boxes1 = boxes1_in.contiguous(), boxes2 = boxes2_in.contiguous();
   at::Tensor out = at::empty({boxes1.size(0)}, boxes1.options().dtype(compute_dtype(boxes1.scalar_type())));
-  DETOPS_CUDA_CHECK(aligned_forward_cuda(to_dtype(boxes1.scalar_type()), parse_variant(variant),
-                                         boxes1.const_data_ptr(), boxes2.const_data_ptr(), out.mutable_data_ptr(),
+  DETOPS_CUDA_CHECK(aligned_forward_cuda(to_dtype(boxes1.scalar_type()), v, f, boxes1.const_data_ptr(), boxes2.const_data_ptr(), out.mutable_data_ptr(),
                                          boxes1.size(0), eps, current_stream(boxes1)));
   return out;
 }

@@ -27,14 +27,14 @@ __device__ __forceinline__ void add_to(BoxGrad<T>& acc, const BoxGrad<T>& g) {
   acc.x1 += g.x1; acc.y1 += g.y1; acc.x2 += g.x2; acc.y2 += g.y2;
 }
 
-template <Variant V, typename T>
-__device__ __forceinline__ BoxInfo<T> info_of(const Box<T>& b) {
-  return make_info<V>(b.x1, b.y1, b.x2, b.y2);
+template <Variant V, BoxFormat F, typename T, typename S>
+__device__ __forceinline__ BoxInfo<T> load_info(const S* p) {
+  return make_info_as<V, F>(convert<T>(p[0]), convert<T>(p[1]), convert<T>(p[2]), convert<T>(p[3]));
 }
 
 // One thread per (row, column) pair; consecutive threads take consecutive
 // columns so the output stores coalesce.
-template <Variant V, typename S>
+template <Variant V, BoxFormat F, typename S>
 __global__ void matrix_forward_kernel(const S* __restrict__ boxes1, const S* __restrict__ boxes2,
                                       opmath_t<S>* __restrict__ out, int64_t N, int64_t M, int64_t total,
                                       opmath_t<S> eps) {
@@ -43,9 +43,7 @@ __global__ void matrix_forward_kernel(const S* __restrict__ boxes1, const S* __r
     const int64_t row = p / M;  // b * N + i
     const int64_t j = p - row * M;
     const int64_t b = row / N;
-    const Box<T> a = load_box<T>(boxes1 + row * 4);
-    const Box<T> c = load_box<T>(boxes2 + (b * M + j) * 4);
-    out[p] = matrix_forward<V>(info_of<V>(a), info_of<V>(c), eps);
+    out[p] = matrix_forward<V>(load_info<V, F, T>(boxes1 + row * 4), load_info<V, F, T>(boxes2 + (b * M + j) * 4), eps);
   }
 }
 
@@ -122,12 +120,12 @@ __global__ void matrix_backward_cols_kernel(const opmath_t<S>* __restrict__ grad
   }
 }
 
-template <Variant V, typename S>
+template <Variant V, BoxFormat F, typename S>
 __global__ void aligned_forward_kernel(const S* __restrict__ boxes1, const S* __restrict__ boxes2,
                                        opmath_t<S>* __restrict__ out, int64_t K, opmath_t<S> eps) {
   using T = opmath_t<S>;
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < K; k += int64_t(gridDim.x) * blockDim.x) {
-    out[k] = matrix_forward<V>(info_of<V>(load_box<T>(boxes1 + 4 * k)), info_of<V>(load_box<T>(boxes2 + 4 * k)), eps);
+    out[k] = matrix_forward<V>(load_info<V, F, T>(boxes1 + 4 * k), load_info<V, F, T>(boxes2 + 4 * k), eps);
   }
 }
 
@@ -151,16 +149,24 @@ cudaError_t dispatch(DType dtype, Variant v, F&& launch) {
   return cudaGetLastError();
 }
 
+// Runs launch(VariantTag, FormatTag, S{}) for the runtime variant, format and dtype.
+template <typename F>
+cudaError_t dispatch_with_format(DType dtype, Variant v, BoxFormat fmt, F&& launch) {
+  return dispatch(dtype, v, [&](auto tag, auto s) {
+    dispatch_format<decltype(tag)::value>(fmt, [&](auto ftag) { launch(tag, ftag, s); });
+  });
+}
+
 }  // namespace
 
-cudaError_t matrix_forward_cuda(DType dtype, Variant v, const void* boxes1, const void* boxes2, void* out,
-                                int64_t B, int64_t N, int64_t M, double eps, cudaStream_t stream) {
+cudaError_t matrix_forward_cuda(DType dtype, Variant v, BoxFormat fmt, const void* boxes1, const void* boxes2,
+                                void* out, int64_t B, int64_t N, int64_t M, double eps, cudaStream_t stream) {
   const int64_t total = B * N * M;
   if (total == 0) return cudaSuccess;
-  return dispatch(dtype, v, [&](auto tag, auto s) {
+  return dispatch_with_format(dtype, v, fmt, [&](auto tag, auto ftag, auto s) {
     using S = decltype(s);
     using T = opmath_t<S>;
-    matrix_forward_kernel<decltype(tag)::value, S><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
+    matrix_forward_kernel<decltype(tag)::value, decltype(ftag)::value, S><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
         static_cast<const S*>(boxes1), static_cast<const S*>(boxes2), static_cast<T*>(out), N, M, total, T(eps));
   });
 }
@@ -186,13 +192,13 @@ cudaError_t matrix_backward_cuda(DType dtype, Variant v, const void* grad, const
   });
 }
 
-cudaError_t aligned_forward_cuda(DType dtype, Variant v, const void* boxes1, const void* boxes2, void* out,
-                                 int64_t K, double eps, cudaStream_t stream) {
+cudaError_t aligned_forward_cuda(DType dtype, Variant v, BoxFormat fmt, const void* boxes1, const void* boxes2,
+                                 void* out, int64_t K, double eps, cudaStream_t stream) {
   if (K == 0) return cudaSuccess;
-  return dispatch(dtype, v, [&](auto tag, auto s) {
+  return dispatch_with_format(dtype, v, fmt, [&](auto tag, auto ftag, auto s) {
     using S = decltype(s);
     using T = opmath_t<S>;
-    aligned_forward_kernel<decltype(tag)::value, S><<<blocks_for(K, kThreads), kThreads, 0, stream>>>(
+    aligned_forward_kernel<decltype(tag)::value, decltype(ftag)::value, S><<<blocks_for(K, kThreads), kThreads, 0, stream>>>(
         static_cast<const S*>(boxes1), static_cast<const S*>(boxes2), static_cast<T*>(out), K, T(eps));
   });
 }

@@ -14,14 +14,14 @@
 namespace detops {
 namespace box_iou {
 
-cudaError_t matrix_forward_cuda(DType dtype, Variant v, const void* boxes1, const void* boxes2, void* out,
+cudaError_t matrix_forward_cuda(DType dtype, Variant v, BoxFormat fmt, const void* boxes1, const void* boxes2, void* out,
                                 int64_t B, int64_t N, int64_t M, double eps, cudaStream_t stream);
 
 cudaError_t matrix_backward_cuda(DType dtype, Variant v, const void* grad, const void* boxes1,
                                  const void* boxes2, void* grad1, void* grad2, int64_t B, int64_t N, int64_t M,
                                  double eps, cudaStream_t stream);
 
-cudaError_t aligned_forward_cuda(DType dtype, Variant v, const void* boxes1, const void* boxes2, void* out,
+cudaError_t aligned_forward_cuda(DType dtype, Variant v, BoxFormat fmt, const void* boxes1, const void* boxes2, void* out,
                                  int64_t K, double eps, cudaStream_t stream);
 
 cudaError_t aligned_backward_cuda(DType dtype, Variant v, const void* grad, const void* boxes1,

@@ -19,7 +19,19 @@
 namespace detops {
 namespace box_iou {
 
-enum class Variant : int { kIoU = 0, kGIoU = 1, kDIoU = 2, kCIoU = 3 };
+// kIoF is intersection over the first box's area (mmdetection's "iof"; the
+// overlap COCO uses for crowd regions).
+enum class Variant : int { kIoU = 0, kGIoU = 1, kDIoU = 2, kCIoU = 3, kIoF = 4 };
+
+// Box formats the matrix and aligned forms read natively (IoU and IoF only):
+// (x1, y1, x2, y2), (x, y, w, h) and (cx, cy, w, h). The area of the last two
+// is w * h, as torchvision and pycocotools compute it, not (x2-x1) * (y2-y1).
+enum class BoxFormat : int { kXYXY = 0, kXYWH = 1, kCXCYWH = 2 };
+
+template <BoxFormat F>
+struct FormatTag {
+  static constexpr BoxFormat value = F;
+};
 
 template <Variant V>
 struct VariantTag {
@@ -63,6 +75,21 @@ DETOPS_HD BoxInfo<T> make_info(T x1, T y1, T x2, T y2) {
   return info;
 }
 
+// The per-box quantities of a box given in format F, with torchvision's
+// arithmetic for the corners (x + w; cx - w / 2, cx + w / 2).
+template <Variant V, BoxFormat F, typename T>
+DETOPS_HD BoxInfo<T> make_info_as(T p0, T p1, T p2, T p3) {
+  if constexpr (F == BoxFormat::kXYXY) {
+    return make_info<V>(p0, p1, p2, p3);
+  } else {
+    BoxInfo<T> info = F == BoxFormat::kXYWH
+                          ? make_info<V>(p0, p1, p0 + p2, p1 + p3)
+                          : make_info<V>(p0 - p2 / T(2), p1 - p3 / T(2), p0 + p2 / T(2), p1 + p3 / T(2));
+    info.area = p2 * p3;
+    return info;
+  }
+}
+
 // ------------------------------------------------------------------ matrix
 
 template <Variant V, typename T>
@@ -71,8 +98,11 @@ DETOPS_HD T matrix_forward(const BoxInfo<T>& a, const BoxInfo<T>& b, T eps) {
   const T h = max2(min2(a.y2, b.y2) - max2(a.y1, b.y1), T(0));
   const T inter = w * h;
   const T uni = a.area + b.area - inter;
+  if constexpr (V == Variant::kIoF) {
+    return inter / a.area;
+  }
   const T iou = inter / uni;
-  if constexpr (V == Variant::kIoU) {
+  if constexpr (V == Variant::kIoU || V == Variant::kIoF) {
     return iou;
   } else {
     const T cw = max2(max2(a.x2, b.x2) - min2(a.x1, b.x1), T(0));
@@ -116,7 +146,18 @@ DETOPS_HD void matrix_backward(const Box<T>& a, const Box<T>& b, T eps, T g,
   T g_uni = T(0);
   T g_wa = T(0), g_ha = T(0), g_wb = T(0), g_hb = T(0);
 
-  if constexpr (V != Variant::kIoU) {
+  if constexpr (V == Variant::kIoF) {
+    // value = inter / area_a
+    const T g_inter_iof = g / area_a;
+    g_wa -= g * inter / (area_a * area_a) * ha;
+    g_ha -= g * inter / (area_a * area_a) * wa;
+    const T g_dwi = dwi >= T(0) ? g_inter_iof * h : T(0);
+    const T g_dhi = dhi >= T(0) ? g_inter_iof * w : T(0);
+    min2_backward(a.x2, b.x2, g_dwi, ga.x2, gb.x2);
+    max2_backward(a.x1, b.x1, -g_dwi, ga.x1, gb.x1);
+    min2_backward(a.y2, b.y2, g_dhi, ga.y2, gb.y2);
+    max2_backward(a.y1, b.y1, -g_dhi, ga.y1, gb.y1);
+  } else if constexpr (V != Variant::kIoU) {
     const T cx1 = min2(a.x1, b.x1), cy1 = min2(a.y1, b.y1);
     const T cx2 = max2(a.x2, b.x2), cy2 = max2(a.y2, b.y2);
     const T dwc = cx2 - cx1, dhc = cy2 - cy1;
@@ -167,19 +208,21 @@ DETOPS_HD void matrix_backward(const Box<T>& a, const Box<T>& b, T eps, T g,
     min2_backward(a.y1, b.y1, -g_dhc, ga.y1, gb.y1);
   }
 
-  // iou = inter / uni, uni = area_a + area_b - inter
-  g_uni -= g_iou * inter / (uni * uni);
-  const T g_inter = g_iou / uni - g_uni;
-  g_wa += g_uni * ha;
-  g_ha += g_uni * wa;
-  g_wb += g_uni * hb;
-  g_hb += g_uni * wb;
-  const T g_dwi = dwi >= T(0) ? g_inter * h : T(0);
-  const T g_dhi = dhi >= T(0) ? g_inter * w : T(0);
-  min2_backward(a.x2, b.x2, g_dwi, ga.x2, gb.x2);
-  max2_backward(a.x1, b.x1, -g_dwi, ga.x1, gb.x1);
-  min2_backward(a.y2, b.y2, g_dhi, ga.y2, gb.y2);
-  max2_backward(a.y1, b.y1, -g_dhi, ga.y1, gb.y1);
+  if constexpr (V != Variant::kIoF) {
+    // iou = inter / uni, uni = area_a + area_b - inter
+    g_uni -= g_iou * inter / (uni * uni);
+    const T g_inter = g_iou / uni - g_uni;
+    g_wa += g_uni * ha;
+    g_ha += g_uni * wa;
+    g_wb += g_uni * hb;
+    g_hb += g_uni * wb;
+    const T g_dwi = dwi >= T(0) ? g_inter * h : T(0);
+    const T g_dhi = dhi >= T(0) ? g_inter * w : T(0);
+    min2_backward(a.x2, b.x2, g_dwi, ga.x2, gb.x2);
+    max2_backward(a.x1, b.x1, -g_dwi, ga.x1, gb.x1);
+    min2_backward(a.y2, b.y2, g_dhi, ga.y2, gb.y2);
+    max2_backward(a.y1, b.y1, -g_dhi, ga.y1, gb.y1);
+  }
 
   ga.x2 += g_wa; ga.x1 -= g_wa; ga.y2 += g_ha; ga.y1 -= g_ha;
   gb.x2 += g_wb; gb.x1 -= g_wb; gb.y2 += g_hb; gb.y1 -= g_hb;
@@ -316,6 +359,22 @@ inline void dispatch_variant(Variant v, F&& f) {
     case Variant::kGIoU: f(VariantTag<Variant::kGIoU>{}); break;
     case Variant::kDIoU: f(VariantTag<Variant::kDIoU>{}); break;
     case Variant::kCIoU: f(VariantTag<Variant::kCIoU>{}); break;
+    case Variant::kIoF: f(VariantTag<Variant::kIoF>{}); break;
+  }
+}
+
+// Calls f(FormatTag<F>{}) for the runtime format; variants other than IoU and
+// IoF are compiled for (x1, y1, x2, y2) only (callers check the format).
+template <Variant V, typename F>
+inline void dispatch_format(BoxFormat fmt, F&& f) {
+  if constexpr (V == Variant::kIoU || V == Variant::kIoF) {
+    switch (fmt) {
+      case BoxFormat::kXYXY: f(FormatTag<BoxFormat::kXYXY>{}); break;
+      case BoxFormat::kXYWH: f(FormatTag<BoxFormat::kXYWH>{}); break;
+      case BoxFormat::kCXCYWH: f(FormatTag<BoxFormat::kCXCYWH>{}); break;
+    }
+  } else {
+    f(FormatTag<BoxFormat::kXYXY>{});
   }
 }
 

@@ -391,3 +391,76 @@ def test_errors_name_the_argument():
         torch.ops.detops.box_iou_matrix(good[None], good[None], "bogus", 0.0)
     with pytest.raises(RuntimeError, match=r"same batch size"):
         torch.ops.detops.box_iou_matrix(good[None], good[None].expand(2, 3, 4), "iou", 0.0)
+
+
+# ------------------------------------------------------------------ formats and IoF
+
+
+def pycocotools_overlaps(d_xywh, g_xywh, crowd):
+    mask = pytest.importorskip("pycocotools.mask")
+    import numpy as np
+
+    return torch.from_numpy(np.asarray(mask.iou(d_xywh.numpy(), g_xywh.numpy(), crowd.numpy().astype(np.uint8))))
+
+
+def test_xywh_iou_and_iof_equal_pycocotools_exactly():
+    """COCO's box overlaps (IoU, and IoF against crowd regions) bit for bit:
+    native xywh reading keeps pycocotools' w*h areas and x+w edges."""
+    g = torch.Generator().manual_seed(21)
+    d = random_boxes(60, generator=g, dtype=torch.float64)
+    t = random_boxes(25, generator=g, dtype=torch.float64)
+    d[:, 2:] -= d[:, :2]
+    t[:, 2:] -= t[:, :2]
+    t[:5] = d[:5]  # identical boxes: IoU exactly 1
+    crowd = torch.arange(25) % 4 == 0
+    expected = pycocotools_overlaps(d, t, crowd)
+    ours = torch.where(crowd, detops.box_iof(d, t, fmt="xywh"), detops.box_iou(d, t, fmt="xywh")).nan_to_num(0.0)
+    assert torch.equal(ours, expected)
+
+
+@pytest.mark.parametrize("fmt", ["xyxy", "xywh", "cxcywh"])
+def test_box_iof_against_float64_reference(fmt, device):
+    b1, b2 = boxes_pair(30, 20, torch.float64, device, 22)
+    inter = (torch.min(b1[:, None, 2:], b2[None, :, 2:]) - torch.max(b1[:, None, :2], b2[None, :, :2])).clamp(min=0)
+    area1 = (b1[:, 2] - b1[:, 0]) * (b1[:, 3] - b1[:, 1])
+    expected = inter.prod(-1) / area1[:, None]
+    c1, c2 = (b1, b2) if fmt == "xyxy" else (torchvision_convert(b1, fmt), torchvision_convert(b2, fmt))
+    assert_close(detops.box_iof(c1, c2, fmt=fmt), expected, rtol=1e-12, atol=1e-12)
+    assert_close(detops.box_iof(c1[:20], c2, fmt=fmt, aligned=True), expected[:20].diagonal(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("fmt", ["xywh", "cxcywh"])
+@pytest.mark.parametrize("func", [detops.box_iou, detops.box_iof])
+def test_formats_gradcheck_and_equal_torchvision_gradients(fmt, func):
+    b1, b2 = boxes_pair(5, 4, torch.float64, "cpu", 23)
+    b2[0] = b1[0] + 0.31
+    c1 = torchvision_convert(b1, fmt).requires_grad_()
+    c2 = torchvision_convert(b2, fmt).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, y: func(x, y, fmt=fmt), (c1, c2))
+    assert torch.autograd.gradcheck(lambda x, y: func(x, y[:4], fmt=fmt, aligned=True), (c1[:4], c2))
+    if func is detops.box_iou:
+        got = torch.autograd.grad(func(c1, c2, fmt=fmt).sum(), (c1, c2))
+        want = torch.autograd.grad(tvo.box_iou(c1, c2, fmt=fmt).sum(), (c1, c2))
+        for a, b in zip(got, want):
+            assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_format_only_for_iou_and_iof():
+    b = random_boxes(3)[None]
+    with pytest.raises(RuntimeError, match="'iou' and 'iof' variants only"):
+        torch.ops.detops.box_iou_matrix(b, b, "giou", 0.0, "xywh")
+    with pytest.raises(RuntimeError, match="fmt must be"):
+        torch.ops.detops.box_iou_matrix(b, b, "iou", 0.0, "xyxyr")
+    with pytest.raises(ValueError, match="fmt must be"):
+        detops.box_iof(b[0], b[0], fmt="xyxyr")
+
+
+def test_opcheck_formats_and_iof():
+    b1, b2 = boxes_pair(6, 5, torch.float64, "cpu", 24)
+    b2[:3] = b1[:3] + 0.3
+    for fmt in ("xyxy", "xywh", "cxcywh"):
+        for variant in ("iou", "iof"):
+            m1 = torchvision_convert(b1, fmt)[None].clone().requires_grad_() if fmt != "xyxy" else b1[None].clone().requires_grad_()
+            m2 = torchvision_convert(b2, fmt)[None].clone().requires_grad_() if fmt != "xyxy" else b2[None].clone().requires_grad_()
+            torch.library.opcheck(torch.ops.detops.box_iou_matrix, (m1, m2, variant, 0.0, fmt))
+            torch.library.opcheck(torch.ops.detops.box_iou_aligned, (m1[0, :5], m2[0], variant, 0.0, fmt))

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..ops.box_iou import box_iof, box_iou
 from . import mask as _mask
 
 __all__ = [
@@ -162,19 +163,14 @@ class _Instances:
 
 
 def _pair_box_iou(d: Tensor, g: Tensor, crowd: Tensor) -> Tensor:
-    """pycocotools' bbIou on pairs of ``(x, y, w, h)`` float64 boxes, operation for
-    operation (areas are w*h; right edges are w+x), so IoU values are bit-equal.
-    This is not ``detops.box_iou``: that op takes (x1, y1, x2, y2) boxes and
-    computes areas as (x2-x1)*(y2-y1), which differs in the last bit for xywh
-    input and could flip a tie."""
-    w = torch.minimum(d[:, 2] + d[:, 0], g[:, 2] + g[:, 0]) - torch.maximum(d[:, 0], g[:, 0])
-    h = torch.minimum(d[:, 3] + d[:, 1], g[:, 3] + g[:, 1]) - torch.maximum(d[:, 1], g[:, 1])
-    inter = w * h
-    da = d[:, 2] * d[:, 3]
-    ga = g[:, 2] * g[:, 3]
-    union = torch.where(crowd, da, da + ga - inter)
-    ok = (w > 0) & (h > 0)
-    return torch.where(ok, inter / torch.where(ok, union, torch.ones_like(union)), torch.zeros_like(inter))
+    """pycocotools' bbIou on pairs of ``(x, y, w, h)`` float64 boxes, bit for bit:
+    detops' IoU kernels read xywh natively (areas ``w * h``, right edges
+    ``x + w``, as pycocotools computes them), and crowd regions take the
+    intersection over the detection's area (``box_iof``). Pairs that do not
+    overlap are 0, as pycocotools skips them, zero-area ones (0/0) included."""
+    iou = box_iou(d, g, fmt="xywh", aligned=True)
+    iof = box_iof(d, g, fmt="xywh", aligned=True)
+    return torch.where(crowd, iof, iou).nan_to_num(nan=0.0)
 
 
 def _pair_mask_iou(dt: _Instances, gt: _Instances, pair_d: Tensor, pair_g: Tensor) -> Tensor:

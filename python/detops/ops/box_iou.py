@@ -4,11 +4,13 @@ results. Boxes are ``(x1, y1, x2, y2)``.
 
 Operators (``torch.ops.detops.*``), all with autograd:
 
-* ``box_iou_matrix(boxes1 [B,N,4], boxes2 [B,M,4], variant, eps) -> [B,N,M]``
-* ``box_iou_aligned(boxes1 [K,4], boxes2 [K,4], variant, eps) -> [K]``
+* ``box_iou_matrix(boxes1 [B,N,4], boxes2 [B,M,4], variant, eps, fmt) -> [B,N,M]``
+* ``box_iou_aligned(boxes1 [K,4], boxes2 [K,4], variant, eps, fmt) -> [K]``
 * ``box_iou_loss(boxes1 [K,4], boxes2 [K,4], variant, eps) -> [K]`` (no reduction)
 
-``variant`` is ``"iou"``, ``"giou"``, ``"diou"`` or ``"ciou"``. CPU: C++; GPU:
+``variant`` is ``"iou"``, ``"giou"``, ``"diou"``, ``"ciou"`` or ``"iof"``
+(intersection over the first box's area); ``fmt`` (``"xyxy"``, ``"xywh"``,
+``"cxcywh"``) applies to ``"iou"`` and ``"iof"``. CPU: C++; GPU:
 CUDA C++ for the matrices, Triton (``detops.kernels.box_iou``) for the losses.
 """
 
@@ -31,6 +33,7 @@ from ._common import (
 
 __all__ = [
     "box_iou",
+    "box_iof",
     "generalized_box_iou",
     "distance_box_iou",
     "complete_box_iou",
@@ -46,14 +49,14 @@ _ops = torch.ops.detops
 
 
 @torch.library.register_fake("detops::box_iou_matrix")
-def _matrix_fake(boxes1: Tensor, boxes2: Tensor, variant: str, eps: float) -> Tensor:
+def _matrix_fake(boxes1: Tensor, boxes2: Tensor, variant: str, eps: float, fmt: str = "xyxy") -> Tensor:
     torch._check(boxes1.dim() == 3 and boxes2.dim() == 3, lambda: "boxes must be [B, N, 4]")
     return boxes1.new_empty(
         (boxes1.shape[0], boxes1.shape[1], boxes2.shape[1]), dtype=compute_dtype(boxes1.dtype)
     )
 
 
-def _paired_fake(boxes1: Tensor, boxes2: Tensor, variant: str, eps: float) -> Tensor:
+def _paired_fake(boxes1: Tensor, boxes2: Tensor, variant: str, eps: float, fmt: str = "xyxy") -> Tensor:
     torch._check(boxes1.dim() == 2 and boxes1.shape == boxes2.shape, lambda: "boxes must be [K, 4] pairs")
     return boxes1.new_empty((boxes1.shape[0],), dtype=compute_dtype(boxes1.dtype))
 
@@ -69,17 +72,23 @@ for _name in ("box_iou_matrix_backward", "box_iou_aligned_backward", "box_iou_lo
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    boxes1, boxes2, variant, eps = inputs
+    boxes1, boxes2, variant, eps = inputs[:4]
     ctx.save_for_backward(boxes1, boxes2)
     ctx.variant = variant
     ctx.eps = eps
+    ctx.fmt = inputs[4] if len(inputs) > 4 else None
 
 
 def _make_backward(backward_op):
     def backward(ctx, grad: Tensor):
         boxes1, boxes2 = ctx.saved_tensors
-        grad1, grad2 = backward_op(grad, boxes1, boxes2, ctx.variant, ctx.eps)
-        return grad1, grad2, None, None
+        if ctx.fmt in (None, "xyxy"):
+            grad1, grad2 = backward_op(grad, boxes1, boxes2, ctx.variant, ctx.eps)
+        else:
+            # The backward kernels take (x1, y1, x2, y2): convert, then chain.
+            grad1, grad2 = backward_op(grad, _to_xyxy(boxes1, ctx.fmt), _to_xyxy(boxes2, ctx.fmt), ctx.variant, ctx.eps)
+            grad1, grad2 = _grad_from_xyxy(grad1, ctx.fmt), _grad_from_xyxy(grad2, ctx.fmt)
+        return (grad1, grad2, None, None) + ((None,) if ctx.fmt is not None else ())
 
     return backward
 
@@ -99,6 +108,23 @@ if triton_available():
 
     _triton_lib.impl("box_iou_loss", _triton_box_iou.box_iou_loss_forward, "CUDA")
     _triton_lib.impl("box_iou_loss_backward", _triton_box_iou.box_iou_loss_backward, "CUDA")
+
+
+def _to_xyxy(boxes: Tensor, fmt: str) -> Tensor:
+    # Same arithmetic as torchvision's _box_inter_union for these formats.
+    if fmt == "xyxy":
+        return boxes
+    if fmt == "xywh":
+        return torch.cat([boxes[..., :2], boxes[..., :2] + boxes[..., 2:]], dim=-1)
+    return torch.cat([boxes[..., :2] - boxes[..., 2:] / 2, boxes[..., :2] + boxes[..., 2:] / 2], dim=-1)
+
+
+def _grad_from_xyxy(grad: Tensor, fmt: str) -> Tensor:
+    """Chain rule through _to_xyxy: d/d(x, y, w, h) or d/d(cx, cy, w, h)."""
+    lo, hi = grad[..., :2], grad[..., 2:]
+    if fmt == "xywh":
+        return torch.cat([lo + hi, hi], dim=-1)
+    return torch.cat([lo + hi, (hi - lo) / 2], dim=-1)
 
 
 # ------------------------------------------------------------------ dtype rules
@@ -135,7 +161,7 @@ def _float_or_f32(dtype: torch.dtype) -> torch.dtype:
 # ------------------------------------------------------------------ public functions
 
 
-def _pairwise(boxes1: Tensor, boxes2: Tensor, variant: str, eps: float, aligned: bool) -> Tensor:
+def _pairwise(boxes1: Tensor, boxes2: Tensor, variant: str, eps: float, aligned: bool, fmt: str = "xyxy") -> Tensor:
     if aligned:
         check_boxes(boxes1, "boxes1")
         check_boxes(boxes2, "boxes2")
@@ -153,7 +179,7 @@ def _pairwise(boxes1: Tensor, boxes2: Tensor, variant: str, eps: float, aligned:
                 f"{list(boxes1.shape)} and {list(boxes2.shape)}"
             ) from None
         lead = b1.shape[:-1]
-        out = _ops.box_iou_aligned(b1.reshape(-1, 4), b2.reshape(-1, 4), variant, eps)
+        out = _ops.box_iou_aligned(b1.reshape(-1, 4), b2.reshape(-1, 4), variant, eps, fmt)
         return out.reshape(lead).to(out_dtype)
     try:
         batch = torch.broadcast_shapes(b1.shape[:-2], b2.shape[:-2])
@@ -165,17 +191,8 @@ def _pairwise(boxes1: Tensor, boxes2: Tensor, variant: str, eps: float, aligned:
     n, m, flat = b1.shape[-2], b2.shape[-2], math.prod(batch)
     b1 = b1.expand(*batch, n, 4).reshape(flat, n, 4)
     b2 = b2.expand(*batch, m, 4).reshape(flat, m, 4)
-    out = _ops.box_iou_matrix(b1, b2, variant, eps)
+    out = _ops.box_iou_matrix(b1, b2, variant, eps, fmt)
     return out.reshape(*batch, n, m).to(out_dtype)
-
-
-def _to_xyxy(boxes: Tensor, fmt: str) -> Tensor:
-    # Same arithmetic as torchvision's _box_inter_union for these formats.
-    if fmt == "xyxy":
-        return boxes
-    if fmt == "xywh":
-        return torch.cat([boxes[..., :2], boxes[..., :2] + boxes[..., 2:]], dim=-1)
-    return torch.cat([boxes[..., :2] - boxes[..., 2:] / 2, boxes[..., :2] + boxes[..., 2:] / 2], dim=-1)
 
 
 def box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy", *, aligned: bool = False) -> Tensor:
@@ -184,7 +201,8 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy", *, aligned: bool 
     Args:
         boxes1: ``[..., N, 4]`` boxes.
         boxes2: ``[..., M, 4]`` boxes; leading dimensions broadcast with ``boxes1``'s.
-        fmt: ``"xyxy"`` (``(x1, y1, x2, y2)``), ``"xywh"`` or ``"cxcywh"``.
+        fmt: ``"xyxy"`` (``(x1, y1, x2, y2)``), ``"xywh"`` or ``"cxcywh"``, read
+            natively with torchvision's arithmetic (areas ``w * h``).
         aligned: if True, ``boxes1`` and ``boxes2`` are pairs of the same shape
             ``[..., 4]`` and the result is ``[...]``, the IoU of each pair.
 
@@ -192,11 +210,32 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy", *, aligned: bool 
         ``[..., N, M]`` (or ``[...]`` when aligned); float32 for integer,
         float16 and bfloat16 boxes, as torchvision returns.
     """
+    _check_fmt(fmt)
+    return _pairwise(boxes1, boxes2, "iou", 0.0, aligned, fmt)
+
+
+def box_iof(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy", *, aligned: bool = False) -> Tensor:
+    """Intersection over the area of the box from ``boxes1`` (mmdetection's
+    ``mode="iof"``; COCO's overlap with crowd regions, where ``boxes1`` are
+    the detections).
+
+    Args:
+        boxes1: ``[..., N, 4]`` boxes whose areas divide the intersection.
+        boxes2: ``[..., M, 4]`` boxes; leading dimensions broadcast with ``boxes1``'s.
+        fmt: ``"xyxy"`` (``(x1, y1, x2, y2)``), ``"xywh"`` or ``"cxcywh"``; the
+            area of the last two is ``w * h``.
+        aligned: if True, pairs of the same shape ``[..., 4]`` give ``[...]``.
+
+    Returns:
+        ``[..., N, M]`` (or ``[...]`` when aligned), dtypes as :func:`box_iou`.
+    """
+    _check_fmt(fmt)
+    return _pairwise(boxes1, boxes2, "iof", 0.0, aligned, fmt)
+
+
+def _check_fmt(fmt: str) -> None:
     if fmt not in ("xyxy", "xywh", "cxcywh"):
         raise ValueError(f"fmt must be 'xyxy', 'xywh' or 'cxcywh' (rotated formats are not supported), got {fmt!r}")
-    check_boxes(boxes1, "boxes1")
-    check_boxes(boxes2, "boxes2")
-    return _pairwise(_to_xyxy(boxes1, fmt), _to_xyxy(boxes2, fmt), "iou", 0.0, aligned)
 
 
 def generalized_box_iou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False) -> Tensor:
