@@ -91,9 +91,16 @@ Geometry make_geometry(const at::Tensor& input, const at::Tensor& weight, const 
   return g;
 }
 
-void check_grad(const at::Tensor& grad, const Geometry& g) {
-  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == g.N && grad.size(1) == g.Cout,
+Geometry backward_geometry(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight,
+                           at::IntArrayRef stride, at::IntArrayRef offset, int64_t groups) {
+  TORCH_CHECK(grad.dim() == 4, "conv_transpose2d_backward: grad must be 4-D, got ", grad.sizes());
+  check_same_dtype_device(grad, "grad", input, "input");
+  const int64_t out_size[2] = {grad.size(2), grad.size(3)};
+  const int64_t zero[2] = {0, 0};
+  const Geometry g = make_geometry(input, weight, std::nullopt, std::nullopt, stride, offset, out_size, zero, groups);
+  TORCH_CHECK(grad.size(0) == g.N && grad.size(1) == g.Cout,
               "conv_transpose2d_backward: grad must be [", g.N, ", ", g.Cout, ", OH, OW], got ", grad.sizes());
+  return g;
 }
 
 namespace {

@@ -33,7 +33,9 @@ Geometry make_geometry(const at::Tensor& input, const at::Tensor& weight, const 
 
 Activation parse_activation(int64_t activation);
 
-void check_grad(const at::Tensor& grad, const Geometry& g);
+// Checks the backward op's arguments and returns the sizes of the forward it inverts.
+Geometry backward_geometry(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight,
+                           at::IntArrayRef stride, at::IntArrayRef offset, int64_t groups);
 
 // Whether the dense algorithm applies (groups == 1 and kernel == stride).
 inline bool is_dense(const Geometry& g) { return g.groups == 1 && g.kH == g.sH && g.kW == g.sW; }

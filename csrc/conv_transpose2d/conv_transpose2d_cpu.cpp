@@ -257,12 +257,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& gr
                                                             const at::Tensor& weight, at::IntArrayRef stride,
                                                             at::IntArrayRef offset, int64_t groups,
                                                             std::array<bool, 3> mask) {
-  TORCH_CHECK(grad_in.dim() == 4, "conv_transpose2d_backward: grad must be 4-D, got ", grad_in.sizes());
-  check_same_dtype_device(grad_in, "grad", input, "input");
-  const int64_t out_size[2] = {grad_in.size(2), grad_in.size(3)};
-  const int64_t zero[2] = {0, 0};
-  const Geometry g = make_geometry(input, weight, std::nullopt, std::nullopt, stride, offset, out_size, zero, groups);
-  check_grad(grad_in, g);
+  const Geometry g = backward_geometry(grad_in, input, weight, stride, offset, groups);
   if (is_dense(g) && dense_via_onednn(g)) return dense_backward_onednn(grad_in, input, weight, g, mask);
   if (is_dense(g)) return dense_backward(grad_in, input, weight, g, mask, &unshuffle_cpu, DenseGemm::kConv1x1);
   const at::Tensor grad = grad_in.contiguous(), x = input.contiguous(), w = weight.contiguous();
