@@ -21,12 +21,12 @@ namespace {
 constexpr int64_t kGrain = 16384;  // pairs per parallel task
 
 template <typename T, typename scalar_t>
-Box<T> load_box(const scalar_t* p) {
+DETOPS_HD Box<T> load_box(const scalar_t* p) {
   return {T(p[0]), T(p[1]), T(p[2]), T(p[3])};
 }
 
 template <typename scalar_t, typename A>
-void store_grad(scalar_t* p, const BoxGrad<A>& g) {
+DETOPS_HD void store_grad(scalar_t* p, const BoxGrad<A>& g) {
   p[0] = scalar_t(g.x1);
   p[1] = scalar_t(g.y1);
   p[2] = scalar_t(g.x2);
@@ -42,7 +42,7 @@ void accumulate(BoxGrad<A>& acc, const BoxGrad<T>& g) {
 }
 
 template <Variant V, BoxFormat F, typename T, typename scalar_t>
-BoxInfo<T> load_info(const scalar_t* p) {
+DETOPS_HD BoxInfo<T> load_info(const scalar_t* p) {
   return make_info_as<V, F>(T(p[0]), T(p[1]), T(p[2]), T(p[3]));
 }
 
@@ -169,18 +169,10 @@ std::tuple<at::Tensor, at::Tensor> matrix_backward_cpu(const at::Tensor& grad_in
 
 // ------------------------------------------------------------------ paired forms
 
-// Runs fn(k) for every pair k in [0, K), in parallel.
-template <typename F>
-void for_each_pair(int64_t K, const F& fn) {
-  at::parallel_for(0, K, kGrain / 8, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) fn(k);
-  });
-}
-
 enum class PairedForm { kAligned, kLoss };
 
 template <PairedForm F, Variant V, BoxFormat BF, typename T, typename scalar_t>
-T paired_forward(const scalar_t* a, const scalar_t* b, T eps) {
+DETOPS_HD T paired_forward(const scalar_t* a, const scalar_t* b, T eps) {
   if constexpr (F == PairedForm::kAligned) {
     return matrix_forward<V>(load_info<V, BF, T>(a), load_info<V, BF, T>(b), eps);
   } else {
@@ -189,13 +181,36 @@ T paired_forward(const scalar_t* a, const scalar_t* b, T eps) {
 }
 
 template <PairedForm F, Variant V, typename T>
-void paired_backward(const Box<T>& a, const Box<T>& b, T eps, T g, BoxGrad<T>& ga, BoxGrad<T>& gb) {
+DETOPS_HD void paired_backward(const Box<T>& a, const Box<T>& b, T eps, T g, BoxGrad<T>& ga, BoxGrad<T>& gb) {
   if constexpr (F == PairedForm::kAligned) {
     matrix_backward<V>(a, b, eps, g, ga, gb);
   } else {
     loss_backward<V>(a, b, eps, g, ga, gb);
   }
 }
+
+// The pair loops are plain functions with restrict-qualified pointers: inside
+// a lambda that captures the pointers by reference, GCC must assume the
+// stores alias them and does not vectorise.
+template <PairedForm F, Variant V, BoxFormat BF, typename T, typename scalar_t>
+void paired_forward_range(const scalar_t* __restrict__ b1, const scalar_t* __restrict__ b2, T* __restrict__ out,
+                          int64_t begin, int64_t end, T eps) {
+  for (int64_t k = begin; k < end; ++k) out[k] = paired_forward<F, V, BF, T>(b1 + 4 * k, b2 + 4 * k, eps);
+}
+
+template <PairedForm F, Variant V, typename T, typename scalar_t>
+void paired_backward_range(const T* __restrict__ grad, const scalar_t* __restrict__ b1,
+                           const scalar_t* __restrict__ b2, scalar_t* __restrict__ g1, scalar_t* __restrict__ g2,
+                           int64_t begin, int64_t end, T eps) {
+  for (int64_t k = begin; k < end; ++k) {
+    BoxGrad<T> ga, gb;
+    paired_backward<F, V>(load_box<T>(b1 + 4 * k), load_box<T>(b2 + 4 * k), eps, grad[k], ga, gb);
+    store_grad(g1 + 4 * k, ga);
+    store_grad(g2 + 4 * k, gb);
+  }
+}
+
+constexpr int64_t kPairGrain = kGrain / 8;
 
 template <PairedForm F>
 at::Tensor paired_forward_cpu(const at::Tensor& boxes1_in, const at::Tensor& boxes2_in, c10::string_view variant,
@@ -218,7 +233,9 @@ at::Tensor paired_forward_cpu(const at::Tensor& boxes1_in, const at::Tensor& box
       constexpr Variant V = decltype(tag)::value;
       dispatch_format<V>(f, [&](auto ftag) {
         constexpr BoxFormat BF = decltype(ftag)::value;
-        for_each_pair(K, [&](int64_t k) { o[k] = paired_forward<F, V, BF, T>(b1 + 4 * k, b2 + 4 * k, T(eps)); });
+        at::parallel_for(0, K, kPairGrain, [&](int64_t begin, int64_t end) {
+          paired_forward_range<F, V, BF>(b1, b2, o, begin, end, T(eps));
+        });
       });
     });
   });
@@ -247,11 +264,8 @@ std::tuple<at::Tensor, at::Tensor> paired_backward_cpu(const at::Tensor& grad_in
     scalar_t* g2 = grad2.mutable_data_ptr<scalar_t>();
     dispatch_variant(v, [&](auto tag) {
       constexpr Variant V = decltype(tag)::value;
-      for_each_pair(K, [&](int64_t k) {
-        BoxGrad<T> ga, gb;
-        paired_backward<F, V>(load_box<T>(b1 + 4 * k), load_box<T>(b2 + 4 * k), T(eps), g[k], ga, gb);
-        store_grad(g1 + 4 * k, ga);
-        store_grad(g2 + 4 * k, gb);
+      at::parallel_for(0, K, kPairGrain, [&](int64_t begin, int64_t end) {
+        paired_backward_range<F, V>(g, b1, b2, g1, g2, begin, end, T(eps));
       });
     });
   });

@@ -334,12 +334,12 @@ DETOPS_HD void loss_backward(const Box<T>& p, const Box<T>& t, T eps, T g,
   g_hp += g_uni * wp;
   g_wt += g_uni * ht;
   g_ht += g_uni * wt;
-  if (overlap) {
-    min2_backward(p.x2, t.x2, g_inter * dyk, gp.x2, gt.x2);
-    max2_backward(p.x1, t.x1, -g_inter * dyk, gp.x1, gt.x1);
-    min2_backward(p.y2, t.y2, g_inter * dxk, gp.y2, gt.y2);
-    max2_backward(p.y1, t.y1, -g_inter * dxk, gp.y1, gt.y1);
-  }
+  const T g_dxk = overlap ? g_inter * dyk : T(0);
+  const T g_dyk = overlap ? g_inter * dxk : T(0);
+  min2_backward(p.x2, t.x2, g_dxk, gp.x2, gt.x2);
+  max2_backward(p.x1, t.x1, -g_dxk, gp.x1, gt.x1);
+  min2_backward(p.y2, t.y2, g_dyk, gp.y2, gt.y2);
+  max2_backward(p.y1, t.y1, -g_dyk, gp.y1, gt.y1);
   gp.x2 += g_wp; gp.x1 -= g_wp; gp.y2 += g_hp; gp.y1 -= g_hp;
   gt.x2 += g_wt; gt.x1 -= g_wt; gt.y2 += g_ht; gt.y1 -= g_ht;
 }
