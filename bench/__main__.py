@@ -44,8 +44,16 @@ def environment(device: str) -> dict:
         tv_version = torchvision.__version__
     except ImportError:
         tv_version = None
+    try:
+        import subprocess
+
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
     return {
         "device": device,
+        "detops_commit": commit,
         "device_name": device_name(device),
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
