@@ -181,9 +181,10 @@ def _one_minus_exp(logp, u):
 
 
 @triton.jit
-def softmax_focal_forward_kernel(x_ptr, labels_ptr, out_ptr, partial_ptr, rows, cols, ignore_index, scale, gamma,
-                                 REDUCE: tl.constexpr, GAMMA_KIND: tl.constexpr, COMPUTE: tl.constexpr,
-                                 ROWS: tl.constexpr, BLOCK_C: tl.constexpr):
+def _softmax_rows(x_ptr, labels_ptr, rows, cols, ignore_index, COMPUTE: tl.constexpr, ROWS: tl.constexpr,
+                  BLOCK_C: tl.constexpr):
+    """This program's rows: indices, columns, masks, logits, and log-sum-exp
+    (rows with ignore_index get a harmless 0 in place of theirs)."""
     pid = tl.program_id(0)
     r = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)
     c = tl.arange(0, BLOCK_C)
@@ -192,10 +193,18 @@ def softmax_focal_forward_kernel(x_ptr, labels_ptr, out_ptr, partial_ptr, rows, 
     keep = row_ok & (label != ignore_index)
     mask = row_ok[:, None] & (c[None, :] < cols)
     x = tl.load(x_ptr + r[:, None] * cols + c[None, :], mask=mask, other=-float("inf")).to(COMPUTE)
-    mx = tl.max(x, axis=1)
-    mx = tl.where(keep, mx, 0.0)
+    mx = tl.where(keep, tl.max(x, axis=1), 0.0)
     s = tl.sum(tl.where(mask, tl.exp(x - mx[:, None]), 0.0), axis=1)
     lse = mx + tl.log(tl.where(keep, s, 1.0))
+    return pid, r, c, row_ok, label, keep, mask, x, lse
+
+
+@triton.jit
+def softmax_focal_forward_kernel(x_ptr, labels_ptr, out_ptr, partial_ptr, rows, cols, ignore_index, scale, gamma,
+                                 REDUCE: tl.constexpr, GAMMA_KIND: tl.constexpr, COMPUTE: tl.constexpr,
+                                 ROWS: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid, r, c, row_ok, label, keep, mask, x, lse = _softmax_rows(x_ptr, labels_ptr, rows, cols, ignore_index,
+                                                                 COMPUTE, ROWS, BLOCK_C)
     xk = tl.sum(tl.where(c[None, :] == label[:, None], x, 0.0), axis=1)
     logp = tl.minimum(xk - lse, 0.0)
     u = tl.exp(logp)
@@ -212,18 +221,8 @@ def softmax_focal_forward_kernel(x_ptr, labels_ptr, out_ptr, partial_ptr, rows, 
 def softmax_focal_backward_kernel(grad_ptr, scale_ptr, x_ptr, labels_ptr, gx_ptr, rows, cols, ignore_index, scale,
                                   gamma, REDUCE: tl.constexpr, GAMMA_KIND: tl.constexpr, COMPUTE: tl.constexpr,
                                   ROWS: tl.constexpr, BLOCK_C: tl.constexpr):
-    pid = tl.program_id(0)
-    r = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)
-    c = tl.arange(0, BLOCK_C)
-    row_ok = r < rows
-    label = tl.load(labels_ptr + r, mask=row_ok, other=ignore_index)
-    keep = row_ok & (label != ignore_index)
-    mask = row_ok[:, None] & (c[None, :] < cols)
-    x = tl.load(x_ptr + r[:, None] * cols + c[None, :], mask=mask, other=-float("inf")).to(COMPUTE)
-    mx = tl.max(x, axis=1)
-    mx = tl.where(keep, mx, 0.0)
-    s = tl.sum(tl.where(mask, tl.exp(x - mx[:, None]), 0.0), axis=1)
-    lse = mx + tl.log(tl.where(keep, s, 1.0))
+    pid, r, c, row_ok, label, keep, mask, x, lse = _softmax_rows(x_ptr, labels_ptr, rows, cols, ignore_index,
+                                                                 COMPUTE, ROWS, BLOCK_C)
     is_k = c[None, :] == label[:, None]
     xk = tl.sum(tl.where(is_k, x, 0.0), axis=1)
     logp = tl.minimum(xk - lse, 0.0)

@@ -36,6 +36,15 @@ namespace detops {
 namespace focal {
 namespace {
 
+// The incoming gradient when it is one value for every element (a reduced
+// loss, or loss.sum() after 'none'): g[0], divided by the count for 'mean'.
+template <typename T, typename scalar_t>
+T uniform_grad(const scalar_t* g, bool uniform, Reduction reduction, int64_t count) {
+  if (!uniform) return T(0);
+  const T value = static_cast<T>(g[0]);
+  return reduction == Reduction::kMean ? value / static_cast<T>(count) : value;
+}
+
 constexpr int64_t kBlock = 2048;       // elements per block (dense form)
 constexpr int64_t kBlocksPerTask = 4;  // parallel grain, in blocks
 constexpr int64_t kRowElems = 8192;    // elements per row block (indexed and softmax forms)
@@ -598,11 +607,7 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_backward_cpu(const at::Tensor& grad_i
     const scalar_t* x = inputs.const_data_ptr<scalar_t>();
     const scalar_t* t = targets.const_data_ptr<scalar_t>();
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
-    T g_scalar = 0;
-    if (uniform) {
-      g_scalar = static_cast<T>(g[0]);
-      if (reduction == Reduction::kMean) g_scalar /= static_cast<T>(n);
-    }
+    const T g_scalar = uniform_grad<T>(g, uniform, reduction, n);
     scalar_t* gx = grad_inputs.mutable_data_ptr<scalar_t>();
     scalar_t* gt = targets_grad ? grad_targets.mutable_data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, blocks, kBlocksPerTask, [&](int64_t b0, int64_t b1) {
@@ -774,11 +779,7 @@ at::Tensor indexed_backward_cpu(const at::Tensor& grad_in, const at::Tensor& inp
     const scalar_t* x = inputs.const_data_ptr<scalar_t>();
     const int64_t* lab = labels.const_data_ptr<int64_t>();
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
-    T g_scalar = 0;
-    if (uniform) {
-      g_scalar = static_cast<T>(g[0]);
-      if (reduction == Reduction::kMean) g_scalar /= static_cast<T>(valid_rows * cols);
-    }
+    const T g_scalar = uniform_grad<T>(g, uniform, reduction, valid_rows * cols);
     scalar_t* gx = grad_inputs.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
       std::vector<int64_t> col_of_row(per_block);
@@ -893,11 +894,7 @@ at::Tensor softmax_backward_cpu(const at::Tensor& grad_in, const at::Tensor& inp
     const scalar_t* x = inputs.const_data_ptr<scalar_t>();
     const int64_t* lab = targets.const_data_ptr<int64_t>();
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
-    T g_scalar = 0;
-    if (uniform) {
-      g_scalar = static_cast<T>(g[0]);
-      if (reduction == Reduction::kMean) g_scalar /= static_cast<T>(valid_rows);
-    }
+    const T g_scalar = uniform_grad<T>(g, uniform, reduction, valid_rows);
     scalar_t* gx = grad_inputs.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
       std::vector<int64_t> k_of_row(per_block);
