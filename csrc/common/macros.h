@@ -2,6 +2,8 @@
 // math headers, so one copy of the arithmetic serves both backends.
 #pragma once
 
+#include <cstdint>
+
 #if defined(__CUDACC__)
 #define DETOPS_HD __host__ __device__ __forceinline__
 #else
@@ -9,6 +11,9 @@
 #endif
 
 namespace detops {
+
+// Whole blocks of b that cover a (a >= 0, b > 0).
+DETOPS_HD constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 template <typename T>
 DETOPS_HD T max2(T a, T b) { return a > b ? a : b; }

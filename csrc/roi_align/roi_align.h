@@ -15,17 +15,12 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/memory_format.h"
 #include "common/roi_batch.h"
 #include "roi_align/roi_align_math.h"
 
 namespace detops {
 namespace roi_align {
-
-// True when a map is stored channels-last (stride 1 along C) and the kernels
-// should walk channels innermost.
-inline bool is_channels_last(const at::Tensor& t) {
-  return t.dim() == 4 && t.size(1) > 1 && t.stride(1) == 1 && !t.is_contiguous();
-}
 
 void check_pool_args(int64_t pooled_height, int64_t pooled_width, double spatial_scale);
 

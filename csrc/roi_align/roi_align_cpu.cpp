@@ -169,10 +169,6 @@ MapMeta meta_of(const at::Tensor& t, double scale) {
   return {t.size(0), t.size(1), t.size(2), t.size(3), is_channels_last(t), scale};
 }
 
-at::MemoryFormat format_of(bool channels_last) {
-  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-}
-
 // ------------------------------------------------------------------ forward
 
 // One bin of one NCHW plane: sum over row taps a and column taps b of

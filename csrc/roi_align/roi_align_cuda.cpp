@@ -19,10 +19,6 @@ namespace {
 
 static_assert(kTile == kTileSide, "the tile lists and the gather kernel must agree on the tile size");
 
-at::MemoryFormat format_of(bool channels_last) {
-  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-}
-
 at::ScalarType opmath_of(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 MapArgs map_args(const at::Tensor& t, double scale) {

@@ -8,15 +8,12 @@
 #include <ATen/core/Tensor.h>
 
 #include "common/checks.h"
+#include "common/memory_format.h"
 #include "common/roi_batch.h"
 #include "roi_pool/roi_pool_math.h"
 
 namespace detops {
 namespace roi_pool {
-
-inline bool is_channels_last(const at::Tensor& t) {
-  return t.dim() == 4 && t.size(1) > 1 && t.stride(1) == 1 && !t.is_contiguous();
-}
 
 void check_forward_args(const at::Tensor& input, const at::Tensor& rois, double spatial_scale, int64_t pooled_height,
                         int64_t pooled_width);

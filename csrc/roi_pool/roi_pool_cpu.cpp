@@ -22,10 +22,6 @@ namespace {
 
 constexpr int64_t kChannelBlock = 16;
 
-at::MemoryFormat format_of(bool channels_last) {
-  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-}
-
 // Batch index (checked) and quantised geometry of every RoI.
 template <typename T>
 struct Plan {

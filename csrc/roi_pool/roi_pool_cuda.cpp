@@ -19,10 +19,6 @@ namespace detops {
 namespace roi_pool {
 namespace {
 
-at::MemoryFormat format_of(bool channels_last) {
-  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-}
-
 at::ScalarType opmath_of(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 MapArgs map_args(const at::Tensor& t) {

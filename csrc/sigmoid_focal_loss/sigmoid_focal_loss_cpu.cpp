@@ -528,7 +528,6 @@ at::Tensor scalar_like(double value, const at::Tensor& like) {
   return at::scalar_tensor(value, like.options());
 }
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // The incoming gradient in the compute dtype. `uniform` is true when it is one
 // value for every element: a reduced loss, or "none" followed by .sum(),

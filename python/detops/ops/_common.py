@@ -59,3 +59,13 @@ def reduce_loss(loss: Tensor, reduction: str) -> Tensor:
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype a kernel computes and returns in: float32 for float16/bfloat16."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def is_channels_last(t: Tensor) -> bool:
+    """Whether the kernels walk a [N, C, H, W] tensor channels-innermost (the C++
+    rule in ``csrc/common/memory_format.h``)."""
+    return t.dim() == 4 and t.shape[1] > 1 and t.stride(1) == 1 and not t.is_contiguous()
+
+
+def memory_format_of(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format

@@ -24,20 +24,11 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from ._common import KERNEL_FLOAT_DTYPES, check_same_device, check_tensor
+from ._common import KERNEL_FLOAT_DTYPES, check_same_device, check_tensor, is_channels_last, memory_format_of
 
 __all__ = ["roi_align", "RoIAlign", "MultiScaleRoIAlign"]
 
 _ops = torch.ops.detops
-
-
-def _is_channels_last(t: Tensor) -> bool:
-    """Whether the kernels walk ``t`` channels-innermost (mirrors the C++ rule)."""
-    return t.dim() == 4 and t.shape[1] > 1 and t.stride(1) == 1 and not t.is_contiguous()
-
-
-def _format(channels_last: bool) -> torch.memory_format:
-    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 # ------------------------------------------------------------------ registration
@@ -48,7 +39,7 @@ def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sam
     torch._check(rois.dim() == 2 and rois.shape[1] == 5, lambda: "rois must be [K, 5]")
     return torch.empty(
         (rois.shape[0], input.shape[1], pooled_height, pooled_width),
-        dtype=input.dtype, device=input.device, memory_format=_format(_is_channels_last(input)),
+        dtype=input.dtype, device=input.device, memory_format=memory_format_of(is_channels_last(input)),
     )
 
 
@@ -59,7 +50,7 @@ def _roi_align_backward_fake(
 ):
     return torch.empty(
         (batch_size, channels, height, width), dtype=grad.dtype, device=grad.device,
-        memory_format=_format(channels_last and channels > 1),
+        memory_format=memory_format_of(channels_last and channels > 1),
     )
 
 
@@ -68,13 +59,13 @@ def _multi_fake(features, rois, levels, scales, pooled_height, pooled_width, sam
     first = features[0]
     return torch.empty(
         (rois.shape[0], first.shape[1], pooled_height, pooled_width),
-        dtype=first.dtype, device=first.device, memory_format=_format(_is_channels_last(first)),
+        dtype=first.dtype, device=first.device, memory_format=memory_format_of(is_channels_last(first)),
     )
 
 
 @torch.library.register_fake("detops::multi_scale_roi_align_backward")
 def _multi_backward_fake(grad, features, rois, levels, scales, pooled_height, pooled_width, sampling_ratio, aligned):
-    return [torch.empty_like(f, memory_format=_format(_is_channels_last(f))) for f in features]
+    return [torch.empty_like(f, memory_format=memory_format_of(is_channels_last(f))) for f in features]
 
 
 @torch.library.register_fake("detops::_roi_align_backward_gather")
@@ -89,7 +80,7 @@ def _roi_align_setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(rois)
     ctx.args = (spatial_scale, pooled_height, pooled_width)
     ctx.shape = tuple(input.shape)
-    ctx.rest = (sampling_ratio, aligned, _is_channels_last(input))
+    ctx.rest = (sampling_ratio, aligned, is_channels_last(input))
 
 
 def _roi_align_backward(ctx, grad: Tensor):

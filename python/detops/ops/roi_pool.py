@@ -20,7 +20,8 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
-from .roi_align import _check_feature, _check_scale, _format, _is_channels_last, _pair, _to_rois
+from ._common import is_channels_last, memory_format_of
+from .roi_align import _check_feature, _check_scale, _pair, _to_rois
 
 __all__ = ["roi_pool", "RoIPool"]
 
@@ -31,7 +32,7 @@ _ops = torch.ops.detops
 def _roi_pool_fake(input, rois, spatial_scale, pooled_height, pooled_width):
     torch._check(rois.dim() == 2 and rois.shape[1] == 5, lambda: "rois must be [K, 5]")
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
-    fmt = _format(_is_channels_last(input))
+    fmt = memory_format_of(is_channels_last(input))
     out = torch.empty(shape, dtype=input.dtype, device=input.device, memory_format=fmt)
     argmax = torch.empty(shape, dtype=torch.int64, device=input.device, memory_format=fmt)
     return out, argmax
@@ -43,7 +44,7 @@ def _roi_pool_backward_fake(
 ):
     return torch.empty(
         (batch_size, channels, height, width), dtype=grad.dtype, device=grad.device,
-        memory_format=_format(channels_last and channels > 1),
+        memory_format=memory_format_of(channels_last and channels > 1),
     )
 
 
@@ -51,7 +52,7 @@ def _setup(ctx, inputs, output) -> None:
     input, rois, spatial_scale, pooled_height, pooled_width = inputs
     _, argmax = output
     ctx.save_for_backward(rois, argmax)
-    ctx.args = (spatial_scale, pooled_height, pooled_width, *input.shape, _is_channels_last(input))
+    ctx.args = (spatial_scale, pooled_height, pooled_width, *input.shape, is_channels_last(input))
     ctx.mark_non_differentiable(argmax)
 
 
