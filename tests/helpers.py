@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import torch
 
 
@@ -16,3 +19,11 @@ def assert_close(actual, expected, *, rtol=1e-6, atol=1e-6, msg=""):
     """Same shape and dtype, values close, NaN where expected is NaN."""
     assert actual.shape == expected.shape, f"{msg} shape {actual.shape} != {expected.shape}"
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, equal_nan=True, msg=msg or None)
+
+
+def run_poisoning_cuda_call(code: str) -> subprocess.CompletedProcess:
+    """Runs ``code`` (after ``import torch, detops``) in a fresh interpreter and
+    synchronises: for calls that trip a device-side assertion, which leaves the
+    CUDA context unusable for the rest of the process."""
+    script = f"import torch, detops\n{code}\ntorch.cuda.synchronize()\n"
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)

@@ -5,6 +5,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cassert>
 #include <cstdint>
 
 #include "common/dtype.h"
@@ -34,6 +35,17 @@ inline void dispatch_dtype(DType dtype, F&& f) {
     case DType::kBFloat16: f(__nv_bfloat16{}); break;
   }
 }
+
+// A bad argument found inside a kernel (a RoI's batch index outside [0, N)):
+// the device-side assertion torch's own index kernels raise, without a host
+// sync. The device prints "Assertion `msg` failed" with the kernel's file and
+// line, and the next synchronising call raises "device-side assert triggered".
+// Unlike assert(), NDEBUG does not remove it; callers still clamp the index, so
+// no load goes out of bounds even before the trap lands.
+#define DETOPS_KERNEL_CHECK(cond, msg)                                      \
+  do {                                                                    \
+    if (!(cond)) __assert_fail(msg, __FILE__, __LINE__, __func__);        \
+  } while (0)
 
 inline unsigned int blocks_for(int64_t n, int threads, int64_t max_blocks = 65535LL * 16) {
   int64_t blocks = (n + threads - 1) / threads;

@@ -12,7 +12,7 @@ import torchvision
 
 import detops
 from tests.conftest import requires_cuda
-from tests.helpers import assert_close
+from tests.helpers import assert_close, run_poisoning_cuda_call
 
 
 def make_rois(k: int, n: int, size: tuple[int, int], *, scale: float = 1.0, generator=None, dtype=torch.float64):
@@ -225,6 +225,20 @@ def test_cuda_deterministic_backward_bit_identical():
 
 
 # ------------------------------------------------------------------ bad inputs
+
+
+@requires_cuda
+@pytest.mark.parametrize("index", ["2.0", "-1.0", "float('nan')"])
+def test_cuda_bad_batch_index_asserts(index):
+    """On CUDA the kernels check the batch index themselves (no host sync): a
+    device-side assertion naming it, never an out-of-bounds read."""
+    proc = run_poisoning_cuda_call(
+        "x = torch.randn(2, 3, 5, 5, device='cuda', requires_grad=True)\n"
+        f"rois = torch.tensor([[0.0, 0, 0, 2, 2], [{index}, 0, 0, 2, 2]], device='cuda')\n"
+        "detops.roi_align(x, rois, 2).sum().backward()"
+    )
+    assert proc.returncode != 0
+    assert "batch index) must be in [0, N)" in proc.stderr or "device-side assert" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_bad_inputs():

@@ -9,7 +9,7 @@ import torchvision
 
 import detops
 from tests.conftest import requires_cuda
-from tests.helpers import assert_close
+from tests.helpers import assert_close, run_poisoning_cuda_call
 from tests.ops.test_roi_align import _layout, make_rois
 
 
@@ -105,6 +105,18 @@ def test_cuda_deterministic_backward():
     xt = x.clone().requires_grad_()
     torchvision.ops.roi_pool(xt, rois, 3).backward(grad)
     assert_close(results[0], xt.grad, rtol=1e-5, atol=1e-5)
+
+
+@requires_cuda
+def test_cuda_bad_batch_index_asserts():
+    """The CUDA kernels check the batch index (no host sync, no out-of-bounds read)."""
+    proc = run_poisoning_cuda_call(
+        "x = torch.randn(2, 3, 5, 5, device='cuda', requires_grad=True)\n"
+        "rois = torch.tensor([[5.0, 0, 0, 2, 2]], device='cuda')\n"
+        "detops.roi_pool(x, rois, 2).sum().backward()"
+    )
+    assert proc.returncode != 0
+    assert "batch index) must be in [0, N)" in proc.stderr or "device-side assert" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_bad_inputs():
