@@ -133,4 +133,14 @@ def cases(device: str, quick: bool) -> list[BenchCase]:
     ref = lambda a, b, c: F.conv_transpose2d(a, b, c, stride=2)  # noqa: E731
     out.append(_case("unet up-conv fwd+bwd", size, _fwd_bwd(ours, [(xu, True), (wu, True), (bu, True)]),
                      _fwd_bwd(ref, [(xu, True), (wu, True), (bu, True)]), dict(hw=hw), compile_ok=False))
+    # the same layer on a channels-last map (both sides keep that layout)
+    xc = xu.contiguous(memory_format=torch.channels_last)
+    out.append(_case("unet up-conv fwd", size + " channels-last",
+                     lambda: detops.conv_transpose2d(xc, wu, bu, stride=2),
+                     lambda: F.conv_transpose2d(xc, wu, bu, stride=2), dict(hw=hw, channels_last=True),
+                     compile_ok=False))
+    out.append(_case("unet up-conv fwd+bwd", size + " channels-last",
+                     _fwd_bwd(ours, [(xc, True), (wu, True), (bu, True)]),
+                     _fwd_bwd(ref, [(xc, True), (wu, True), (bu, True)]), dict(hw=hw, channels_last=True),
+                     compile_ok=False))
     return out

@@ -123,18 +123,35 @@ at::Tensor conv1x1(const at::Tensor& x, const at::Tensor& w) {
   return at::convolution(x, w, std::nullopt, one, zero, one, false, zero, 1);
 }
 
+void relayout_into(RelayoutFn relayout, const at::Tensor& src, const at::Tensor& dst) {
+  if (relayout) {
+    relayout(src, dst);
+  } else {
+    dst.copy_(src);
+  }
+}
+
+// x contiguous in the given layout (itself when it already is).
+at::Tensor in_layout(const at::Tensor& x, at::MemoryFormat format, RelayoutFn relayout) {
+  if (x.is_contiguous(format)) return x;
+  at::Tensor out = at::empty(x.sizes(), x.options(), format);
+  const bool dense = x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  relayout_into(relayout, dense ? x : x.contiguous(), out);
+  return out;
+}
+
 }  // namespace
 
 at::Tensor dense_forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                          const std::optional<at::Tensor>& skip, const Geometry& g, Activation act,
-                         ShuffleFn shuffle, DenseGemm gemm) {
-  at::Tensor out = at::empty({g.N, g.Cout, g.OH, g.OW}, input.options());
+                         ShuffleFn shuffle, DenseGemm gemm, RelayoutFn relayout) {
+  const bool channels_last = is_channels_last(input);
+  at::Tensor out = at::empty({g.N, g.Cout, g.OH, g.OW}, input.options(), format_of(channels_last));
   if (out.numel() == 0) return out;
   const int64_t R = g.Cout * g.kH * g.kW, HW = g.H * g.W;
   const at::Tensor w2d = weight.contiguous().view({g.Cin, R});
-  const bool channels_last = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast &&
-                             input.is_contiguous(at::MemoryFormat::ChannelsLast);
-  const at::Tensor x = channels_last ? input : input.contiguous();
+  const at::Tensor x = gemm == DenseGemm::kConv1x1 ? in_layout(input, at::MemoryFormat::ChannelsLast, relayout)
+                                                   : input.contiguous(format_of(channels_last));
   const at::Tensor w1x1 = gemm == DenseGemm::kConv1x1 ? as_1x1(w2d) : at::Tensor();
   const int64_t chunk = dense_chunk(g);
   for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
@@ -143,7 +160,7 @@ at::Tensor dense_forward(const at::Tensor& input, const at::Tensor& weight, cons
     if (gemm == DenseGemm::kConv1x1) {
       // [nb, R, H, W], channels-last: oneDNN's native layout, so that it does not
       // reorder its (large) output back to NCHW before the shuffle reads it.
-      at::Tensor y = conv1x1(xs.contiguous(at::MemoryFormat::ChannelsLast), w1x1);
+      at::Tensor y = conv1x1(xs, w1x1);
       if (!(y.stride(2) == g.W * y.stride(3))) y = y.contiguous();
       shuffle(y, {y.stride(1), y.stride(0), y.stride(3)}, n0, nb, bias, skip, out, g, act);
     } else if (channels_last) {
@@ -162,12 +179,21 @@ at::Tensor dense_forward(const at::Tensor& input, const at::Tensor& weight, cons
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_backward(const at::Tensor& grad_in, const at::Tensor& input,
                                                               const at::Tensor& weight, const Geometry& g,
                                                               std::array<bool, 3> output_mask,
-                                                              UnshuffleFn unshuffle, DenseGemm gemm) {
-  const at::Tensor grad = grad_in.contiguous();
-  const at::Tensor x = input.contiguous();
+                                                              UnshuffleFn unshuffle, DenseGemm gemm,
+                                                              RelayoutFn relayout) {
+  const bool conv = gemm == DenseGemm::kConv1x1;
+  const at::Tensor grad = in_layout(grad_in, at::MemoryFormat::Contiguous, relayout);
+  // The 1x1 convolutions read x channels-last; the matrix products NCHW.
+  const at::Tensor x = in_layout(input, conv ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous,
+                                 relayout);
   const int64_t R = g.Cout * g.kH * g.kW, HW = g.H * g.W;
   const at::Tensor w2d = weight.contiguous().view({g.Cin, R});
-  at::Tensor grad_input = output_mask[0] ? at::empty_like(x) : at::empty({0}, x.options());
+  // grad_input keeps the input's layout (torch's convention); the matrix-product
+  // form writes NCHW rows and converts once at the end.
+  const at::MemoryFormat input_format = format_of(is_channels_last(input));
+  const at::MemoryFormat grad_input_format = conv ? input_format : at::MemoryFormat::Contiguous;
+  at::Tensor grad_input =
+      output_mask[0] ? at::empty(x.sizes(), x.options(), grad_input_format) : at::empty({0}, x.options());
   at::Tensor grad_weight = output_mask[1] ? at::zeros_like(weight, at::MemoryFormat::Contiguous)
                                           : at::empty({0}, x.options());
   at::Tensor grad_bias = output_mask[2] ? grad.sum({0, 2, 3}) : at::empty({0}, x.options());
@@ -177,7 +203,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_backward(const at::Tensor& 
   }
   const int64_t chunk = dense_chunk(g);
   at::Tensor gw2d = output_mask[1] ? grad_weight.view({g.Cin, R}) : at::Tensor();
-  const bool conv = gemm == DenseGemm::kConv1x1;
   const at::Tensor w_in = conv ? w2d.view({g.Cin, R, 1, 1}) : at::Tensor();  // cols -> grad_input
   const at::Tensor w1x1 = conv ? as_1x1(w2d) : at::Tensor();
   for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
@@ -188,10 +213,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_backward(const at::Tensor& 
       // products are 1x1 convolutions.
       at::Tensor cols = at::empty({nb, R, g.H, g.W}, grad.options().memory_format(at::MemoryFormat::ChannelsLast));
       unshuffle(grad, n0, nb, cols, {1, HW * R, R}, g);
-      if (output_mask[0]) grad_input.narrow(0, n0, nb).copy_(conv1x1(cols, w_in));
+      if (output_mask[0]) relayout_into(relayout, conv1x1(cols, w_in), grad_input.narrow(0, n0, nb));
       if (output_mask[1]) {
         const int64_t one[2] = {1, 1}, zero[2] = {0, 0};
-        const auto grads = at::convolution_backward(cols, xs.contiguous(at::MemoryFormat::ChannelsLast), w1x1,
+        const auto grads = at::convolution_backward(cols, xs, w1x1,
                                                     std::nullopt, one, zero, one, false, zero, 1,
                                                     {false, true, false});
         gw2d.add_(std::get<1>(grads).view({R, g.Cin}).t());
@@ -210,7 +235,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_backward(const at::Tensor& 
       gw2d.addmm_(xs.view({nb, g.Cin, HW}).transpose(0, 1).reshape({g.Cin, nb * HW}), cols.t());
     }
   }
-  return {grad_input, grad_weight, grad_bias};
+  return {output_mask[0] ? grad_input.contiguous(input_format) : grad_input, grad_weight, grad_bias};
 }
 
 }  // namespace conv_transpose2d

@@ -21,6 +21,7 @@
 #include <tuple>
 
 #include "common/checks.h"
+#include "common/memory_format.h"
 #include "conv_transpose2d/conv_transpose2d_math.h"
 
 namespace detops {
@@ -36,6 +37,11 @@ Activation parse_activation(int64_t activation);
 // Checks the backward op's arguments and returns the sizes of the forward it inverts.
 Geometry backward_geometry(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight,
                            at::IntArrayRef stride, at::IntArrayRef offset, int64_t groups);
+
+// Torch's convention: a channels-last input gives a channels-last output.
+inline at::Tensor in_format_of(const at::Tensor& out, const at::Tensor& input) {
+  return out.contiguous(format_of(is_channels_last(input)));
+}
 
 // Whether the dense algorithm applies (groups == 1 and kernel == stride).
 inline bool is_dense(const Geometry& g) { return g.groups == 1 && g.kH == g.sH && g.kW == g.sW; }
@@ -54,14 +60,20 @@ using UnshuffleFn = void (*)(const at::Tensor& grad, int64_t n0, int64_t nb, at:
 // (CUDA: cuBLAS, which keeps float32 exact where cuDNN may use TF32).
 enum class DenseGemm { kConv1x1, kMatmul };
 
+// dst.copy_(src) for same-sized [N, C, H, W] tensors, each NCHW or channels-last
+// contiguous: the CPU passes a cache-blocked transpose (ATen's strided copy
+// misses the cache on every element there); nullptr means copy_.
+using RelayoutFn = void (*)(const at::Tensor& src, const at::Tensor& dst);
+
 // Device-independent drivers of the dense algorithm (matrix products through ATen).
 at::Tensor dense_forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                          const std::optional<at::Tensor>& skip, const Geometry& g, Activation act,
-                         ShuffleFn shuffle, DenseGemm gemm);
+                         ShuffleFn shuffle, DenseGemm gemm, RelayoutFn relayout = nullptr);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_backward(const at::Tensor& grad, const at::Tensor& input,
                                                               const at::Tensor& weight, const Geometry& g,
                                                               std::array<bool, 3> output_mask,
-                                                              UnshuffleFn unshuffle, DenseGemm gemm);
+                                                              UnshuffleFn unshuffle, DenseGemm gemm,
+                                                              RelayoutFn relayout = nullptr);
 
 }  // namespace conv_transpose2d
 }  // namespace detops

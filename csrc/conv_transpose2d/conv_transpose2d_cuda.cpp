@@ -18,15 +18,16 @@ const void* ptr_or_null(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->const_data_ptr() : nullptr;
 }
 
+Strides4 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
+
 void shuffle_cuda(const at::Tensor& y, DenseStrides st, int64_t n0, int64_t nb, const std::optional<at::Tensor>& bias,
                   const std::optional<at::Tensor>& skip, at::Tensor& out, const Geometry& g, Activation act) {
-  const std::optional<at::Tensor> skip_c =
-      skip.has_value() ? std::optional<at::Tensor>(skip->contiguous()) : std::nullopt;
   const std::optional<at::Tensor> bias_c =
       bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
+  const Strides4 skip_st = skip.has_value() ? strides_of(*skip) : Strides4{0, 0, 0, 0};
   DETOPS_CUDA_CHECK(dense_shuffle_cuda(to_dtype(out.scalar_type()), g, y.const_data_ptr(), st, n0, nb,
-                                       ptr_or_null(bias_c), ptr_or_null(skip_c), out.mutable_data_ptr(), act,
-                                       current_stream(out)));
+                                       ptr_or_null(bias_c), ptr_or_null(skip), skip_st, out.mutable_data_ptr(),
+                                       strides_of(out), is_channels_last(out), act, current_stream(out)));
 }
 
 void unshuffle_cuda(const at::Tensor& grad, int64_t n0, int64_t nb, at::Tensor& cols, DenseStrides st,
@@ -51,7 +52,7 @@ at::Tensor forward_op(const at::Tensor& input, const at::Tensor& weight, const s
   DETOPS_CUDA_CHECK(gather_forward_cuda(to_dtype(x.scalar_type()), g, x.const_data_ptr(), w.const_data_ptr(),
                                         ptr_or_null(b), ptr_or_null(s), out.mutable_data_ptr(), act,
                                         current_stream(x)));
-  return out;
+  return in_format_of(out, input);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_op(const at::Tensor& grad_in, const at::Tensor& input,
@@ -74,7 +75,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_op(const at::Tensor& gra
     DETOPS_CUDA_CHECK(gather_backward_weight_cuda(dtype, g, grad.const_data_ptr(), x.const_data_ptr(),
                                                   grad_weight.mutable_data_ptr(), current_stream(x)));
   }
-  return {grad_input, grad_weight, grad_bias};
+  return {mask[0] ? in_format_of(grad_input, input) : grad_input, grad_weight, grad_bias};
 }
 
 }  // namespace

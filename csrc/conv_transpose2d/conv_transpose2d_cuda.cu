@@ -145,14 +145,26 @@ __global__ void backward_weight_kernel(Geometry g, const S* __restrict__ grad, c
 
 template <typename S>
 __global__ void dense_shuffle_kernel(Geometry g, const S* __restrict__ y, DenseStrides st, int64_t n0,
-                                     const S* __restrict__ bias, const S* __restrict__ skip, S* __restrict__ out,
-                                     Activation act, int64_t total) {
+                                     const S* __restrict__ bias, const S* __restrict__ skip, Strides4 skip_st,
+                                     S* __restrict__ out, Strides4 out_st, bool channels_last, Activation act,
+                                     int64_t total) {
   using T = opmath_t<S>;
   for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < total; p += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t ox = p % g.OW;
-    const int64_t oy = (p / g.OW) % g.OH;
-    const int64_t oc = (p / (g.OW * g.OH)) % g.Cout;
-    const int64_t nl = p / (g.OW * g.OH * g.Cout);
+    // Threads walk the output in its memory order so that stores coalesce.
+    int64_t ox, oy, oc, q;
+    if (channels_last) {
+      oc = p % g.Cout;
+      q = p / g.Cout;
+      ox = q % g.OW;
+      oy = (q / g.OW) % g.OH;
+      q /= g.OW * g.OH;
+    } else {
+      ox = p % g.OW;
+      oy = (p / g.OW) % g.OH;
+      oc = (p / (g.OW * g.OH)) % g.Cout;
+      q = p / (g.OW * g.OH * g.Cout);
+    }
+    const int64_t nl = q;
     const int64_t n = n0 + nl;
     const SingleTap ty = single_tap(oy, g.offH, g.sH, g.H);
     const SingleTap tx = single_tap(ox, g.offW, g.sW, g.W);
@@ -161,8 +173,8 @@ __global__ void dense_shuffle_kernel(Geometry g, const S* __restrict__ y, DenseS
       const int64_t r = (oc * g.kH + ty.tap) * g.kW + tx.tap;
       v += convert<T>(y[r * st.rs + nl * st.ns + (ty.input * g.W + tx.input) * st.ps]);
     }
-    if (skip) v += convert<T>(skip[((n * g.Cout + oc) * g.skipH + oy + g.skip_offH) * g.skipW + ox + g.skip_offW]);
-    out[((n * g.Cout + oc) * g.OH + oy) * g.OW + ox] = convert<S>(activate(act, v));
+    if (skip) v += convert<T>(skip[skip_st.at(n, oc, oy + g.skip_offH, ox + g.skip_offW)]);
+    out[out_st.at(n, oc, oy, ox)] = convert<S>(activate(act, v));
   }
 }
 
@@ -231,15 +243,15 @@ cudaError_t gather_backward_weight_cuda(DType dtype, const Geometry& g, const vo
 }
 
 cudaError_t dense_shuffle_cuda(DType dtype, const Geometry& g, const void* y, DenseStrides st, int64_t n0,
-                               int64_t nb, const void* bias, const void* skip, void* out, Activation act,
-                               cudaStream_t stream) {
+                               int64_t nb, const void* bias, const void* skip, Strides4 skip_st, void* out,
+                               Strides4 out_st, bool channels_last, Activation act, cudaStream_t stream) {
   const int64_t total = nb * g.Cout * g.OH * g.OW;
   if (total == 0) return cudaSuccess;
   dispatch_dtype(dtype, [&](auto tag) {
     using S = decltype(tag);
     dense_shuffle_kernel<S><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
-        g, static_cast<const S*>(y), st, n0, static_cast<const S*>(bias), static_cast<const S*>(skip),
-        static_cast<S*>(out), act, total);
+        g, static_cast<const S*>(y), st, n0, static_cast<const S*>(bias), static_cast<const S*>(skip), skip_st,
+        static_cast<S*>(out), out_st, channels_last, act, total);
   });
   return cudaGetLastError();
 }

@@ -24,10 +24,11 @@ cudaError_t gather_backward_input_cuda(DType dtype, const Geometry& g, const voi
 cudaError_t gather_backward_weight_cuda(DType dtype, const Geometry& g, const void* grad, const void* input,
                                         void* grad_weight, cudaStream_t stream);
 
-// Dense (kernel == stride): out[n0 : n0 + nb] = act(shuffle(y) + bias + skip).
+// Dense (kernel == stride): out[n0 : n0 + nb] = act(shuffle(y) + bias + skip), out and
+// skip at the given strides; channels_last orders the threads along out's memory.
 cudaError_t dense_shuffle_cuda(DType dtype, const Geometry& g, const void* y, DenseStrides st, int64_t n0,
-                               int64_t nb, const void* bias, const void* skip, void* out, Activation act,
-                               cudaStream_t stream);
+                               int64_t nb, const void* bias, const void* skip, Strides4 skip_st, void* out,
+                               Strides4 out_st, bool channels_last, Activation act, cudaStream_t stream);
 
 // cols = the inverse shuffle of grad[n0 : n0 + nb] (zeros where a tap falls outside the window).
 cudaError_t dense_unshuffle_cuda(DType dtype, const Geometry& g, const void* grad, int64_t n0, int64_t nb,

@@ -130,5 +130,13 @@ struct DenseStrides {
   int64_t rs, ns, ps;
 };
 
+// Element strides of a [N, C, H, W] tensor (NCHW or channels-last).
+struct Strides4 {
+  int64_t n, c, h, w;
+  DETOPS_HD int64_t at(int64_t in, int64_t ic, int64_t ih, int64_t iw) const {
+    return in * n + ic * c + ih * h + iw * w;
+  }
+};
+
 }  // namespace conv_transpose2d
 }  // namespace detops

@@ -166,6 +166,76 @@ def test_channels_last_and_unbatched(device, dense):
     assert_close(xg.grad.contiguous(), xr.grad.float(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("forward", ["onednn", "columns"])
+@pytest.mark.parametrize("backward", ["onednn", "columns"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("window", ["torch", "crop"])
+def test_dense_algorithms_and_layouts(monkeypatch, forward, backward, layout, window):
+    """Every CPU dense algorithm pair (each is picked by size and layout, so small
+    layers are forced through each), on both layouts, through a torch window
+    (padding + output_padding) and an FCN crop with skip and ReLU. The output keeps
+    the input's layout, as torch's does; pixel counts off the 16-pixel blocks of
+    the layout copies."""
+    monkeypatch.setenv("DETOPS_CT_DENSE_FORWARD", forward)
+    monkeypatch.setenv("DETOPS_CT_DENSE_BACKWARD", backward)
+    gen = torch.Generator().manual_seed(21)
+    x = torch.randn(3, 12, 7, 9, dtype=torch.float64, generator=gen)
+    w = torch.randn(12, 5, 3, 3, dtype=torch.float64, generator=gen)
+    b = torch.randn(5, dtype=torch.float64, generator=gen)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    if window == "torch":
+        fn = lambda a, ww, bb: detops.conv_transpose2d(a, ww, bb, stride=3, padding=1, output_padding=2)  # noqa: E731
+        ref = lambda a, ww, bb: F.conv_transpose2d(a, ww, bb, stride=3, padding=1, output_padding=2)  # noqa: E731
+        tensors = (x, w, b)
+    else:
+        skip = torch.randn(3, 5, 25, 30, dtype=torch.float64, generator=gen)
+        fn = lambda a, ww, bb, sk: detops.upsample_add(  # noqa: E731
+            a, sk, ww, bb, 3, (2, 1), (1, 2), 1, (22, 27), activation="relu")
+        ref = lambda a, ww, bb, sk: _upsample_add_reference(  # noqa: E731
+            a, sk, ww, bb, (3, 3), (2, 1), (1, 2), 1, (22, 27), True)
+        tensors = (x, w, b, skip)
+    grad_out = torch.randn(*ref(*tensors).shape, dtype=torch.float64, generator=gen)
+    out, grads = _grads(fn, tensors, grad_out)
+    ref_out, ref_grads = _grads(ref, tensors, grad_out)
+    assert_close(out, ref_out, rtol=1e-10, atol=1e-10)
+    assert out.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+    # the input's gradient keeps its layout too (torch's convention)
+    assert grads[0].is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+    if window == "torch":
+        cl = torch.channels_last
+        assert out.is_contiguous(memory_format=cl) == ref_out.is_contiguous(memory_format=cl)
+        assert grads[0].is_contiguous(memory_format=cl) == ref_grads[0].is_contiguous(memory_format=cl)
+    for g, r in zip(grads, ref_grads):
+        assert_close(g, r, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("forward", ["onednn", "columns"])
+def test_dense_reduced_precision_layouts(monkeypatch, dtype, forward):
+    """2- and 4-byte elements through the layout copies and shuffles, both layouts."""
+    monkeypatch.setenv("DETOPS_CT_DENSE_FORWARD", forward)
+    monkeypatch.setenv("DETOPS_CT_DENSE_BACKWARD", "columns")
+    gen = torch.Generator().manual_seed(22)
+    x = torch.randn(2, 20, 5, 7, generator=gen)
+    w = torch.randn(20, 6, 2, 2, generator=gen) * 0.2
+    b = torch.randn(6, generator=gen)
+    xr = x.double().requires_grad_(True)
+    ref = F.conv_transpose2d(xr, w.double(), b.double(), stride=2)
+    grad_out = torch.randn(ref.shape, generator=gen)
+    (ref_grad,) = torch.autograd.grad(ref, xr, grad_out.double())
+    tol = {torch.float16: 2e-2, torch.bfloat16: 8e-2, torch.float32: 1e-5}[dtype]
+    for xin in (x, x.contiguous(memory_format=torch.channels_last)):
+        xin = xin.to(dtype).requires_grad_(True)
+        out = detops.conv_transpose2d(xin, w.to(dtype), b.to(dtype), stride=2)
+        assert out.dtype == dtype
+        assert_close(out.double(), ref.detach(), rtol=tol, atol=tol)
+        relu = detops.conv_transpose2d(xin, w.to(dtype), b.to(dtype), stride=2, activation="relu")
+        assert_close(relu.double(), F.relu(ref.detach()), rtol=tol, atol=tol)
+        (grad_in,) = torch.autograd.grad(out, xin, grad_out.to(dtype))
+        assert_close(grad_in.double(), ref_grad, rtol=tol, atol=tol * 4)
+
+
 @pytest.mark.parametrize("window", ["torch", "crop"])
 def test_large_dense_layers(device, window):
     """Dense layers whose column buffer exceeds the cache (U-Net decoders): on CPU
@@ -406,8 +476,11 @@ def test_gradcheck(dense, with_skip, act):
 
 @pytest.mark.parametrize("dense", [True, False])
 @pytest.mark.parametrize("with_skip,act", [(False, 0), (True, 1)])
-def test_opcheck(dense, with_skip, act):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_opcheck(dense, with_skip, act, channels_last):
     args = _sample_args(dense, with_skip, act)
+    if channels_last:  # the fake kernel must promise the real output's layout
+        args = (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
     for t in args[:4]:
         if t is not None:
             t.requires_grad_(True)

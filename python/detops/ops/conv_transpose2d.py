@@ -19,10 +19,14 @@ Algorithms (the C++ CPU and CUDA kernels choose):
 * dense, for ``groups == 1`` and ``kernel == stride`` (Mask R-CNN 2/2, U-Net):
   one matrix product, then one pass that shuffles pixels and adds bias and skip
   and applies the activation. The product is cuBLAS on CUDA and a oneDNN 1x1
-  convolution on CPU; on CPU, when one image's columns outgrow the cache (U-Net
-  decoders on large maps) and torch can express the window, the layer runs
-  oneDNN's direct deconvolution instead and fuses only the skip add and ReLU,
-  because that is faster there.
+  convolution on CPU. On CPU a channels-last layer whose window torch can
+  express runs oneDNN's direct deconvolution instead (its native layout, so
+  there is nothing for the shuffle to save) with the skip add and ReLU fused
+  after it, and the backward uses the column form only while one image's
+  columns stay in cache, else oneDNN's deconvolution backward.
+
+The output keeps the input's memory format (channels-last in, channels-last
+out), as torch's does, and so does the input's gradient.
 
 All index arithmetic is int64. Gradients are first order (no double backward).
 
@@ -41,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import KERNEL_FLOAT_DTYPES, check_same_device, check_tensor
+from ._common import KERNEL_FLOAT_DTYPES, check_same_device, check_tensor, is_channels_last, memory_format_of
 
 __all__ = ["conv_transpose2d", "upsample_add"]
 
@@ -64,14 +68,16 @@ _HAS_CUDA_KERNEL = torch._C._dispatch_has_kernel_for_dispatch_key("detops::conv_
 @torch.library.register_fake("detops::conv_transpose2d")
 def _forward_fake(input, weight, bias, skip, stride, offset, output_size, skip_offset, groups, activation):
     torch._check(input.dim() == 4 and weight.dim() == 4, lambda: "input and weight must be 4-D")
-    return input.new_empty((input.shape[0], weight.shape[1] * groups, output_size[0], output_size[1]))
+    shape = (input.shape[0], weight.shape[1] * groups, output_size[0], output_size[1])
+    return torch.empty(shape, dtype=input.dtype, device=input.device,
+                       memory_format=memory_format_of(is_channels_last(input)))
 
 
 @torch.library.register_fake("detops::conv_transpose2d_backward")
 def _backward_fake(grad, input, weight, stride, offset, groups, output_mask):
     empty = input.new_empty((0,))
     return (
-        torch.empty_like(input, memory_format=torch.contiguous_format) if output_mask[0] else empty,
+        torch.empty_like(input, memory_format=memory_format_of(is_channels_last(input))) if output_mask[0] else empty,
         torch.empty_like(weight, memory_format=torch.contiguous_format) if output_mask[1] else input.new_empty((0,)),
         input.new_empty((weight.shape[1] * groups,)) if output_mask[2] else input.new_empty((0,)),
     )
