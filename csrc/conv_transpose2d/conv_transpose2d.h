@@ -47,7 +47,8 @@ inline at::Tensor in_format_of(const at::Tensor& out, const at::Tensor& input) {
 inline bool is_dense(const Geometry& g) { return g.groups == 1 && g.kH == g.sH && g.kW == g.sW; }
 
 // The dense algorithm's device-specific halves (DenseStrides: conv_transpose2d_math.h).
-// out[n0 + n] = act(shuffle(y[n]) + bias + skip) for n in [0, nb).
+// out[n0 + n] = act(shuffle(y[n]) + bias + skip) for n in [0, nb). out may be a
+// strided view (a block of output rows): shuffles address it through its strides.
 using ShuffleFn = void (*)(const at::Tensor& y, DenseStrides st, int64_t n0, int64_t nb,
                            const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& skip,
                            at::Tensor& out, const Geometry& g, Activation act);

@@ -128,7 +128,7 @@ void relayout_cpu(const at::Tensor& src, const at::Tensor& dst) {
 // (stride kH * kW apart) and are written contiguously.
 template <typename scalar_t>
 void shuffle_to_channels_last(const scalar_t* yp, DenseStrides st, int64_t n0, int64_t nb, const scalar_t* bp,
-                              const scalar_t* sp, scalar_t* op, const Geometry& g, Activation act) {
+                              const scalar_t* sp, scalar_t* op, Strides4 os, const Geometry& g, Activation act) {
   using T = at::opmath_type<scalar_t>;
   const int64_t kk = g.kH * g.kW;
   at::parallel_for(0, nb * g.OH, grain_for(g.OW * g.Cout), [&](int64_t begin, int64_t end) {
@@ -151,7 +151,7 @@ void shuffle_to_channels_last(const scalar_t* yp, DenseStrides st, int64_t n0, i
               sp + ((n * g.skipH + oy + g.skip_offH) * g.skipW + ox + g.skip_offW) * g.Cout;
           for (int64_t oc = 0; oc < g.Cout; ++oc) v[oc] += T(sk[oc]);
         }
-        generic::store_row(v, op + ((n * g.OH + oy) * g.OW + ox) * g.Cout, g.Cout, act);
+        generic::store_row(v, op + os.at(n, 0, oy, ox), g.Cout, act);
       }
     }
   });
@@ -182,7 +182,7 @@ void fill_shuffle_tile(const scalar_t* __restrict__ src, int64_t pixel_stride, i
 
 template <typename scalar_t>
 void shuffle_pixel_major_to_nchw(const scalar_t* yp, DenseStrides st, int64_t n0, int64_t nb, const scalar_t* bp,
-                                 const scalar_t* sp, scalar_t* op, const Geometry& g, Activation act) {
+                                 const scalar_t* sp, scalar_t* op, Strides4 os, const Geometry& g, Activation act) {
   using T = at::opmath_type<scalar_t>;
   const int64_t kk = g.kH * g.kW;
   const int64_t span = g.W * g.sW;  // uncropped output width (kernel == stride)
@@ -223,7 +223,7 @@ void shuffle_pixel_major_to_nchw(const scalar_t* yp, DenseStrides st, int64_t n0
                 sp + ((n * g.Cout + oc) * g.skipH + oy + g.skip_offH) * g.skipW + g.skip_offW;
             for (int64_t ox = 0; ox < g.OW; ++ox) v[ox] += T(sk[ox]);
           }
-          generic::store_row(v, op + ((n * g.Cout + oc) * g.OH + oy) * g.OW, g.OW, act);
+          generic::store_row(v, op + os.at(n, oc, oy, 0), g.OW, act);
         }
       }
     }
@@ -234,7 +234,7 @@ void shuffle_pixel_major_to_nchw(const scalar_t* yp, DenseStrides st, int64_t n0
 // row reads, for each output column, the one tap that reaches it.
 template <typename scalar_t>
 void shuffle_tap_major_to_nchw(const scalar_t* yp, DenseStrides st, int64_t n0, int64_t nb, const scalar_t* bp,
-                               const scalar_t* sp, scalar_t* op, const Geometry& g, Activation act) {
+                               const scalar_t* sp, scalar_t* op, Strides4 os, const Geometry& g, Activation act) {
   using T = at::opmath_type<scalar_t>;
   // Per output column: the offset of its (tap, input) inside a row of y. Only
   // the last columns (output_padding past the input's reach) have no tap.
@@ -270,7 +270,7 @@ void shuffle_tap_major_to_nchw(const scalar_t* yp, DenseStrides st, int64_t n0, 
         const scalar_t* __restrict__ sk = sp + ((n * g.Cout + oc) * g.skipH + oy + g.skip_offH) * g.skipW + g.skip_offW;
         for (int64_t ox = 0; ox < g.OW; ++ox) v[ox] += T(sk[ox]);
       }
-      generic::store_row(v, op + ((n * g.Cout + oc) * g.OH + oy) * g.OW, g.OW, act);
+      generic::store_row(v, op + os.at(n, oc, oy, 0), g.OW, act);
     }
   });
 }
@@ -285,12 +285,13 @@ void shuffle_cpu(const at::Tensor& y, DenseStrides st, int64_t n0, int64_t nb, c
     const at::Tensor skip_c = skip.has_value() ? skip->contiguous(out.suggest_memory_format()) : at::Tensor();
     const scalar_t* sp = skip_c.defined() ? skip_c.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    const Strides4 os{out.stride(0), out.stride(1), out.stride(2), out.stride(3)};
     if (channels_last) {
-      shuffle_to_channels_last(yp, st, n0, nb, bp, sp, op, g, act);
+      shuffle_to_channels_last(yp, st, n0, nb, bp, sp, op, os, g, act);
     } else if (st.rs == 1) {
-      shuffle_pixel_major_to_nchw(yp, st, n0, nb, bp, sp, op, g, act);
+      shuffle_pixel_major_to_nchw(yp, st, n0, nb, bp, sp, op, os, g, act);
     } else {
-      shuffle_tap_major_to_nchw(yp, st, n0, nb, bp, sp, op, g, act);
+      shuffle_tap_major_to_nchw(yp, st, n0, nb, bp, sp, op, os, g, act);
     }
   });
 }

@@ -210,6 +210,28 @@ def test_dense_algorithms_and_layouts(monkeypatch, forward, backward, layout, wi
         assert_close(g, r, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("crop,size", [((4, 2), None), ((7, 1), (100, 104)), ((40, 3), (60, 90)), ((2, 0), (112, 106))])
+def test_dense_row_blocks(monkeypatch, layout, crop, size):
+    """Layers whose columns outgrow the cache run their 1x1 convolution in blocks
+    of input rows (here 37 rows in blocks of 26 and 11), each shuffled into its
+    own band of output rows: bands must meet exactly, with crops that start
+    inside a later block, output_padding rows past the input, and a skip window."""
+    monkeypatch.setenv("DETOPS_CT_DENSE_FORWARD", "columns")
+    gen = torch.Generator().manual_seed(23)
+    x = torch.randn(2, 4, 37, 35, dtype=torch.float64, generator=gen)
+    w = torch.randn(4, 64, 3, 3, dtype=torch.float64, generator=gen)
+    b = torch.randn(64, dtype=torch.float64, generator=gen)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    natural = (37 * 3, 35 * 3)
+    size = size or (natural[0] - 2 * crop[0], natural[1] - 2 * crop[1])
+    skip = torch.randn(2, 64, size[0] + 3, size[1] + 1, dtype=torch.float64, generator=gen)
+    out = detops.upsample_add(x, skip, w, b, 3, crop, (3, 1), 1, size, activation="relu")
+    ref = _upsample_add_reference(x, skip, w, b, (3, 3), crop, (3, 1), 1, size, True)
+    assert_close(out, ref, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("forward", ["onednn", "columns"])
 def test_dense_reduced_precision_layouts(monkeypatch, dtype, forward):
