@@ -250,6 +250,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_backward(const at::Tensor& 
   at::Tensor gw2d = output_mask[1] ? grad_weight.view({g.Cin, R}) : at::Tensor();
   const at::Tensor w_in = conv ? w2d.view({g.Cin, R, 1, 1}) : at::Tensor();  // cols -> grad_input
   const at::Tensor w1x1 = conv ? as_1x1(w2d) : at::Tensor();
+  const auto weight_grad_1x1 = [&](const at::Tensor& cols, const at::Tensor& xs) {
+    const int64_t one[2] = {1, 1}, zero[2] = {0, 0};
+    const auto grads = at::convolution_backward(cols, xs, w1x1, std::nullopt, one, zero, one, false, zero, 1,
+                                                {false, true, false});
+    gw2d.add_(std::get<1>(grads).view({R, g.Cin}).t());
+  };
+  const int64_t block_rows = conv ? rows_per_block(g) : g.H;
+  if (block_rows < g.H) {
+    // As in the forward: blocks of input rows, so that each block's columns are
+    // written, read by both 1x1 products, and dropped while still in cache.
+    at::Tensor gi = output_mask[0] ? at::empty(x.sizes(), x.options(), at::MemoryFormat::ChannelsLast) : at::Tensor();
+    for (int64_t n = 0; n < g.N; ++n) {
+      for (int64_t iy = 0; iy < g.H; iy += block_rows) {
+        const RowBlock b = row_block(g, iy, std::min(g.H, iy + block_rows));
+        at::Tensor cols = at::empty({1, R, b.g.H, g.W}, grad.options().memory_format(at::MemoryFormat::ChannelsLast));
+        unshuffle(grad.narrow(2, b.out_row0, b.g.OH), n, 1, cols, {1, cols.stride(0), R}, b.g);
+        const at::Tensor xs = x.narrow(0, n, 1).narrow(2, iy, b.g.H);
+        if (output_mask[0]) gi.narrow(0, n, 1).narrow(2, iy, b.g.H).copy_(conv1x1(cols, w_in));
+        if (output_mask[1]) weight_grad_1x1(cols, xs);
+      }
+    }
+    if (output_mask[0]) grad_input = in_layout(gi, input_format, relayout);
+    return {grad_input, grad_weight, grad_bias};
+  }
   for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
     const int64_t nb = std::min(chunk, g.N - n0);
     const at::Tensor xs = x.narrow(0, n0, nb);
@@ -259,13 +283,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_backward(const at::Tensor& 
       at::Tensor cols = at::empty({nb, R, g.H, g.W}, grad.options().memory_format(at::MemoryFormat::ChannelsLast));
       unshuffle(grad, n0, nb, cols, {1, HW * R, R}, g);
       if (output_mask[0]) relayout_into(relayout, conv1x1(cols, w_in), grad_input.narrow(0, n0, nb));
-      if (output_mask[1]) {
-        const int64_t one[2] = {1, 1}, zero[2] = {0, 0};
-        const auto grads = at::convolution_backward(cols, xs, w1x1,
-                                                    std::nullopt, one, zero, one, false, zero, 1,
-                                                    {false, true, false});
-        gw2d.add_(std::get<1>(grads).view({R, g.Cin}).t());
-      }
+      if (output_mask[1]) weight_grad_1x1(cols, xs);
       continue;
     }
     // The gradient columns [R, nb * HW]: one matrix product per input for the whole chunk.

@@ -52,7 +52,8 @@ inline bool is_dense(const Geometry& g) { return g.groups == 1 && g.kH == g.sH &
 using ShuffleFn = void (*)(const at::Tensor& y, DenseStrides st, int64_t n0, int64_t nb,
                            const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& skip,
                            at::Tensor& out, const Geometry& g, Activation act);
-// g_cols = the inverse shuffle of grad[n0 : n0 + nb] (zeros where a tap falls outside the window).
+// g_cols = the inverse shuffle of grad[n0 : n0 + nb] (zeros where a tap falls outside the
+// window); grad may be a strided view (a band of output rows).
 using UnshuffleFn = void (*)(const at::Tensor& grad, int64_t n0, int64_t nb, at::Tensor& g_cols, DenseStrides st,
                              const Geometry& g);
 

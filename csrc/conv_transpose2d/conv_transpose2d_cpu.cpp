@@ -318,8 +318,10 @@ void drain_shuffle_tile(const scalar_t* __restrict__ tile, int64_t span, int64_t
 void unshuffle_cpu(const at::Tensor& grad, int64_t n0, int64_t nb, at::Tensor& cols, DenseStrides st,
                    const Geometry& g) {
   TORCH_INTERNAL_ASSERT(st.rs == 1, "conv_transpose2d: CPU unshuffle expects pixel-major columns");
+  TORCH_INTERNAL_ASSERT(grad.stride(3) == 1, "conv_transpose2d: CPU unshuffle expects NCHW gradient rows");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "conv_transpose2d_unshuffle_cpu", [&] {
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    const Strides4 gs{grad.stride(0), grad.stride(1), grad.stride(2), grad.stride(3)};
     scalar_t* cp = cols.mutable_data_ptr<scalar_t>();
     const int64_t kk = g.kH * g.kW;
     const int64_t span = g.W * g.sW;
@@ -341,7 +343,7 @@ void unshuffle_cpu(const at::Tensor& grad, int64_t n0, int64_t nb, at::Tensor& c
               std::fill(trow, trow + span, scalar_t(0));
               continue;
             }
-            const scalar_t* __restrict__ grow = gp + (((n0 + nl) * g.Cout + oc0 + ocl) * g.OH + oy) * g.OW - g.offW;
+            const scalar_t* __restrict__ grow = gp + gs.at(n0 + nl, oc0 + ocl, oy, 0) - g.offW;
             std::fill(trow, trow + u_begin, scalar_t(0));
             for (int64_t u = u_begin; u < u_end; ++u) trow[u] = grow[u];
             std::fill(trow + u_end, trow + span, scalar_t(0));
@@ -402,9 +404,10 @@ bool backward_via_onednn(const Geometry& g, const at::Tensor& input) {
   if (torch_output_padding(g)[0] < 0) return false;
   const int forced = forced_algorithm("DETOPS_CT_DENSE_BACKWARD");
   if (forced >= 0) return forced == 1;
+  if (is_channels_last(input)) return false;
   const bool columns_spill = g.Cout * g.kH * g.kW * g.H * g.W > kDenseCacheColumns;
   const bool small_output = g.N * g.Cout * g.OH * g.OW <= kDenseSmallOutput;
-  return is_channels_last(input) || columns_spill || small_output;
+  return columns_spill || small_output;
 }
 
 // out = act(out + skip window), in place, row by row (an NCHW row is OW values

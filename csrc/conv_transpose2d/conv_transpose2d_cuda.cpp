@@ -32,8 +32,8 @@ void shuffle_cuda(const at::Tensor& y, DenseStrides st, int64_t n0, int64_t nb, 
 
 void unshuffle_cuda(const at::Tensor& grad, int64_t n0, int64_t nb, at::Tensor& cols, DenseStrides st,
                     const Geometry& g) {
-  DETOPS_CUDA_CHECK(dense_unshuffle_cuda(to_dtype(grad.scalar_type()), g, grad.const_data_ptr(), n0, nb,
-                                         cols.mutable_data_ptr(), st, current_stream(grad)));
+  DETOPS_CUDA_CHECK(dense_unshuffle_cuda(to_dtype(grad.scalar_type()), g, grad.const_data_ptr(), strides_of(grad), n0,
+                                         nb, cols.mutable_data_ptr(), st, current_stream(grad)));
 }
 
 at::Tensor forward_op(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,

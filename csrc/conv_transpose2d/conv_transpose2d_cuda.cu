@@ -180,7 +180,7 @@ __global__ void dense_shuffle_kernel(Geometry g, const S* __restrict__ y, DenseS
 
 // One thread per column-buffer element, in (row r, image, pixel) order.
 template <typename S>
-__global__ void dense_unshuffle_kernel(Geometry g, const S* __restrict__ grad, int64_t n0, int64_t nb,
+__global__ void dense_unshuffle_kernel(Geometry g, const S* __restrict__ grad, Strides4 gs, int64_t n0, int64_t nb,
                                        S* __restrict__ cols, DenseStrides st, int64_t total) {
   const int64_t HW = g.H * g.W;
   for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < total; p += int64_t(gridDim.x) * blockDim.x) {
@@ -192,7 +192,7 @@ __global__ void dense_unshuffle_kernel(Geometry g, const S* __restrict__ grad, i
     const int64_t oy = iy * g.sH + ky - g.offH, ox = ix * g.sW + kx - g.offW;
     const bool inside = oy >= 0 && oy < g.OH && ox >= 0 && ox < g.OW;
     cols[r * st.rs + nl * st.ns + pix * st.ps] =
-        inside ? grad[(((n0 + nl) * g.Cout + oc) * g.OH + oy) * g.OW + ox] : convert<S>(opmath_t<S>(0));
+        inside ? grad[gs.at(n0 + nl, oc, oy, ox)] : convert<S>(opmath_t<S>(0));
   }
 }
 
@@ -256,14 +256,14 @@ cudaError_t dense_shuffle_cuda(DType dtype, const Geometry& g, const void* y, De
   return cudaGetLastError();
 }
 
-cudaError_t dense_unshuffle_cuda(DType dtype, const Geometry& g, const void* grad, int64_t n0, int64_t nb,
+cudaError_t dense_unshuffle_cuda(DType dtype, const Geometry& g, const void* grad, Strides4 gs, int64_t n0, int64_t nb,
                                  void* cols, DenseStrides st, cudaStream_t stream) {
   const int64_t total = g.Cout * g.kH * g.kW * nb * g.H * g.W;
   if (total == 0) return cudaSuccess;
   dispatch_dtype(dtype, [&](auto tag) {
     using S = decltype(tag);
     dense_unshuffle_kernel<S><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
-        g, static_cast<const S*>(grad), n0, nb, static_cast<S*>(cols), st, total);
+        g, static_cast<const S*>(grad), gs, n0, nb, static_cast<S*>(cols), st, total);
   });
   return cudaGetLastError();
 }

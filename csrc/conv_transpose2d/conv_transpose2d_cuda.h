@@ -31,7 +31,7 @@ cudaError_t dense_shuffle_cuda(DType dtype, const Geometry& g, const void* y, De
                                Strides4 out_st, bool channels_last, Activation act, cudaStream_t stream);
 
 // cols = the inverse shuffle of grad[n0 : n0 + nb] (zeros where a tap falls outside the window).
-cudaError_t dense_unshuffle_cuda(DType dtype, const Geometry& g, const void* grad, int64_t n0, int64_t nb,
+cudaError_t dense_unshuffle_cuda(DType dtype, const Geometry& g, const void* grad, Strides4 gs, int64_t n0, int64_t nb,
                                  void* cols, DenseStrides st, cudaStream_t stream);
 
 }  // namespace conv_transpose2d
