@@ -10,7 +10,9 @@
 //
 // Dense algorithm (kernel == stride): the matrix product is ATen's (see
 // conv_transpose2d.cpp); this file does the pixel shuffle with bias, skip and
-// activation, and its inverse for the gradients.
+// activation, its inverse for the gradients, the cache-blocked NCHW <->
+// channels-last copies around oneDNN's 1x1 convolutions, and the choice
+// between that column form and oneDNN's own deconvolution.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
