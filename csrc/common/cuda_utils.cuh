@@ -42,9 +42,9 @@ inline void dispatch_dtype(DType dtype, F&& f) {
 // line, and the next synchronising call raises "device-side assert triggered".
 // Unlike assert(), NDEBUG does not remove it; callers still clamp the index, so
 // no load goes out of bounds even before the trap lands.
-#define DETOPS_KERNEL_CHECK(cond, msg)                                      \
-  do {                                                                    \
-    if (!(cond)) __assert_fail(msg, __FILE__, __LINE__, __func__);        \
+#define DETOPS_KERNEL_CHECK(cond, msg)                               \
+  do {                                                             \
+    if (!(cond)) __assert_fail(msg, __FILE__, __LINE__, __func__); \
   } while (0)
 
 inline unsigned int blocks_for(int64_t n, int threads, int64_t max_blocks = 65535LL * 16) {

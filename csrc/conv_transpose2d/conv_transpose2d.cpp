@@ -260,18 +260,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_backward(const at::Tensor& 
   if (block_rows < g.H) {
     // As in the forward: blocks of input rows, so that each block's columns are
     // written, read by both 1x1 products, and dropped while still in cache.
-    at::Tensor gi = output_mask[0] ? at::empty(x.sizes(), x.options(), at::MemoryFormat::ChannelsLast) : at::Tensor();
+    // The 1x1 products write channels-last bands; an NCHW grad_input takes them in one copy at the end.
+    const at::MemoryFormat cl = at::MemoryFormat::ChannelsLast;
+    const bool direct = !output_mask[0] || grad_input.is_contiguous(cl);
+    at::Tensor gi = direct ? grad_input : at::empty(x.sizes(), x.options(), cl);
     for (int64_t n = 0; n < g.N; ++n) {
       for (int64_t iy = 0; iy < g.H; iy += block_rows) {
         const RowBlock b = row_block(g, iy, std::min(g.H, iy + block_rows));
-        at::Tensor cols = at::empty({1, R, b.g.H, g.W}, grad.options().memory_format(at::MemoryFormat::ChannelsLast));
+        at::Tensor cols = at::empty({1, R, b.g.H, g.W}, grad.options().memory_format(cl));
         unshuffle(grad.narrow(2, b.out_row0, b.g.OH), n, 1, cols, {1, cols.stride(0), R}, b.g);
         const at::Tensor xs = x.narrow(0, n, 1).narrow(2, iy, b.g.H);
         if (output_mask[0]) gi.narrow(0, n, 1).narrow(2, iy, b.g.H).copy_(conv1x1(cols, w_in));
         if (output_mask[1]) weight_grad_1x1(cols, xs);
       }
     }
-    if (output_mask[0]) grad_input = in_layout(gi, input_format, relayout);
+    if (!direct) relayout_into(relayout, gi, grad_input);
     return {grad_input, grad_weight, grad_bias};
   }
   for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {

@@ -216,8 +216,10 @@ def test_dense_row_blocks(monkeypatch, layout, crop, size):
     """Layers whose columns outgrow the cache run their 1x1 convolution in blocks
     of input rows (here 37 rows in blocks of 26 and 11), each shuffled into its
     own band of output rows: bands must meet exactly, with crops that start
-    inside a later block, output_padding rows past the input, and a skip window."""
+    inside a later block, output_padding rows past the input, and a skip window.
+    The column-form backward runs in the same blocks."""
     monkeypatch.setenv("DETOPS_CT_DENSE_FORWARD", "columns")
+    monkeypatch.setenv("DETOPS_CT_DENSE_BACKWARD", "columns")
     gen = torch.Generator().manual_seed(23)
     x = torch.randn(2, 4, 37, 35, dtype=torch.float64, generator=gen)
     w = torch.randn(4, 64, 3, 3, dtype=torch.float64, generator=gen)
@@ -227,9 +229,16 @@ def test_dense_row_blocks(monkeypatch, layout, crop, size):
     natural = (37 * 3, 35 * 3)
     size = size or (natural[0] - 2 * crop[0], natural[1] - 2 * crop[1])
     skip = torch.randn(2, 64, size[0] + 3, size[1] + 1, dtype=torch.float64, generator=gen)
-    out = detops.upsample_add(x, skip, w, b, 3, crop, (3, 1), 1, size, activation="relu")
-    ref = _upsample_add_reference(x, skip, w, b, (3, 3), crop, (3, 1), 1, size, True)
-    assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    fused = lambda a, ww, bb, sk: detops.upsample_add(  # noqa: E731
+        a, sk, ww, bb, 3, crop, (3, 1), 1, size, activation="relu")
+    ref = lambda a, ww, bb, sk: _upsample_add_reference(a, sk, ww, bb, (3, 3), crop, (3, 1), 1, size, True)  # noqa: E731
+    grad_out = torch.randn(2, 64, *size, dtype=torch.float64, generator=gen)
+    out, grads = _grads(fused, (x, w, b, skip), grad_out)
+    ref_out, ref_grads = _grads(ref, (x, w, b, skip), grad_out)
+    assert_close(out, ref_out, rtol=1e-10, atol=1e-10)
+    assert grads[0].is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+    for g, r in zip(grads, ref_grads):
+        assert_close(g, r, rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
