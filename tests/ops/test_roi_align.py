@@ -228,7 +228,7 @@ def test_cuda_deterministic_backward_bit_identical():
 
 
 @requires_cuda
-@pytest.mark.parametrize("index", ["2.0", "-1.0", "float('nan')"])
+@pytest.mark.parametrize("index", ["-1.0", "float('nan')"])
 def test_cuda_bad_batch_index_asserts(index):
     """On CUDA the kernels check the batch index themselves (no host sync): a
     device-side assertion naming it, never an out-of-bounds read."""
