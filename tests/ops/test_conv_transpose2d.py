@@ -166,6 +166,20 @@ def test_channels_last_and_unbatched(device, dense):
     assert_close(xg.grad.contiguous(), xr.grad.float(), rtol=1e-5, atol=1e-5)
 
 
+def _forced_dense_layer(monkeypatch, forward, backward, layout, seed, input_shape, cout, k):
+    """A float64 dense layer (kernel == stride == k) with its input in the given layout,
+    and the CPU algorithms forced ("onednn" or "columns") for the rest of the test."""
+    monkeypatch.setenv("DETOPS_CT_DENSE_FORWARD", forward)
+    monkeypatch.setenv("DETOPS_CT_DENSE_BACKWARD", backward)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(*input_shape, dtype=torch.float64, generator=gen)
+    w = torch.randn(input_shape[1], cout, k, k, dtype=torch.float64, generator=gen)
+    b = torch.randn(cout, dtype=torch.float64, generator=gen)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, w, b, gen
+
+
 @pytest.mark.parametrize("forward", ["onednn", "columns"])
 @pytest.mark.parametrize("backward", ["onednn", "columns"])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
@@ -176,14 +190,7 @@ def test_dense_algorithms_and_layouts(monkeypatch, forward, backward, layout, wi
     (padding + output_padding) and an FCN crop with skip and ReLU. The output keeps
     the input's layout, as torch's does; pixel counts off the 16-pixel blocks of
     the layout copies."""
-    monkeypatch.setenv("DETOPS_CT_DENSE_FORWARD", forward)
-    monkeypatch.setenv("DETOPS_CT_DENSE_BACKWARD", backward)
-    gen = torch.Generator().manual_seed(21)
-    x = torch.randn(3, 12, 7, 9, dtype=torch.float64, generator=gen)
-    w = torch.randn(12, 5, 3, 3, dtype=torch.float64, generator=gen)
-    b = torch.randn(5, dtype=torch.float64, generator=gen)
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x, w, b, gen = _forced_dense_layer(monkeypatch, forward, backward, layout, 21, (3, 12, 7, 9), 5, 3)
     if window == "torch":
         fn = lambda a, ww, bb: detops.conv_transpose2d(a, ww, bb, stride=3, padding=1, output_padding=2)  # noqa: E731
         ref = lambda a, ww, bb: F.conv_transpose2d(a, ww, bb, stride=3, padding=1, output_padding=2)  # noqa: E731
@@ -218,14 +225,7 @@ def test_dense_row_blocks(monkeypatch, layout, crop, size):
     own band of output rows: bands must meet exactly, with crops that start
     inside a later block, output_padding rows past the input, and a skip window.
     The column-form backward runs in the same blocks."""
-    monkeypatch.setenv("DETOPS_CT_DENSE_FORWARD", "columns")
-    monkeypatch.setenv("DETOPS_CT_DENSE_BACKWARD", "columns")
-    gen = torch.Generator().manual_seed(23)
-    x = torch.randn(2, 4, 37, 35, dtype=torch.float64, generator=gen)
-    w = torch.randn(4, 64, 3, 3, dtype=torch.float64, generator=gen)
-    b = torch.randn(64, dtype=torch.float64, generator=gen)
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x, w, b, gen = _forced_dense_layer(monkeypatch, "columns", "columns", layout, 23, (2, 4, 37, 35), 64, 3)
     natural = (37 * 3, 35 * 3)
     size = size or (natural[0] - 2 * crop[0], natural[1] - 2 * crop[1])
     skip = torch.randn(2, 64, size[0] + 3, size[1] + 1, dtype=torch.float64, generator=gen)
