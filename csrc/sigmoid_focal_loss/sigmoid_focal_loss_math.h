@@ -200,18 +200,16 @@ DETOPS_HD T sigmoid_focal_grad_target(T x, T t, T g, const Coeffs<T>& c) {
 
 // Loss of one row from log p_k; `scale` is alpha (or 1).
 template <GammaKind G, typename T>
-DETOPS_HD T softmax_focal_from_logp(T logp, T scale, T gamma) {
-  const T omp = -expm1(logp);  // 1 - p, exact near p = 1
+DETOPS_HD T softmax_focal_from_logp(T logp, T omp, T scale, T gamma) {
   return -scale * modulator<G>(omp, gamma) * logp;
 }
 
 // d loss / d log p_k of one row.
 template <GammaKind G, typename T>
-DETOPS_HD T softmax_focal_dlogp(T logp, T scale, T gamma) {
-  const T omp = -expm1(logp);
+DETOPS_HD T softmax_focal_dlogp(T logp, T p, T omp, T scale, T gamma) {
   const T mg = modulator<G>(omp, gamma);
   const T dmg = modulator_grad<G>(omp, mg, gamma);
-  return -scale * mg + scale * dmg * exp(logp) * logp;
+  return -scale * mg + scale * dmg * p * logp;
 }
 
 }  // namespace focal
