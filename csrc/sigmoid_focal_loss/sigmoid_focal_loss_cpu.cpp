@@ -162,32 +162,59 @@ DETOPS_HD void indexed_rows_backward(const T* __restrict__ x, const int64_t* __r
 // two sums vectorise.
 template <typename T>
 struct SoftmaxAt {
-  T lse, logp, p, omp;
+  T lse, logp, p, omp, inv_sum;  // inv_sum: 1 / sum_j exp(x[j] - max)
 };
 
-template <typename T>
-DETOPS_HD SoftmaxAt<T> softmax_at(const T* __restrict__ x, int64_t n, int64_t k) {
+// With kKeepExp, e[i] = exp(x[i] - max) is kept for the caller (the backward
+// scales it into the gradient instead of taking the exponentials again).
+// The reductions keep kLanes partial results, updated lane by lane, which GCC
+// turns into whole-vector max/add; `omp simd reduction` compiled the max to a
+// scalar loop through a stack array here.
+constexpr int64_t kLanes = 16;
+
+template <bool kKeepExp, typename T>
+DETOPS_HD SoftmaxAt<T> softmax_at(const T* __restrict__ x, int64_t n, int64_t k, T* __restrict__ e = nullptr) {
+  const int64_t body = n - n % kLanes;
+  T lane_max[kLanes];
+  for (int64_t l = 0; l < kLanes; ++l) lane_max[l] = x[0];
+  for (int64_t i = 0; i < body; i += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) lane_max[l] = x[i + l] > lane_max[l] ? x[i + l] : lane_max[l];
+  }
   T mx = x[0];
-#pragma omp simd reduction(max : mx)
-  for (int64_t i = 1; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
-  const int32_t n32 = static_cast<int32_t>(n), k32 = static_cast<int32_t>(k);
+  for (int64_t l = 0; l < kLanes; ++l) mx = lane_max[l] > mx ? lane_max[l] : mx;
+  for (int64_t i = body; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
+  T lane_sum[kLanes] = {}, lane_other[kLanes] = {};
+  for (int64_t i = 0; i < body; i += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const T ei = exp_nonpos(x[i + l] - mx);
+      if constexpr (kKeepExp) e[i + l] = ei;
+      lane_sum[l] += ei;
+      lane_other[l] += i + l == k ? T(0) : ei;
+    }
+  }
   T sum = 0, other = 0;
-#pragma omp simd reduction(+ : sum, other)
-  for (int32_t i = 0; i < n32; ++i) {
-    const T e = exp_nonpos(x[i] - mx);
-    sum += e;
-    other += i == k32 ? T(0) : e;
+  for (int64_t l = 0; l < kLanes; ++l) {
+    sum += lane_sum[l];
+    other += lane_other[l];
+  }
+  for (int64_t i = body; i < n; ++i) {
+    const T ei = exp_nonpos(x[i] - mx);
+    if constexpr (kKeepExp) e[i] = ei;
+    sum += ei;
+    other += i == k ? T(0) : ei;
   }
   const T log_sum = std::log(sum);
-  return {mx + log_sum, (x[k] - mx) - log_sum, exp_nonpos(x[k] - mx) / sum, other / sum};
+  return {mx + log_sum, (x[k] - mx) - log_sum, exp_nonpos(x[k] - mx) / sum, other / sum, T(1) / sum};
 }
 
-// grad[j] = dl * ([j == k] - exp(x[j] - lse)).
+// grad[j] = dl * ([j == k] - p_j), in place over grad[j] = exp(x[j] - max);
+// the class's own entry is dl * (1 - p_k), exact near p_k = 1.
 template <typename T>
-DETOPS_HD void softmax_grad_row(const T* __restrict__ x, int64_t k, T lse, T dl, T* __restrict__ grad, int64_t n) {
-  const int32_t n32 = static_cast<int32_t>(n), k32 = static_cast<int32_t>(k);
+DETOPS_HD void softmax_grad_row(int64_t k, const SoftmaxAt<T>& s, T dl, T* __restrict__ grad, int64_t n) {
+  const T scale = -dl * s.inv_sum;
 #pragma omp simd
-  for (int32_t j = 0; j < n32; ++j) grad[j] = dl * (T(j == k32) - exp_nonpos(x[j] - lse));
+  for (int64_t j = 0; j < n; ++j) grad[j] *= scale;
+  grad[k] = dl * s.omp;
 }
 
 // Rows of the softmax form: k_of_row[r] is the row's class, or -1 for an
@@ -202,7 +229,7 @@ DETOPS_HD double softmax_rows_forward(const T* __restrict__ x, const int64_t* __
     T loss = 0;
     if (k >= 0) {
       const T* xr = x + r * cols;
-      const SoftmaxAt<T> s = softmax_at(xr, cols, k);
+      const SoftmaxAt<T> s = softmax_at<false>(xr, cols, k);
       loss = softmax_focal_from_logp<G>(s.logp, s.omp, scale, gamma);
       total += static_cast<double>(loss);
     }
@@ -223,9 +250,10 @@ DETOPS_HD void softmax_rows_backward(const T* __restrict__ x, const int64_t* __r
       continue;
     }
     const T* xr = x + r * cols;
-    const SoftmaxAt<T> s = softmax_at(xr, cols, k);
+    T* gr = grad + r * cols;
+    const SoftmaxAt<T> s = softmax_at<true>(x + r * cols, cols, k, gr);
     const T dl = (g != nullptr ? g[r] : g_scalar) * softmax_focal_dlogp<G>(s.logp, s.p, s.omp, scale, gamma);
-    softmax_grad_row(xr, k, s.lse, dl, grad + r * cols, cols);
+    softmax_grad_row(k, s, dl, gr, cols);
   }
 }
 
