@@ -183,26 +183,22 @@ DETOPS_HD SoftmaxAt<T> softmax_at(const T* __restrict__ x, int64_t n, int64_t k,
   T mx = x[0];
   for (int64_t l = 0; l < kLanes; ++l) mx = lane_max[l] > mx ? lane_max[l] : mx;
   for (int64_t i = body; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
+  const auto accumulate = [&](int64_t i, T& sum, T& other) {
+    const T ei = exp_nonpos(x[i] - mx);
+    if constexpr (kKeepExp) e[i] = ei;
+    sum += ei;
+    other += i == k ? T(0) : ei;
+  };
   T lane_sum[kLanes] = {}, lane_other[kLanes] = {};
   for (int64_t i = 0; i < body; i += kLanes) {
-    for (int64_t l = 0; l < kLanes; ++l) {
-      const T ei = exp_nonpos(x[i + l] - mx);
-      if constexpr (kKeepExp) e[i + l] = ei;
-      lane_sum[l] += ei;
-      lane_other[l] += i + l == k ? T(0) : ei;
-    }
+    for (int64_t l = 0; l < kLanes; ++l) accumulate(i + l, lane_sum[l], lane_other[l]);
   }
   T sum = 0, other = 0;
   for (int64_t l = 0; l < kLanes; ++l) {
     sum += lane_sum[l];
     other += lane_other[l];
   }
-  for (int64_t i = body; i < n; ++i) {
-    const T ei = exp_nonpos(x[i] - mx);
-    if constexpr (kKeepExp) e[i] = ei;
-    sum += ei;
-    other += i == k ? T(0) : ei;
-  }
+  for (int64_t i = body; i < n; ++i) accumulate(i, sum, other);
   const T log_sum = std::log(sum);
   return {mx + log_sum, (x[k] - mx) - log_sum, exp_nonpos(x[k] - mx) / sum, other / sum, T(1) / sum};
 }

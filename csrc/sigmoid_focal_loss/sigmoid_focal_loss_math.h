@@ -198,13 +198,14 @@ DETOPS_HD T sigmoid_focal_grad_target(T x, T t, T g, const Coeffs<T>& c) {
 
 // ------------------------------------------------------------------ softmax focal loss
 
-// Loss of one row from log p_k; `scale` is alpha (or 1).
+// Loss of one row from log p_k and omp = 1 - p_k (the caller computes it
+// without cancellation near p_k = 1); `scale` is alpha (or 1).
 template <GammaKind G, typename T>
 DETOPS_HD T softmax_focal_from_logp(T logp, T omp, T scale, T gamma) {
   return -scale * modulator<G>(omp, gamma) * logp;
 }
 
-// d loss / d log p_k of one row.
+// d loss / d log p_k of one row, from log p_k, p_k and 1 - p_k.
 template <GammaKind G, typename T>
 DETOPS_HD T softmax_focal_dlogp(T logp, T p, T omp, T scale, T gamma) {
   const T mg = modulator<G>(omp, gamma);
