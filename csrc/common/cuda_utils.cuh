@@ -47,6 +47,33 @@ inline void dispatch_dtype(DType dtype, F&& f) {
     if (!(cond)) __assert_fail(msg, __FILE__, __LINE__, __func__); \
   } while (0)
 
+// Element p of a [N, C, H, W] walk in memory order: NCHW (w fastest) or
+// channels-last (c fastest), so that neighbouring threads touch neighbouring
+// memory in either layout.
+struct Index4 {
+  int64_t n, c, h, w;
+};
+
+__device__ __forceinline__ Index4 unravel_nchw(int64_t p, int64_t C, int64_t H, int64_t W, bool channels_last) {
+  Index4 i;
+  if (channels_last) {
+    i.c = p % C;
+    p /= C;
+    i.w = p % W;
+    p /= W;
+    i.h = p % H;
+    i.n = p / H;
+  } else {
+    i.w = p % W;
+    p /= W;
+    i.h = p % H;
+    p /= H;
+    i.c = p % C;
+    i.n = p / C;
+  }
+  return i;
+}
+
 inline unsigned int blocks_for(int64_t n, int threads, int64_t max_blocks = 65535LL * 16) {
   int64_t blocks = (n + threads - 1) / threads;
   if (blocks > max_blocks) blocks = max_blocks;

@@ -151,20 +151,8 @@ __global__ void dense_shuffle_kernel(Geometry g, const S* __restrict__ y, DenseS
   using T = opmath_t<S>;
   for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < total; p += int64_t(gridDim.x) * blockDim.x) {
     // Threads walk the output in its memory order so that stores coalesce.
-    int64_t ox, oy, oc, q;
-    if (channels_last) {
-      oc = p % g.Cout;
-      q = p / g.Cout;
-      ox = q % g.OW;
-      oy = (q / g.OW) % g.OH;
-      q /= g.OW * g.OH;
-    } else {
-      ox = p % g.OW;
-      oy = (p / g.OW) % g.OH;
-      oc = (p / (g.OW * g.OH)) % g.Cout;
-      q = p / (g.OW * g.OH * g.Cout);
-    }
-    const int64_t nl = q;
+    const Index4 e = unravel_nchw(p, g.Cout, g.OH, g.OW, channels_last);
+    const int64_t oc = e.c, oy = e.h, ox = e.w, nl = e.n;
     const int64_t n = n0 + nl;
     const SingleTap ty = single_tap(oy, g.offH, g.sH, g.H);
     const SingleTap tx = single_tap(ox, g.offW, g.sW, g.W);

@@ -34,34 +34,14 @@ __device__ __forceinline__ Roi<T> load_roi(const T* rois, const int64_t* levels,
   return roi;
 }
 
-// Output element p -> (r, c, ph, pw) in the chosen thread order.
-__device__ __forceinline__ void unravel(int64_t p, int64_t C, int64_t PH, int64_t PW, bool channel_fastest,
-                                        int64_t& r, int64_t& c, int64_t& ph, int64_t& pw) {
-  if (channel_fastest) {
-    c = p % C;
-    p /= C;
-    pw = p % PW;
-    p /= PW;
-    ph = p % PH;
-    r = p / PH;
-  } else {
-    pw = p % PW;
-    p /= PW;
-    ph = p % PH;
-    p /= PH;
-    c = p % C;
-    r = p / C;
-  }
-}
-
 template <typename S>
 __global__ void forward_kernel(MapsArgs maps, const opmath_t<S>* __restrict__ rois, const int64_t* __restrict__ levels,
                                PoolArgs pool, S* __restrict__ out, int64_t oK, int64_t oC, int64_t oH, int64_t oW,
                                bool channel_fastest, int64_t total) {
   using T = opmath_t<S>;
   for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < total; p += int64_t(gridDim.x) * blockDim.x) {
-    int64_t r, c, ph, pw;
-    unravel(p, maps.C, pool.PH, pool.PW, channel_fastest, r, c, ph, pw);
+    const Index4 e = unravel_nchw(p, maps.C, pool.PH, pool.PW, channel_fastest);
+    const int64_t r = e.n, c = e.c, ph = e.h, pw = e.w;
     const Roi<T> roi = load_roi(rois, levels, r, maps, pool);
     T acc = T(0);
     if (roi.valid) {
@@ -99,8 +79,8 @@ __global__ void backward_atomic_kernel(MapsArgs accum, const S* __restrict__ gra
                                        int64_t total) {
   using T = opmath_t<S>;
   for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < total; p += int64_t(gridDim.x) * blockDim.x) {
-    int64_t r, c, ph, pw;
-    unravel(p, accum.C, pool.PH, pool.PW, channel_fastest, r, c, ph, pw);
+    const Index4 e = unravel_nchw(p, accum.C, pool.PH, pool.PW, channel_fastest);
+    const int64_t r = e.n, c = e.c, ph = e.h, pw = e.w;
     const Roi<T> roi = load_roi(rois, levels, r, accum, pool);
     if (!roi.valid) continue;
     const T go = convert<T>(grad[r * gK + c * gC + ph * gH + pw * gW]) / roi.g.count;
@@ -137,22 +117,8 @@ __global__ void backward_gather_kernel(MapsArgs gis, int level, bool channels_la
   const MapArgs& m = gis.maps[level];
   const int64_t C = gis.C, H = m.H, W = m.W;
   for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < total; p += int64_t(gridDim.x) * blockDim.x) {
-    int64_t n, c, y, x, q = p;
-    if (channels_last) {
-      c = q % C;
-      q /= C;
-      x = q % W;
-      q /= W;
-      y = q % H;
-      n = q / H;
-    } else {
-      x = q % W;
-      q /= W;
-      y = q % H;
-      q /= H;
-      c = q % C;
-      n = q / C;
-    }
+    const Index4 e = unravel_nchw(p, C, H, W, channels_last);
+    const int64_t n = e.n, c = e.c, y = e.h, x = e.w;
     const int64_t key = ((level * gis.N + n) * tiles_y + y / kTileSide) * tiles_x + x / kTileSide;
     T acc = T(0);
     for (int64_t j = offsets[key]; j < offsets[key + 1]; ++j) {

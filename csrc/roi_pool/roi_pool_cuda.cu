@@ -10,25 +10,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ void unravel(int64_t p, const OutArgs& o, int64_t C, bool channel_fastest, int64_t& r,
-                                        int64_t& c, int64_t& ph, int64_t& pw) {
-  if (channel_fastest) {
-    c = p % C;
-    p /= C;
-    pw = p % o.PW;
-    p /= o.PW;
-    ph = p % o.PH;
-    r = p / o.PH;
-  } else {
-    pw = p % o.PW;
-    p /= o.PW;
-    ph = p % o.PH;
-    p /= o.PH;
-    c = p % C;
-    r = p / C;
-  }
-}
-
 template <typename T>
 __device__ __forceinline__ bool load_batch(const T* roi, int64_t N, int64_t& n) {
   const bool ok = roi[0] > T(-1) && roi[0] < T(N);
@@ -43,8 +24,9 @@ __global__ void forward_kernel(const S* __restrict__ input, MapArgs m, const opm
                                bool channel_fastest, int64_t total) {
   using T = opmath_t<S>;
   for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < total; p += int64_t(gridDim.x) * blockDim.x) {
-    int64_t r, c, ph, pw, n;
-    unravel(p, o, m.C, channel_fastest, r, c, ph, pw);
+    const Index4 e = unravel_nchw(p, m.C, o.PH, o.PW, channel_fastest);
+    const int64_t r = e.n, c = e.c, ph = e.h, pw = e.w;
+    int64_t n;
     const T* b = rois + 5 * r;
     T best = T(0);
     int64_t best_idx = -1;
@@ -75,8 +57,9 @@ __global__ void backward_atomic_kernel(const S* __restrict__ grad, const int64_t
                                        bool channel_fastest, int64_t total) {
   using T = opmath_t<S>;
   for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < total; p += int64_t(gridDim.x) * blockDim.x) {
-    int64_t r, c, ph, pw, n;
-    unravel(p, o, m.C, channel_fastest, r, c, ph, pw);
+    const Index4 e = unravel_nchw(p, m.C, o.PH, o.PW, channel_fastest);
+    const int64_t r = e.n, c = e.c, ph = e.h, pw = e.w;
+    int64_t n;
     const int64_t off = r * o.sK + c * o.sC + ph * o.sH + pw * o.sW;
     const int64_t idx = argmax[off];
     if (idx < 0 || idx >= m.H * m.W || !load_batch(rois + 5 * r, m.N, n)) continue;
@@ -92,22 +75,8 @@ __global__ void backward_gather_kernel(const S* __restrict__ grad, const int64_t
                                        S* __restrict__ grad_input, MapArgs m, bool channels_last, int64_t total) {
   using T = opmath_t<S>;
   for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < total; p += int64_t(gridDim.x) * blockDim.x) {
-    int64_t n, c, y, x, q = p;
-    if (channels_last) {
-      c = q % m.C;
-      q /= m.C;
-      x = q % m.W;
-      q /= m.W;
-      y = q % m.H;
-      n = q / m.H;
-    } else {
-      x = q % m.W;
-      q /= m.W;
-      y = q % m.H;
-      q /= m.H;
-      c = q % m.C;
-      n = q / m.C;
-    }
+    const Index4 e = unravel_nchw(p, m.C, m.H, m.W, channels_last);
+    const int64_t n = e.n, c = e.c, y = e.h, x = e.w;
     const int64_t idx = y * m.W + x;
     T acc = T(0);
     for (int64_t j = offsets[n]; j < offsets[n + 1]; ++j) {
