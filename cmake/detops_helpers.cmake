@@ -106,3 +106,35 @@ function(detops_cuda_gencode_flags out_flags out_string)
   set(${out_flags} ${_flags} PARENT_SCOPE)
   set(${out_string} "${_str}" PARENT_SCOPE)
 endfunction()
+
+# The wheel's version carries a local label naming the torch and the CUDA it
+# was built for (0.1.0+torch2.14.cu130 / +torch2.14.cpu), chosen before CMake
+# runs by tools/detops_build_meta.py. Check that this build is what the label
+# says, then write detops/_build_config.py, which `import detops` reads before
+# loading _C. Outside scikit-build-core the label is made here.
+function(detops_write_build_config)
+  string(REGEX MATCH "^[0-9]+\\.[0-9]+" _mm "${TORCH_VERSION}")
+  if(DETOPS_CUDA_BUILT)
+    string(REPLACE "." "" _cu "${TORCH_CUDA_VERSION}")
+    set(_label "torch${_mm}.cu${_cu}")
+    set(DETOPS_CUDA_BUILT_PY True)
+  else()
+    set(_label "torch${_mm}.cpu")
+    set(DETOPS_CUDA_BUILT_PY False)
+  endif()
+  if(DEFINED SKBUILD_PROJECT_VERSION_FULL)
+    set(DETOPS_VERSION_FULL "${SKBUILD_PROJECT_VERSION_FULL}")
+    if(NOT DETOPS_VERSION_FULL MATCHES "\\+${_label}$")
+      message(FATAL_ERROR "detops: this build is +${_label} (torch ${TORCH_VERSION}, CUDA kernels "
+        "${DETOPS_CUDA_BUILT}) but its version is ${DETOPS_VERSION_FULL}. Choose a CPU-only build with the "
+        "environment variable DETOPS_WITH_CUDA=0 (not a CMake define), so that version and build agree.")
+    endif()
+  else()
+    set(DETOPS_VERSION_FULL "0.0.0+${_label}")   # a plain CMake build has no package version
+  endif()
+  set(DETOPS_TORCH_MM "${_mm}")
+  configure_file(${CMAKE_CURRENT_FUNCTION_LIST_DIR}/build_config.py.in
+                 ${CMAKE_CURRENT_BINARY_DIR}/_build_config.py @ONLY)
+  install(FILES ${CMAKE_CURRENT_BINARY_DIR}/_build_config.py DESTINATION detops)
+  message(STATUS "detops: version ${DETOPS_VERSION_FULL}")
+endfunction()

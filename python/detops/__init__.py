@@ -8,11 +8,15 @@ otherwise.
 
 import torch  # noqa: F401  (libtorch must be loaded before the extension)
 
+from ._build import check_torch as _check_torch
+
+_check_torch()  # an incompatible torch is an ImportError in words, not a loader error from _C
+
 from . import _C  # noqa: F401  (registers torch.ops.detops.*)
-from ._build import build_info
+from ._build import build_info as build_info
+from ._build_config import VERSION as __version__
 from .ops import *  # noqa: F401,F403
 from . import nn  # noqa: F401
 from .ops import __all__ as _ops_all
 
-__version__ = "0.1.0"
 __all__ = ["build_info", *_ops_all]
