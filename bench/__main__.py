@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from detops._extras import optional_import
+
 from .harness import BenchCase, median_ms, time_callable
 
 
@@ -104,15 +106,17 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], env: dict, path: Path) -> None:
-    import matplotlib
-
+def plot(rows: list[dict], env: dict, path: Path) -> bool:
+    """Draw the chart; False (after a note naming the extra) without matplotlib."""
+    matplotlib = optional_import("matplotlib", "bench", "the speed-up chart")
+    if matplotlib is None:
+        return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     good = [r for r in rows if "speedup" in r]
     if not good:
-        return
+        return False
     labels = [f"{r['name']} {r['size']}" for r in good]
     fig, ax = plt.subplots(figsize=(9, 0.35 * len(good) + 1.5))
     y = list(range(len(good)))
@@ -135,6 +139,7 @@ def plot(rows: list[dict], env: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown ops {unknown}; choose from {all_ops}")
 
-    from tqdm import tqdm
-
+    tqdm = optional_import("tqdm", "bench", "the progress bar")
     env = environment(args.device)
     print(f"detops bench on {env['device_name']} ({args.device}), torch {env['torch']}, "
           f"torchvision {env['torchvision']}, {'quick' if args.quick else 'full'} sizes", flush=True)
@@ -174,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             rows.append({"op": op, "error": f"setup failed: {type(exc).__name__}: {exc}"[:300]})
             traceback.print_exc()
-    for case in tqdm(cases, desc="benchmarks", unit="case", file=sys.stderr):
+    progress = cases if tqdm is None else tqdm.tqdm(cases, desc="benchmarks", unit="case", file=sys.stderr)
+    for case in progress:
         try:
             rows.append(run_case(case, args.device, args))
         except Exception as exc:
@@ -186,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     stem = f"bench-{args.device.split(':')[0]}{'-quick' if args.quick else ''}"
     (out / f"{stem}.json").write_text(json.dumps({"environment": env, "results": rows}, indent=2))
-    plot(rows, env, out / f"{stem}.png")
-    print(f"wrote {out / (stem + '.json')} and {out / (stem + '.png')}")
+    drawn = plot(rows, env, out / f"{stem}.png")
+    print(f"wrote {out / (stem + '.json')}" + (f" and {out / (stem + '.png')}" if drawn else ""))
     return 1 if any("error" in r for r in rows) else 0
 
 

@@ -90,7 +90,11 @@ def faster_coco_eval_stats(gt: dict, dt: list[dict]) -> list[float]:
 
 def cases(device: str, quick: bool) -> list[BenchCase]:
     import detops.eval
+    from detops._extras import optional_import
 
+    # The rivals are optional (detops[bench]); without them there is nothing to compare.
+    have_pycocotools = optional_import("pycocotools", "bench", "the pycocotools comparison") is not None
+    have_faster = optional_import("faster_coco_eval", "bench", "the faster-coco-eval comparison") is not None
     out = []
     if quick:
         sizes = [50]
@@ -103,7 +107,7 @@ def cases(device: str, quick: bool) -> list[BenchCase]:
     for n in sizes:
         gt, dt = synthetic_coco(n)
         size = f"{n} images, {len(dt)} dets, 80 cats"
-        if device.startswith("cuda") and not quick:
+        if device.startswith("cuda") and not quick and have_pycocotools:
             small_gt, small_dt = synthetic_coco(200)
             out.append(BenchCase(
                 op="coco_map", name="coco_stats bbox", size=f"200 images, {len(small_dt)} dets, 80 cats",
@@ -116,15 +120,13 @@ def cases(device: str, quick: bool) -> list[BenchCase]:
 
         # Baselines copy their inputs (pycocotools' loadRes edits them); the copy
         # is part of using them correctly, and costs well under 5 % of their time.
-        if not device.startswith("cuda") or quick:
+        if (not device.startswith("cuda") or quick) and have_pycocotools:
             out.append(BenchCase(
                 op="coco_map", name="coco_stats bbox", size=size,
                 detops=ours, baseline=lambda gt=gt, dt=dt: pycocotools_stats(gt, dt),
                 baseline_name="pycocotools",
             ))
-        try:
-            import faster_coco_eval  # noqa: F401
-        except ImportError:
+        if not have_faster:
             continue
         out.append(BenchCase(
             op="coco_map", name="coco_stats bbox", size=size,

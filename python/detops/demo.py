@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 import detops
+from detops._extras import optional_import
 
 STRIDES = (8, 16, 32, 64, 128)
 ANCHOR_SIZES = ((32,), (64,), (128,), (256,), (512,))
@@ -147,14 +148,14 @@ def coco_dicts(scene: Scene, detections: list[dict]) -> tuple[dict, list[dict]]:
 
 
 def pycocotools_stats(gt: dict, dt: list[dict]) -> list[float] | None:
-    try:
-        import contextlib
-        import io
+    import contextlib
+    import io
 
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-    except ImportError:
+    if optional_import("pycocotools", "eval", "checking detops.eval against pycocotools") is None:
         return None
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = gt
@@ -167,9 +168,11 @@ def pycocotools_stats(gt: dict, dt: list[dict]) -> list[float] | None:
     return list(ev.stats)
 
 
-def draw(scene: Scene, detections: list[dict], path: Path) -> None:
-    import matplotlib
-
+def draw(scene: Scene, detections: list[dict], path: Path) -> bool:
+    """Draw the detections; False (after a note naming the extra) without matplotlib."""
+    matplotlib = optional_import("matplotlib", "bench", "drawing the demo's detections")
+    if matplotlib is None:
+        return False
     matplotlib.use("Agg")
     import matplotlib.patches as patches
     import matplotlib.pyplot as plt
@@ -190,6 +193,7 @@ def draw(scene: Scene, detections: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         agree = True
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    draw(scene, a["detections"], out / "demo.png")
-    print(f"wrote {out / 'demo.png'}")
+    if draw(scene, a["detections"], out / "demo.png"):
+        print(f"wrote {out / 'demo.png'}")
     return 0 if (same_losses and same_keep and agree) else 1
 
 

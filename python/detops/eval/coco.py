@@ -863,8 +863,9 @@ def plot_pr_curves(
         max_dets: maxDets setting (default: the largest).
         class_names: names by category id (dict) or by category position.
     """
-    import matplotlib
+    from .._extras import require
 
+    matplotlib = require("matplotlib", "eval", "plot_pr_curves")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
