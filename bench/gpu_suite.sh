@@ -22,7 +22,9 @@ status=0
 
 echo "== build ($(date +%T))"
 start=$(date +%s)
-if ! timeout 300 "$PY" -m pip install --no-build-isolation --no-deps --no-index -v . >"$OUT/build.log" 2>&1; then
+# Warnings stay warnings here: another compiler's new opinion must not stop a measurement.
+if ! timeout 300 "$PY" -m pip install --no-build-isolation --no-deps --no-index -v . \
+    -Ccmake.define.DETOPS_WERROR=OFF >"$OUT/build.log" 2>&1; then
   echo "build FAILED: see $OUT/build.log"; tail -n 40 "$OUT/build.log"; exit 1
 fi
 echo "   build took $(( $(date +%s) - start )) s"

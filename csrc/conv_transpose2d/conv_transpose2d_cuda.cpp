@@ -18,12 +18,20 @@ const void* ptr_or_null(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->const_data_ptr() : nullptr;
 }
 
+// Absent stays absent as an undefined tensor (null pointer): a local
+// std::optional<at::Tensor> here made GCC warn, falsely, that its destructor
+// may read an uninitialised pointer.
+at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->contiguous() : at::Tensor();
+}
+
+const void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr() : nullptr; }
+
 Strides4 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
 
 void shuffle_cuda(const at::Tensor& y, DenseStrides st, int64_t n0, int64_t nb, const std::optional<at::Tensor>& bias,
                   const std::optional<at::Tensor>& skip, at::Tensor& out, const Geometry& g, Activation act) {
-  const std::optional<at::Tensor> bias_c =
-      bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
+  const at::Tensor bias_c = contiguous_or_undefined(bias);
   const Strides4 skip_st = skip.has_value() ? strides_of(*skip) : Strides4{0, 0, 0, 0};
   DETOPS_CUDA_CHECK(dense_shuffle_cuda(to_dtype(out.scalar_type()), g, y.const_data_ptr(), st, n0, nb,
                                        ptr_or_null(bias_c), ptr_or_null(skip), skip_st, out.mutable_data_ptr(),
@@ -44,10 +52,7 @@ at::Tensor forward_op(const at::Tensor& input, const at::Tensor& weight, const s
   const c10::cuda::CUDAGuard guard(input.device());
   if (is_dense(g)) return dense_forward(input, weight, bias, skip, g, act, &shuffle_cuda, DenseGemm::kMatmul);
   const at::Tensor x = input.contiguous(), w = weight.contiguous();
-  const std::optional<at::Tensor> b =
-      bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
-  const std::optional<at::Tensor> s =
-      skip.has_value() ? std::optional<at::Tensor>(skip->contiguous()) : std::nullopt;
+  const at::Tensor b = contiguous_or_undefined(bias), s = contiguous_or_undefined(skip);
   at::Tensor out = at::empty({g.N, g.Cout, g.OH, g.OW}, x.options());
   DETOPS_CUDA_CHECK(gather_forward_cuda(to_dtype(x.scalar_type()), g, x.const_data_ptr(), w.const_data_ptr(),
                                         ptr_or_null(b), ptr_or_null(s), out.mutable_data_ptr(), act,

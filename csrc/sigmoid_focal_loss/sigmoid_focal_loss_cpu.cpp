@@ -247,7 +247,7 @@ DETOPS_HD void softmax_rows_backward(const T* __restrict__ x, const int64_t* __r
     }
     const T* xr = x + r * cols;
     T* gr = grad + r * cols;
-    const SoftmaxAt<T> s = softmax_at<true>(x + r * cols, cols, k, gr);
+    const SoftmaxAt<T> s = softmax_at<true>(xr, cols, k, gr);
     const T dl = (g != nullptr ? g[r] : g_scalar) * softmax_focal_dlogp<G>(s.logp, s.p, s.omp, scale, gamma);
     softmax_grad_row(k, s, dl, gr, cols);
   }
