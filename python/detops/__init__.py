@@ -6,6 +6,8 @@ torchvision's signature. Boxes are ``(x1, y1, x2, y2)`` unless a docstring says
 otherwise.
 """
 
+from typing import TYPE_CHECKING
+
 import torch  # noqa: F401  (libtorch must be loaded before the extension)
 
 from ._build import check_torch as _check_torch
@@ -14,9 +16,11 @@ _check_torch()  # an incompatible torch is an ImportError in words, not a loader
 
 from . import _C  # noqa: F401  (registers torch.ops.detops.*)
 from ._build import build_info as build_info
-from ._build_config import VERSION as __version__
+from ._build_config import VERSION as _VERSION
 from .ops import *  # noqa: F401,F403
 from . import nn  # noqa: F401
 from .ops import __all__ as _ops_all
 
-__all__ = ["build_info", *_ops_all]
+__version__ = _VERSION
+if not TYPE_CHECKING:  # type checkers cannot read a computed __all__; without one they export every public name
+    __all__ = ["build_info", *_ops_all]

@@ -35,7 +35,7 @@ import contextlib
 import itertools
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence, overload
 
 import numpy as np
 import torch
@@ -599,6 +599,20 @@ def _coco_instances(
 def _to_device(x: _Instances, device) -> _Instances:
     moved = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in x.__dict__.items()}
     return _Instances(**moved)
+
+
+@overload
+def coco_stats(
+    gt: dict, dt: list[dict], iou_type: str = ..., *, params: COCOParams | None = ...,
+    device: torch.device | str = ..., return_result: Literal[False] = ..., num_threads: int | None = ...,
+) -> list[float]: ...
+
+
+@overload
+def coco_stats(
+    gt: dict, dt: list[dict], iou_type: str = ..., *, params: COCOParams | None = ...,
+    device: torch.device | str = ..., return_result: Literal[True], num_threads: int | None = ...,
+) -> tuple[list[float], COCOEvalResult]: ...
 
 
 def coco_stats(

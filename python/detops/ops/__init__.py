@@ -1,4 +1,5 @@
-"""Public op functions. Each module here is one op family (see ARCHITECTURE)."""
+"""Public op functions. Each module here is one op family, the Python side of
+the op's five places (CONTRIBUTING.md: One op, five places)."""
 
 from .anchor_generator import *  # noqa: F401,F403
 from .anchor_generator import __all__ as _anchor_generator_all
@@ -17,4 +18,7 @@ from .roi_pool import __all__ as _roi_pool_all
 from .sigmoid_focal_loss import *  # noqa: F401,F403
 from .sigmoid_focal_loss import __all__ as _sigmoid_focal_loss_all
 
-__all__ = [*_anchor_generator_all, *_box_coder_all, *_box_iou_all, *_conv_transpose2d_all, *_nms_all, *_roi_align_all, *_roi_pool_all, *_sigmoid_focal_loss_all]
+from typing import TYPE_CHECKING
+
+if not TYPE_CHECKING:  # type checkers cannot read a computed __all__; without one they export every public name
+    __all__ = [*_anchor_generator_all, *_box_coder_all, *_box_iou_all, *_conv_transpose2d_all, *_nms_all, *_roi_align_all, *_roi_pool_all, *_sigmoid_focal_loss_all]
