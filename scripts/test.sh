@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Set up from nothing (scripts/setup.sh) and run the whole test suite on every
 # device present (CPU always; CUDA when there is a GPU; Triton kernels under
-# TRITON_INTERPRET=1 on CPU tensors when there is not). Extra arguments go to pytest.
+# TRITON_INTERPRET=1 on CPU tensors when there is not); then the wheel
+# (scripts/test_wheel.sh). Extra arguments go to the in-tree pytest run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec "${DETOPS_VENV:-.venv}/bin/python" -m pytest tests -q -p no:cacheprovider --durations=15 "$@"
+"${DETOPS_VENV:-.venv}/bin/python" -m pytest tests -q -p no:cacheprovider --durations=15 "$@"
+# The wheel a user installs: built, installed into a fresh environment, op tests against it
+bash scripts/test_wheel.sh

@@ -135,3 +135,25 @@ def test_plot_without_matplotlib_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r"pip install 'detops\[eval\]'"):
         detops.eval.plot_pr_curves(None, str(tmp_path / "pr.png"))  # type: ignore[arg-type]
+
+
+def test_metadata_provider_labels(monkeypatch):
+    """tools/detops_build_meta.py: the label and pin a build gets (CPU-only when asked or without nvcc)."""
+    import torch
+
+    tools = Path(__file__).resolve().parents[1] / "tools"
+    if not (tools / "detops_build_meta.py").exists():
+        pytest.skip("needs the source tree")
+    monkeypatch.syspath_prepend(str(tools))
+    import detops_build_meta as meta
+
+    major_minor = ".".join(torch.__version__.split("+")[0].split(".")[:2])
+    assert meta.dynamic_metadata("dependencies", {"extra": ["numpy"]}) == [f"torch=={major_minor}.*", "numpy"]
+    monkeypatch.setenv("DETOPS_WITH_CUDA", "0")
+    assert meta.dynamic_metadata("version", {"base": "0.1.0"}) == f"0.1.0+torch{major_minor}.cpu"
+    monkeypatch.setenv("DETOPS_WITH_CUDA", "1")
+    monkeypatch.setattr(meta, "find_nvcc", lambda: None)
+    assert meta.dynamic_metadata("version", {"base": "0.1.0"}) == f"0.1.0+torch{major_minor}.cpu"
+    monkeypatch.setattr(meta, "find_nvcc", lambda: "/usr/local/cuda/bin/nvcc")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    assert meta.dynamic_metadata("version", {"base": "0.1.0"}) == f"0.1.0+torch{major_minor}.cu130"
