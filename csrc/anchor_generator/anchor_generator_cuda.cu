@@ -37,7 +37,7 @@ cudaError_t grid_anchors_cuda(DType dtype, const LevelTable& table, const void* 
   if (total == 0) return cudaSuccess;
   dispatch_dtype(dtype, [&](auto s) {
     using S = decltype(s);
-    grid_anchors_kernel<S><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
+    launch<grid_anchors_kernel<S>>(blocks_for(total, kThreads), kThreads, 0, stream,
         table, static_cast<const S*>(cell_anchors), static_cast<S*>(out), total);
   });
   return cudaGetLastError();

@@ -89,7 +89,7 @@ cudaError_t decode_forward_cuda(DType dtype, const CoderParams<double>& params, 
   if (total == 0) return cudaSuccess;
   dispatch_dtype(dtype, [&](auto s) {
     using S = decltype(s);
-    decode_forward_kernel<S><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
+    launch<decode_forward_kernel<S>>(blocks_for(total, kThreads), kThreads, 0, stream,
         static_cast<const S*>(rel_codes), static_cast<const S*>(boxes), static_cast<S*>(out), total, K,
         cast<opmath_t<S>>(params));
   });
@@ -102,7 +102,7 @@ cudaError_t decode_backward_cuda(DType dtype, const CoderParams<double>& params,
   if (N == 0) return cudaSuccess;
   dispatch_dtype(dtype, [&](auto s) {
     using S = decltype(s);
-    decode_backward_kernel<S><<<blocks_for(N, kThreads), kThreads, 0, stream>>>(
+    launch<decode_backward_kernel<S>>(blocks_for(N, kThreads), kThreads, 0, stream,
         static_cast<const S*>(grad), static_cast<const S*>(rel_codes), static_cast<const S*>(boxes),
         static_cast<S*>(grad_rel), static_cast<S*>(grad_boxes), N, K, cast<opmath_t<S>>(params));
   });
@@ -114,7 +114,7 @@ cudaError_t encode_forward_cuda(DType dtype, const CoderParams<double>& params, 
   if (N == 0) return cudaSuccess;
   dispatch_dtype(dtype, [&](auto s) {
     using S = decltype(s);
-    encode_forward_kernel<S><<<blocks_for(N, kThreads), kThreads, 0, stream>>>(
+    launch<encode_forward_kernel<S>>(blocks_for(N, kThreads), kThreads, 0, stream,
         static_cast<const S*>(reference), static_cast<const S*>(proposals), static_cast<S*>(out), N,
         cast<opmath_t<S>>(params));
   });
@@ -127,7 +127,7 @@ cudaError_t encode_backward_cuda(DType dtype, const CoderParams<double>& params,
   if (N == 0) return cudaSuccess;
   dispatch_dtype(dtype, [&](auto s) {
     using S = decltype(s);
-    encode_backward_kernel<S><<<blocks_for(N, kThreads), kThreads, 0, stream>>>(
+    launch<encode_backward_kernel<S>>(blocks_for(N, kThreads), kThreads, 0, stream,
         static_cast<const S*>(grad), static_cast<const S*>(reference), static_cast<const S*>(proposals),
         static_cast<S*>(grad_reference), static_cast<S*>(grad_proposals), N, cast<opmath_t<S>>(params));
   });

@@ -166,7 +166,7 @@ cudaError_t matrix_forward_cuda(DType dtype, Variant v, BoxFormat fmt, const voi
   return dispatch_with_format(dtype, v, fmt, [&](auto tag, auto ftag, auto s) {
     using S = decltype(s);
     using T = opmath_t<S>;
-    matrix_forward_kernel<decltype(tag)::value, decltype(ftag)::value, S><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
+    launch<matrix_forward_kernel<decltype(tag)::value, decltype(ftag)::value, S>>(blocks_for(total, kThreads), kThreads, 0, stream,
         static_cast<const S*>(boxes1), static_cast<const S*>(boxes2), static_cast<T*>(out), N, M, total, T(eps));
   });
 }
@@ -179,13 +179,13 @@ cudaError_t matrix_backward_cuda(DType dtype, Variant v, const void* grad, const
     using T = opmath_t<S>;
     constexpr Variant V = decltype(tag)::value;
     if (B * N > 0) {
-      matrix_backward_rows_kernel<V, S><<<static_cast<unsigned int>(B * N), kThreads, 0, stream>>>(
+      launch<matrix_backward_rows_kernel<V, S>>(static_cast<unsigned int>(B * N), kThreads, 0, stream,
           static_cast<const T*>(grad), static_cast<const S*>(boxes1), static_cast<const S*>(boxes2),
           static_cast<S*>(grad1), N, M, T(eps));
     }
     if (B * M > 0) {
       const dim3 grid(static_cast<unsigned int>((M + kColTile - 1) / kColTile), static_cast<unsigned int>(B));
-      matrix_backward_cols_kernel<V, S><<<grid, dim3(kColTile, kRowLanes), 0, stream>>>(
+      launch<matrix_backward_cols_kernel<V, S>>(grid, dim3(kColTile, kRowLanes), 0, stream,
           static_cast<const T*>(grad), static_cast<const S*>(boxes1), static_cast<const S*>(boxes2),
           static_cast<S*>(grad2), N, M, T(eps));
     }
@@ -198,7 +198,7 @@ cudaError_t aligned_forward_cuda(DType dtype, Variant v, BoxFormat fmt, const vo
   return dispatch_with_format(dtype, v, fmt, [&](auto tag, auto ftag, auto s) {
     using S = decltype(s);
     using T = opmath_t<S>;
-    aligned_forward_kernel<decltype(tag)::value, decltype(ftag)::value, S><<<blocks_for(K, kThreads), kThreads, 0, stream>>>(
+    launch<aligned_forward_kernel<decltype(tag)::value, decltype(ftag)::value, S>>(blocks_for(K, kThreads), kThreads, 0, stream,
         static_cast<const S*>(boxes1), static_cast<const S*>(boxes2), static_cast<T*>(out), K, T(eps));
   });
 }
@@ -210,7 +210,7 @@ cudaError_t aligned_backward_cuda(DType dtype, Variant v, const void* grad, cons
   return dispatch(dtype, v, [&](auto tag, auto s) {
     using S = decltype(s);
     using T = opmath_t<S>;
-    aligned_backward_kernel<decltype(tag)::value, S><<<blocks_for(K, kThreads), kThreads, 0, stream>>>(
+    launch<aligned_backward_kernel<decltype(tag)::value, S>>(blocks_for(K, kThreads), kThreads, 0, stream,
         static_cast<const T*>(grad), static_cast<const S*>(boxes1), static_cast<const S*>(boxes2),
         static_cast<S*>(grad1), static_cast<S*>(grad2), K, T(eps));
   });

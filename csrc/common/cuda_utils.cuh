@@ -6,7 +6,9 @@
 #include <cuda_runtime.h>
 
 #include <cassert>
+#include <cstddef>
 #include <cstdint>
+#include <utility>
 
 #include "common/dtype.h"
 
@@ -72,6 +74,21 @@ __device__ __forceinline__ Index4 unravel_nchw(int64_t p, int64_t C, int64_t H, 
     i.n = p / C;
   }
   return i;
+}
+
+// Every kernel launch goes through here: launch<kernel>(grid, block,
+// shared_bytes, stream, args...). Under nvcc it is a plain <<<>>> launch and
+// the caller checks cudaGetLastError() as before. In the emulated test build
+// (tests/cuda_emulated, DETOPS_CUDA_EMULATED) cuda_emulator.h supplies the
+// CUDA headers and this runs the kernel on the CPU under sm_90's launch limits,
+// so nvcc and the emulator share every launch site.
+template <auto Kernel, typename... Args>
+inline void launch(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream, Args&&... args) {
+#if defined(DETOPS_CUDA_EMULATED)
+  ::cuda_emu::launch_kernel<Kernel>(grid, block, shared_bytes, stream, std::forward<Args>(args)...);
+#else
+  Kernel<<<grid, block, shared_bytes, stream>>>(std::forward<Args>(args)...);
+#endif
 }
 
 inline unsigned int blocks_for(int64_t n, int threads, int64_t max_blocks = 65535LL * 16) {

@@ -192,7 +192,7 @@ cudaError_t gather_forward_cuda(DType dtype, const Geometry& g, const void* inpu
   if (total == 0) return cudaSuccess;
   dispatch_dtype(dtype, [&](auto tag) {
     using S = decltype(tag);
-    gather_forward_kernel<S><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
+    launch<gather_forward_kernel<S>>(blocks_for(total, kThreads), kThreads, 0, stream,
         g, static_cast<const S*>(input), static_cast<const S*>(weight), static_cast<const S*>(bias),
         static_cast<const S*>(skip), static_cast<S*>(out), act, total);
   });
@@ -207,10 +207,10 @@ cudaError_t gather_backward_input_cuda(DType dtype, const Geometry& g, const voi
   dispatch_dtype(dtype, [&](auto tag) {
     using S = decltype(tag);
     if (window >= 2 * kWarp) {
-      backward_input_warp_kernel<S><<<blocks_for(total * kWarp, kThreads), kThreads, 0, stream>>>(
+      launch<backward_input_warp_kernel<S>>(blocks_for(total * kWarp, kThreads), kThreads, 0, stream,
           g, static_cast<const S*>(grad), static_cast<const S*>(weight), static_cast<S*>(grad_input), total);
     } else {
-      backward_input_thread_kernel<S><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
+      launch<backward_input_thread_kernel<S>>(blocks_for(total, kThreads), kThreads, 0, stream,
           g, static_cast<const S*>(grad), static_cast<const S*>(weight), static_cast<S*>(grad_input), total);
     }
   });
@@ -224,7 +224,7 @@ cudaError_t gather_backward_weight_cuda(DType dtype, const Geometry& g, const vo
   const unsigned int blocks = static_cast<unsigned int>(total < 65535LL * 16 ? total : 65535LL * 16);
   dispatch_dtype(dtype, [&](auto tag) {
     using S = decltype(tag);
-    backward_weight_kernel<S><<<blocks, kThreads, 0, stream>>>(
+    launch<backward_weight_kernel<S>>(blocks, kThreads, 0, stream,
         g, static_cast<const S*>(grad), static_cast<const S*>(input), static_cast<S*>(grad_weight), total);
   });
   return cudaGetLastError();
@@ -237,7 +237,7 @@ cudaError_t dense_shuffle_cuda(DType dtype, const Geometry& g, const void* y, De
   if (total == 0) return cudaSuccess;
   dispatch_dtype(dtype, [&](auto tag) {
     using S = decltype(tag);
-    dense_shuffle_kernel<S><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
+    launch<dense_shuffle_kernel<S>>(blocks_for(total, kThreads), kThreads, 0, stream,
         g, static_cast<const S*>(y), st, n0, static_cast<const S*>(bias), static_cast<const S*>(skip), skip_st,
         static_cast<S*>(out), out_st, channels_last, act, total);
   });
@@ -250,7 +250,7 @@ cudaError_t dense_unshuffle_cuda(DType dtype, const Geometry& g, const void* gra
   if (total == 0) return cudaSuccess;
   dispatch_dtype(dtype, [&](auto tag) {
     using S = decltype(tag);
-    dense_unshuffle_kernel<S><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
+    launch<dense_unshuffle_kernel<S>>(blocks_for(total, kThreads), kThreads, 0, stream,
         g, static_cast<const S*>(grad), gs, n0, nb, static_cast<S*>(cols), st, total);
   });
   return cudaGetLastError();

@@ -153,13 +153,13 @@ cudaError_t greedy_nms_typed(const T* boxes, const int64_t* cls, int64_t n, doub
   for (int64_t row0 = 0; row0 < n; row0 += chunk) {
     const int64_t rows = min(chunk, n - row0);
     const dim3 grid(static_cast<unsigned int>(words - row0 / kBits), static_cast<unsigned int>((rows + kBits - 1) / kBits));
-    mask_kernel<T><<<grid, kBits, 0, stream>>>(boxes, cls, n, words, row0, threshold, removed, mask);
-    reduce_chunk_kernel<<<1, kReduceThreads, 0, stream>>>(mask, cls, n, words, row0, rows, removed, keep);
+    launch<mask_kernel<T>>(grid, kBits, 0, stream, boxes, cls, n, words, row0, threshold, removed, mask);
+    launch<reduce_chunk_kernel>(1, kReduceThreads, 0, stream, mask, cls, n, words, row0, rows, removed, keep);
     const int64_t first_word = (row0 + rows + kBits - 1) / kBits;
     if (first_word < words) {
       const dim3 pgrid(static_cast<unsigned int>((words - first_word + 31) / 32),
                        static_cast<unsigned int>((rows + kPropagateRows - 1) / kPropagateRows));
-      propagate_kernel<<<pgrid, dim3(32, 8), 0, stream>>>(mask, cls, words, row0, rows, first_word, keep,
+      launch<propagate_kernel>(pgrid, dim3(32, 8), 0, stream, mask, cls, words, row0, rows, first_word, keep,
                                                          reinterpret_cast<unsigned long long*>(removed));
     }
     err = cudaGetLastError();
@@ -361,7 +361,7 @@ cudaError_t multiclass_nms_cuda(DType dtype, const void* boxes, bool per_class_b
   dispatch_dtype(dtype, [&](auto s) {
     using S = decltype(s);
     using T = opmath_t<S>;
-    multiclass_kernel<S><<<static_cast<unsigned int>(B * C), 128, 0, stream>>>(
+    launch<multiclass_kernel<S>>(static_cast<unsigned int>(B * C), 128, 0, stream,
         static_cast<const S*>(boxes), per_class_boxes, static_cast<const T*>(sorted_scores), order, N, C,
         max_per_class, static_cast<float>(iou_threshold), static_cast<T*>(kept_scores), kept_box);
   });
@@ -374,7 +374,7 @@ cudaError_t soft_nms_cuda(DType dtype, const void* boxes, const void* scores, in
   dispatch_dtype(dtype, [&](auto s) {
     using S = decltype(s);
     using T = opmath_t<S>;
-    soft_nms_kernel<S><<<1, kSoftThreads, 0, stream>>>(static_cast<const S*>(boxes), static_cast<const S*>(scores),
+    launch<soft_nms_kernel<S>>(1, kSoftThreads, 0, stream, static_cast<const S*>(boxes), static_cast<const S*>(scores),
                                                        n, T(iou_threshold), T(sigma), T(score_threshold), method,
                                                        static_cast<T*>(work), keep, static_cast<T*>(kept_scores),
                                                        count);
@@ -386,19 +386,19 @@ cudaError_t matrix_nms_cuda(DType dtype, const void* sorted_boxes, const void* s
                             int64_t n, DecayMethod method, double sigma, void* comp, void* decayed,
                             cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  auto launch = [&](auto zero) {
+  auto run = [&](auto zero) {
     using T = decltype(zero);
     const T* b = static_cast<const T*>(sorted_boxes);
     const T* s = static_cast<const T*>(sorted_scores);
-    matrix_comp_kernel<T><<<blocks_for(n, 128), 128, 0, stream>>>(b, s, cls, n, static_cast<T*>(comp));
-    matrix_decay_kernel<T><<<blocks_for(n, 128), 128, 0, stream>>>(b, s, cls, n, method, T(sigma),
+    launch<matrix_comp_kernel<T>>(blocks_for(n, 128), 128, 0, stream, b, s, cls, n, static_cast<T*>(comp));
+    launch<matrix_decay_kernel<T>>(blocks_for(n, 128), 128, 0, stream, b, s, cls, n, method, T(sigma),
                                                                     static_cast<const T*>(comp),
                                                                     static_cast<T*>(decayed));
   };
   if (dtype == DType::kDouble) {
-    launch(double{});
+    run(double{});
   } else {
-    launch(float{});
+    run(float{});
   }
   return cudaGetLastError();
 }

@@ -142,7 +142,7 @@ cudaError_t forward_cuda(DType dtype, const MapsArgs& maps, const void* rois, co
   if (total == 0) return cudaSuccess;
   dispatch_dtype(dtype, [&](auto s) {
     using S = decltype(s);
-    forward_kernel<S><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
+    launch<forward_kernel<S>>(blocks_for(total, kThreads), kThreads, 0, stream,
         maps, static_cast<const opmath_t<S>*>(rois), levels, pool, static_cast<S*>(out), os[0], os[1], os[2], os[3],
         channel_fastest, total);
   });
@@ -156,7 +156,7 @@ cudaError_t backward_atomic_cuda(DType dtype, const MapsArgs& accum, const void*
   if (total == 0) return cudaSuccess;
   dispatch_dtype(dtype, [&](auto s) {
     using S = decltype(s);
-    backward_atomic_kernel<S, opmath_t<S>><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
+    launch<backward_atomic_kernel<S, opmath_t<S>>>(blocks_for(total, kThreads), kThreads, 0, stream,
         accum, static_cast<const S*>(grad), gs[0], gs[1], gs[2], gs[3], static_cast<const opmath_t<S>*>(rois),
         levels, pool, channel_fastest, total);
   });
@@ -171,7 +171,7 @@ cudaError_t backward_gather_cuda(DType dtype, const MapsArgs& gis, const bool* c
     if (total == 0) continue;
     dispatch_dtype(dtype, [&](auto s) {
       using S = decltype(s);
-      backward_gather_kernel<S><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
+      launch<backward_gather_kernel<S>>(blocks_for(total, kThreads), kThreads, 0, stream,
           gis, l, channels_last[l], static_cast<const opmath_t<S>*>(grad), gs[0], gs[1], gs[2], gs[3],
           static_cast<const opmath_t<S>*>(rois), tile_rois, offsets, tiles_y, tiles_x, pool, total);
     });

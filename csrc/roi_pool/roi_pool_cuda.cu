@@ -107,7 +107,7 @@ cudaError_t forward_cuda(DType dtype, const void* input, const MapArgs& map, con
   dispatch_dtype(dtype, [&](auto s) {
     using S = decltype(s);
     using T = opmath_t<S>;
-    forward_kernel<S><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
+    launch<forward_kernel<S>>(blocks_for(total, kThreads), kThreads, 0, stream,
         static_cast<const S*>(input), map, static_cast<const T*>(rois), T(spatial_scale), static_cast<S*>(out),
         argmax, o, channel_fastest, total);
   });
@@ -122,7 +122,7 @@ cudaError_t backward_atomic_cuda(DType dtype, const void* grad, const int64_t* a
   dispatch_dtype(dtype, [&](auto s) {
     using S = decltype(s);
     using A = opmath_t<S>;
-    backward_atomic_kernel<S, A><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
+    launch<backward_atomic_kernel<S, A>>(blocks_for(total, kThreads), kThreads, 0, stream,
         static_cast<const S*>(grad), argmax, o, static_cast<const opmath_t<S>*>(rois), static_cast<A*>(accum), map,
         channel_fastest, total);
   });
@@ -138,7 +138,7 @@ cudaError_t backward_gather_cuda(DType dtype, const void* grad, const int64_t* a
   dispatch_dtype(dtype, [&](auto s) {
     using S = decltype(s);
     using T = opmath_t<S>;
-    backward_gather_kernel<S><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
+    launch<backward_gather_kernel<S>>(blocks_for(total, kThreads), kThreads, 0, stream,
         static_cast<const S*>(grad), argmax, o, static_cast<const T*>(rois), T(spatial_scale), order, offsets,
         static_cast<S*>(grad_input), map, channels_last, total);
   });

@@ -1,0 +1,445 @@
+"""Every CUDA kernel, run on the CPU under csrc/common/cuda_emulator.h (ASan +
+UBSan), against the CPU kernels.
+
+torch.ops.detops_emu.<op> is the op's real CUDA path (host glue *_cuda.cpp,
+launch geometry, the *_cuda.cu kernels) with the kernels executed by the
+emulator: a block's threads are fibers that meet at every barrier and warp
+operation, __shared__ is per-block storage, blocks run in a shuffled order and
+launches obey sm_90's limits. torch.ops.detops.<op> on the same CPU tensors is
+the CPU kernel. They agree to the tolerances a GPU needs (FMA contraction,
+libm, summation order), on the cases the CUDA tests use: every dtype, NCHW and
+channels-last, empty inputs, multi-chunk NMS and the deterministic backward
+paths.
+
+Run with ``bash scripts/test_cuda_emulated.sh`` (builds build/cuda_emulated
+first). bench/gpu_suite.sh runs this file on a real GPU too
+(``DETOPS_EMU_DEVICE=cuda``: the same cases through torch.ops.detops on cuda),
+so the first GPU run compares hardware with the emulation.
+
+Adding a kernel: its csrc/<op>/<op>_cuda.cu, <op>_cuda.cpp and <op>.cpp are
+picked up by tests/cuda_emulated/CMakeLists.txt automatically; add a test
+here that builds the inputs and calls ``check("<op>", *args)`` (outputs
+compared element-wise, tolerances per dtype from ``tol``), covering its
+dtypes, layouts, empty input and every launch path (deterministic or not,
+each kernel variant the glue picks).
+
+It bites (checked by hand, each mutation made in the .cu, the suite run,
+the mutation reverted; scripts/cuda_emulated_mutations.sh repeats them):
+  * nms: ``__syncthreads()`` removed from mask_kernel -> test_nms* fail
+    (rows read columns no thread has staged yet);
+  * roi_align: ``ph`` / ``pw`` swapped in forward_kernel's thread index
+    (e.h <-> e.w) -> test_roi_align_forward fails;
+  * roi_pool: backward_atomic_kernel's ``atomicAdd`` replaced by a plain
+    store -> test_roi_pool_backward fails (a non-atomic ``+=`` would pass:
+    fibers are not preempted, see cuda_emulator.h);
+  * box_iou: block_sum's ``__syncthreads()`` in the reduction loop removed ->
+    test_box_iou_matrix_backward fails;
+  * conv_transpose2d: warp_sum's shuffle offset shifted (o -> o + 1) ->
+    test_conv_transpose2d_depthwise fails (and the emulator reports the
+    shuffle reading outside the warp);
+  * box_coder / anchor_generator: grid-stride index shifted by one
+    (threadIdx.x + 1) -> their tests fail (ASan reports the write past the end).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+import detops  # noqa: F401  (torch.ops.detops: the CPU reference kernels)
+
+# bench/gpu_suite.sh sets DETOPS_EMU_DEVICE=cuda to run these cases on a GPU.
+DEVICE = os.environ.get("DETOPS_EMU_DEVICE", "cpu")
+FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def tol(dtype: torch.dtype, scale: float = 1.0) -> dict:
+    """GPU-appropriate tolerances: FMA contraction and libm move float results
+    by a few ulp; reduced precision may round the other way once."""
+    base = {
+        torch.float64: (1e-10, 1e-12),
+        torch.float32: (2e-5, 2e-5),
+        torch.float16: (4e-3, 4e-3),
+        torch.bfloat16: (2e-2, 2e-2),
+    }.get(dtype, (0.0, 0.0))
+    return {"rtol": base[0] * scale, "atol": base[1] * scale}
+
+
+def _flat(x):
+    if isinstance(x, torch.Tensor):
+        return [x]
+    out = []
+    for item in x:
+        out += _flat(item)
+    return out
+
+
+def _emulated(op: str):
+    if DEVICE == "cpu":
+        return getattr(torch.ops.detops_emu, op)
+    return getattr(torch.ops.detops, op)
+
+
+def _to_device(x):
+    if isinstance(x, torch.Tensor):
+        return x.to(DEVICE)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_device(v) for v in x)
+    return x
+
+
+def check(op: str, *args, scale: float = 1.0, exact: bool = False, layout_of: int | None = None):
+    """Runs the CPU kernel and the emulated (or real) CUDA kernel on args and
+    compares every output; returns the CUDA-path outputs. layout_of: the output
+    must keep the memory format of args[layout_of]."""
+    expected = getattr(torch.ops.detops, op)(*args)
+    actual = _emulated(op)(*_to_device(args))
+    exp, act = _flat(expected), _flat(actual)
+    assert len(exp) == len(act)
+    for e, a in zip(exp, act):
+        assert e.shape == a.shape and e.dtype == a.dtype, (op, e.shape, a.shape, e.dtype, a.dtype)
+        a = a.cpu()
+        if exact or not e.is_floating_point():
+            torch.testing.assert_close(a, e, rtol=0, atol=0, equal_nan=True, msg=lambda m: f"{op}: {m}")
+        else:
+            torch.testing.assert_close(a, e, equal_nan=True, msg=lambda m: f"{op}: {m}", **tol(e.dtype, scale))
+    if layout_of is not None and args[layout_of].dim() == 4:
+        cl = args[layout_of].is_contiguous(memory_format=torch.channels_last) and args[layout_of].shape[1] > 1
+        assert act[0].is_contiguous(memory_format=torch.channels_last) == cl
+    return actual
+
+
+@contextmanager
+def deterministic(on: bool):
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(on)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev)
+
+
+def boxes(n: int, g: torch.Generator, scale: float = 100.0, dtype=torch.float32) -> torch.Tensor:
+    xy = torch.rand(n, 2, generator=g, dtype=torch.float64) * scale
+    wh = torch.rand(n, 2, generator=g, dtype=torch.float64) * scale / 3 + 0.5
+    return torch.cat([xy, xy + wh], 1).to(dtype)
+
+
+# ------------------------------------------------------------------ NMS family
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("n", [0, 1, 70, 300])
+def test_nms(dtype, n):
+    g = torch.Generator().manual_seed(n)
+    b, s = boxes(n, g, 60, dtype), torch.rand(n, generator=g).to(dtype)
+    for thr in (0.3, 0.7):
+        check("nms", b, s, thr)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nms_multi_chunk(dtype):
+    """More than kMaskChunkRows (4096) boxes: two mask chunks, the propagate
+    kernel carrying the first chunk's suppressions into the second."""
+    g = torch.Generator().manual_seed(7)
+    n = 4200
+    b, s = boxes(n, g, 400, dtype), torch.rand(n, generator=g).to(dtype)
+    check("nms", b, s, 0.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_batched_nms(dtype):
+    g = torch.Generator().manual_seed(3)
+    for n, classes in ((0, 1), (257, 5), (130, 1)):
+        b, s = boxes(n, g, 50, dtype), torch.rand(n, generator=g).to(dtype)
+        idxs = torch.randint(0, classes, (n,), generator=g)
+        check("batched_nms", b, s, idxs, 0.5)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("per_class_boxes", [False, True])
+def test_multiclass_nms(dtype, per_class_boxes):
+    g = torch.Generator().manual_seed(11)
+    B, N, C = 2, 150, 3
+    shape = (B, N, C, 4) if per_class_boxes else (B, N, 4)
+    b = boxes(B * N * (C if per_class_boxes else 1), g, 50, dtype).reshape(shape)
+    s = torch.rand(B, N, C, generator=g).to(dtype)
+    check("multiclass_nms", b, s, 0.2, 0.5, 40, 60, exact=True)
+    check("multiclass_nms", b[:0], s[:0], 0.2, 0.5, 40, 60)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("method", ["linear", "gaussian"])
+def test_soft_nms(dtype, method):
+    g = torch.Generator().manual_seed(5)
+    for n in (0, 1, 200, 1500):  # 1500 > 1024 threads: several elements per thread
+        b, s = boxes(n, g, 60, dtype), torch.rand(n, generator=g).to(dtype)
+        check("soft_nms", b, s, 0.3, 0.5, 0.001, method)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("with_classes", [False, True])
+def test_matrix_nms(dtype, with_classes):
+    g = torch.Generator().manual_seed(9)
+    for n in (0, 300):
+        b, s = boxes(n, g, 60, dtype), torch.rand(n, generator=g).to(dtype)
+        idxs = torch.randint(0, 4, (n,), generator=g) if with_classes else None
+        for method in ("linear", "gaussian"):
+            check("matrix_nms", b, s, idxs, method, 2.0, 0.05, scale=10)
+
+
+# ------------------------------------------------------------------ IoU family
+
+VARIANTS = ["iou", "giou", "diou", "ciou"]
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_box_iou_matrix(dtype, variant):
+    g = torch.Generator().manual_seed(13)
+    for shape1, shape2 in (((37, 4), (300, 4)), ((2, 5, 4), (2, 70, 4)), ((0, 4), (9, 4)), ((6, 4), (0, 4))):
+        b1 = boxes(int(torch.Size(shape1[:-1]).numel()), g, 50, dtype).reshape(shape1)
+        b2 = boxes(int(torch.Size(shape2[:-1]).numel()), g, 50, dtype).reshape(shape2)
+        for fmt in ("xyxy", "cxcywh"):
+            check("box_iou_matrix", b1, b2, variant, 1e-7, fmt)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_box_iou_matrix_backward(dtype, variant):
+    """Rows kernel (one block per row) and column kernel (32 columns x 8 row
+    lanes per block); M and N not multiples of the tiles."""
+    g = torch.Generator().manual_seed(17)
+    for B, N, M in ((1, 37, 300), (2, 5, 70), (1, 0, 5), (1, 3, 0), (1, 600, 3)):
+        b1 = boxes(B * N, g, 50, dtype).reshape(B, N, 4)
+        b2 = boxes(B * M, g, 50, dtype).reshape(B, M, 4)
+        grad = torch.randn(B, N, M, generator=g).to(torch.float64 if dtype == torch.float64 else torch.float32)
+        check("box_iou_matrix_backward", grad, b1, b2, variant, 1e-7, scale=20)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_box_iou_aligned(dtype, variant):
+    g = torch.Generator().manual_seed(19)
+    for k in (0, 1, 700):
+        b1, b2 = boxes(k, g, 50, dtype), boxes(k, g, 50, dtype)
+        check("box_iou_aligned", b1, b2, variant, 1e-7)
+        grad = torch.randn(k, generator=g).to(torch.float64 if dtype == torch.float64 else torch.float32)
+        check("box_iou_aligned_backward", grad, b1, b2, variant, 1e-7, scale=10)
+
+
+# ------------------------------------------------------------------ box coder and anchors
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_box_coder(dtype):
+    g = torch.Generator().manual_seed(23)
+    w = [10.0, 10.0, 5.0, 5.0]
+    for n in (0, 1, 513):
+        ref, prop = boxes(n, g, 80, dtype), boxes(n, g, 80, dtype)
+        codes = check("box_encode", ref, prop, w)
+        grad = torch.randn(n, 4, generator=g).to(dtype)
+        check("box_encode_backward", grad, ref, prop, w, scale=10)
+        rel = (torch.randn(n, 8, generator=g) * 0.5).to(dtype)
+        check("box_decode", rel, prop, w, 4.135)
+        grad = torch.randn(n, 8, generator=g).to(dtype)
+        check("box_decode_backward", grad, rel, prop, w, 4.135, scale=10)
+        del codes
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_grid_anchors(dtype):
+    cells = torch.tensor([[-8.0, -8.0, 8.0, 8.0], [-16.0, -8.0, 16.0, 8.0], [-32.0, -32.0, 32.0, 32.0]], dtype=dtype)
+    check("grid_anchors", cells, [2, 1], [7, 5, 3, 4], [8, 8, 16, 16], 2, exact=True)
+    check("grid_anchors", cells, [2, 1], [7, 5, 3, 4], [8, 8, 16, 16], 0)
+
+
+# ------------------------------------------------------------------ RoI ops
+
+
+def _map(shape, g, dtype, channels_last):
+    x = torch.randn(*shape, generator=g).to(dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _rois(k: int, n: int, g: torch.Generator, size: float, dtype) -> torch.Tensor:
+    b = boxes(k, g, size, torch.float64)
+    idx = torch.randint(0, max(n, 1), (k, 1), generator=g).double()
+    return torch.cat([idx, b], 1).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_roi_align_forward(dtype, channels_last):
+    g = torch.Generator().manual_seed(29)
+    x = _map((2, 5, 13, 11), g, dtype, channels_last)
+    rois = _rois(17, 2, g, 40, dtype)
+    for sampling, aligned in ((2, True), (0, False), (-1, True)):
+        check("roi_align", x, rois, 0.25, 3, 4, sampling, aligned, layout_of=0)
+    check("roi_align", x, rois[:0], 0.25, 3, 4, 2, True)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("det", [False, True])
+def test_roi_align_backward(dtype, channels_last, det):
+    """Atomic scatter (default) and the deterministic tile-list gather."""
+    g = torch.Generator().manual_seed(31)
+    N, C, H, W = 2, 4, 21, 35  # 35 > one 16-wide tile: several tiles per row
+    rois = _rois(23, N, g, 120, dtype)
+    grad = torch.randn(23, C, 3, 2, generator=g).to(dtype)
+    if channels_last:
+        grad = grad.contiguous(memory_format=torch.channels_last)
+    with deterministic(det):
+        for sampling, aligned in ((2, True), (0, False)):
+            out = check("roi_align_backward", grad, rois, 0.25, 3, 2, N, C, H, W, sampling, aligned, channels_last,
+                        scale=10)
+            assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+        check("roi_align_backward", grad[:0], rois[:0], 0.25, 3, 2, N, C, H, W, 2, True, channels_last)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("det", [False, True])
+def test_multi_scale_roi_align(dtype, det):
+    g = torch.Generator().manual_seed(37)
+    feats = [torch.randn(2, 3, s, s + 3, generator=g).to(dtype) for s in (24, 12, 6)]
+    scales = [1 / 4, 1 / 8, 1 / 16]
+    rois = _rois(19, 2, g, 90, dtype)
+    levels = torch.randint(0, 3, (19,), generator=g)
+    out = check("multi_scale_roi_align", feats, rois, levels, scales, 3, 3, 2, True)
+    grad = torch.randn_like(out.float(), memory_format=torch.contiguous_format).to(dtype)
+    with deterministic(det):
+        check("multi_scale_roi_align_backward", grad, feats, rois, levels, scales, 3, 3, 2, True, scale=10)
+
+
+def test_roi_align_bad_batch_index_is_a_device_assert():
+    """The kernel's DETOPS_KERNEL_CHECK raises, naming the kernel and the assertion."""
+    if DEVICE != "cpu":
+        pytest.skip("a device-side assert ends the CUDA context")
+    x = torch.randn(1, 2, 8, 8)
+    rois = torch.tensor([[3.0, 0.0, 0.0, 4.0, 4.0]])
+    with pytest.raises(RuntimeError, match=r"device-side assert.*batch index.*forward_kernel"):
+        torch.ops.detops_emu.roi_align(x, rois, 1.0, 2, 2, 2, True)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_roi_pool_forward(dtype, channels_last):
+    g = torch.Generator().manual_seed(41)
+    x = _map((2, 5, 13, 11), g, dtype, channels_last)
+    rois = _rois(17, 2, g, 50, dtype)
+    check("roi_pool", x, rois, 0.25, 3, 4, exact=True, layout_of=0)
+    check("roi_pool", x, rois[:0], 0.25, 3, 4)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("det", [False, True])
+def test_roi_pool_backward(dtype, channels_last, det):
+    g = torch.Generator().manual_seed(43)
+    N, C, H, W = 2, 4, 13, 11
+    x = _map((N, C, H, W), g, dtype, channels_last)
+    rois = _rois(21, N, g, 50, dtype)
+    _, argmax = torch.ops.detops.roi_pool(x, rois, 0.5, 3, 2)
+    grad = torch.randn(21, C, 3, 2, generator=g).to(dtype)
+    if channels_last:
+        grad, argmax = (t.contiguous(memory_format=torch.channels_last) for t in (grad, argmax))
+    with deterministic(det):
+        out = check("roi_pool_backward", grad, rois, argmax, 0.5, 3, 2, N, C, H, W, channels_last, scale=10)
+        assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+        check("roi_pool_backward", grad[:0], rois[:0], argmax[:0], 0.5, 3, 2, N, C, H, W, channels_last)
+
+
+# ------------------------------------------------------------------ transposed convolution
+
+
+def _conv_case(g, dtype, n, cin, cout, groups, k, s, hw, channels_last=False):
+    x = torch.randn(n, cin, *hw, generator=g).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(cin, cout // groups, k, k, generator=g) / k).to(dtype)
+    b = torch.randn(cout, generator=g).to(dtype)
+    oh, ow = (hw[0] - 1) * s + k, (hw[1] - 1) * s + k
+    return x, w, b, (oh, ow)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("k,s", [(4, 2), (16, 8)])  # thread- and warp-per-input backward kernels
+def test_conv_transpose2d_depthwise(dtype, k, s):
+    g = torch.Generator().manual_seed(47)
+    x, w, b, (oh, ow) = _conv_case(g, dtype, 2, 3, 3, 3, k, s, (5, 4))
+    out = check("conv_transpose2d", x, w, b, None, [s, s], [1, 1], [oh - 2, ow - 2], [0, 0], 3, 1, scale=10)
+    grad = torch.randn(out.shape, generator=g).to(dtype)
+    check("conv_transpose2d_backward", grad, x, w, [s, s], [1, 1], 3, [True, True, False], scale=50)
+    check("conv_transpose2d", x[:0], w, b, None, [s, s], [1, 1], [oh - 2, ow - 2], [0, 0], 3, 0)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv_transpose2d_dense(dtype, channels_last):
+    """kernel == stride, groups 1: the matrix product then the shuffle kernel
+    (with skip and ReLU), and the unshuffle kernel in the backward."""
+    g = torch.Generator().manual_seed(53)
+    x, w, b, (oh, ow) = _conv_case(g, dtype, 2, 6, 4, 1, 2, 2, (5, 7), channels_last)
+    skip = torch.randn(2, 4, oh + 1, ow + 2, generator=g).to(dtype)
+    out = check("conv_transpose2d", x, w, b, skip, [2, 2], [0, 1], [oh, ow - 1], [1, 2], 1, 1, scale=10,
+                layout_of=0)
+    grad = torch.randn(out.shape, generator=g).to(dtype)
+    check("conv_transpose2d_backward", grad, x, w, [2, 2], [0, 1], 1, [True, True, True], scale=50)
+
+
+# ------------------------------------------------------------------ the emulator itself
+
+
+def _selftest(name: str, size: int = 1) -> tuple[int, torch.Tensor]:
+    if DEVICE != "cpu":
+        pytest.skip("tests the emulator")
+    out = torch.full((size,), -99, dtype=torch.long)
+    return torch.ops.detops_emu._emulator_selftest(name, out), out
+
+
+@pytest.mark.parametrize(
+    "name,code",
+    [("zero_grid", 9), ("block_1025", 9), ("block_z_65", 9), ("grid_y_65536", 9), ("shared_228k", 1), ("limits_ok", 0)],
+)
+def test_emulator_launch_limits(name, code):
+    """sm_90's limits: cudaErrorInvalidConfiguration (9) for empty grids and
+    oversized blocks or grids, cudaErrorInvalidValue (1) past 227 KiB of shared memory."""
+    assert _selftest(name)[0] == code
+
+
+def test_emulator_warp_operations():
+    rc, out = _selftest("warp_ops", 64 * 8)
+    assert rc == 0
+    o = out.view(64, 8)
+    lane = torch.arange(64) % 32
+    warp = torch.arange(64) // 32
+    torch.testing.assert_close(o[:, 0], torch.where(lane < 31, lane + 1, lane))
+    torch.testing.assert_close(o[:, 1], lane ^ 5)
+    torch.testing.assert_close(o[:, 2], 30 + warp)
+    torch.testing.assert_close(o[:, 3], torch.where(lane % 8 >= 2, lane - 2, lane))
+    assert (o[:, 4] == 0xAAAAAAAA).all()
+    assert (o[:, 5] == 10).all()
+    assert (o[:, 6] == 11).all()
+    torch.testing.assert_close(o[:, 7], torch.where(warp == 1, 10, 0))
+
+
+def test_emulator_reports_deadlock_and_device_asserts():
+    with pytest.raises(RuntimeError, match="deadlock.*deadlock_kernel"):
+        _selftest("deadlock")
+    with pytest.raises(RuntimeError, match=r"device-side assert.*value must be negative.*assert_kernel.*block"):
+        _selftest("assert")
+
+
+def test_emulator_shared_memory_and_block_order():
+    """__shared__ is per block (each block reads its own neighbour slot) and
+    blocks run in a shuffled order."""
+    rc, out = _selftest("shared_and_order", 128)
+    assert rc == 0
+    order, neighbour = out.view(64, 2).unbind(1)
+    torch.testing.assert_close(neighbour, torch.arange(64) * 100)
+    assert sorted(order.tolist()) == list(range(64))
+    assert order.tolist() != list(range(64))
