@@ -12,7 +12,7 @@ them script), costs no tensor operation, and reads only tensor metadata.
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import torch
 from torch import Tensor
@@ -87,6 +87,20 @@ def check_same_device(tensors: List[Tensor], names: List[str]) -> None:
             for i in range(len(tensors)):
                 found += ("" if i == 0 else ", ") + names[i] + " on " + str(tensors[i].device)
             raise DeviceError(f"all inputs must be on the same device, got {found}")
+
+
+def broadcast_shape(a: List[int], b: List[int]) -> Optional[List[int]]:
+    """The broadcast of two shapes, or None when they do not broadcast (no
+    try/except, so that TorchScript compiles it)."""
+    n = max(len(a), len(b))
+    out: List[int] = []
+    for i in range(n):
+        x = a[i - n + len(a)] if i - n + len(a) >= 0 else 1
+        y = b[i - n + len(b)] if i - n + len(b) >= 0 else 1
+        if x != y and x != 1 and y != 1:
+            return None
+        out.append(y if x == 1 else x)
+    return out
 
 
 def check_reduction(reduction: str) -> None:
