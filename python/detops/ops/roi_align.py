@@ -321,7 +321,7 @@ def _setup_scales(features: List[Tensor], image_shapes: List[Tuple[int, int]]) -
     return scales, k_min, k_max
 
 
-def _levels(rois: Tensor, k_min: int, k_max: int, canonical_scale: int, canonical_level: int, eps: float) -> Tensor:
+def _fpn_levels(rois: Tensor, k_min: int, k_max: int, canonical_scale: int, canonical_level: int, eps: float) -> Tensor:
     # torchvision's LevelMapper, op for op, so boxes on a level boundary map alike.
     area = (rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])
     s = torch.sqrt(area)
@@ -346,7 +346,7 @@ def _multiscale_roi_align(
     rois = _to_rois(boxes, features[0])
     if len(features) == 1:
         return roi_align(features[0], rois, output_size, scales[0], sampling_ratio)
-    levels = _levels(rois, k_min, k_max, canonical_scale, canonical_level, eps)
+    levels = _fpn_levels(rois, k_min, k_max, canonical_scale, canonical_level, eps)
     return _ops.multi_scale_roi_align(
         features, rois, levels, scales, output_size[0], output_size[1], int(sampling_ratio), False,
     )
@@ -408,6 +408,12 @@ class MultiScaleRoIAlign(nn.Module):
             features, boxes, [self.output_size[0], self.output_size[1]], self.sampling_ratio, scales,
             k_min, k_max, self.canonical_scale, self.canonical_level, self.eps,
         )
+
+    @torch.jit.unused
+    def _levels(self, rois: Tensor) -> Tensor:
+        """The level index of each ``[K, 5]`` roi (after a forward has set the scales)."""
+        assert self.k_min is not None and self.k_max is not None
+        return _fpn_levels(rois, self.k_min, self.k_max, self.canonical_scale, self.canonical_level, self.eps)
 
     def __repr__(self) -> str:
         return (
