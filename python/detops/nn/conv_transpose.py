@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +26,7 @@ class ConvTranspose2d(nn.ConvTranspose2d):
             raise ValueError(f"activation must be None, 'none' or 'relu', got {activation!r}")
         self.activation = None if activation == "none" else activation
 
-    def forward(self, input: Tensor, output_size: Sequence[int] | None = None) -> Tensor:
+    def forward(self, input: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
         if self.padding_mode != "zeros":
             raise ValueError("Only 'zeros' padding mode is supported for ConvTranspose2d")
         num_spatial_dims = 2

@@ -16,7 +16,6 @@ backward never uses atomics and is deterministic; on CUDA a gather-form
 backward is used when ``torch.are_deterministic_algorithms_enabled()``.
 """
 
-from __future__ import annotations
 
 import math
 from typing import Dict, List, Optional, Tuple, Union

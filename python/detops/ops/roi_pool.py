@@ -13,7 +13,6 @@ Operators (``torch.ops.detops.*``):
 in place and give channels-last results; float16/bfloat16 are read natively.
 """
 
-from __future__ import annotations
 
 from typing import List, Union
 
