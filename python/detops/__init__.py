@@ -14,5 +14,10 @@ from .ops import *  # noqa: F401,F403
 from . import nn  # noqa: F401
 from .ops import __all__ as _ops_all
 
+# FX: calls through detops.<op> become graph nodes when traced (see detops.ops).
+for _name in _ops_all:
+    if callable(globals()[_name]) and not isinstance(globals()[_name], type):
+        torch.fx.wrap(_name)
+
 __version__ = "0.1.0"
 __all__ = ["build_info", *_ops_all]

@@ -11,6 +11,11 @@ from ..ops.conv_transpose2d import conv_transpose2d
 
 __all__ = ["ConvTranspose2d", "BilinearUpsample", "bilinear_kernel"]
 
+# FX: the modules' calls become graph nodes when traced. (ConvTranspose2d's optional
+# output_size, like torch's, is read in Python: trace it with
+# concrete_args={"output_size": None}; torch's own conv modules are FX leaves.)
+torch.fx.wrap("conv_transpose2d")
+
 
 class ConvTranspose2d(nn.ConvTranspose2d):
     """:class:`torch.nn.ConvTranspose2d` running :func:`detops.conv_transpose2d`.

@@ -402,7 +402,10 @@ class MultiScaleRoIAlign(nn.Module):
         scales, k_min, k_max = self.scales, self.k_min, self.k_max
         if scales is None or k_min is None or k_max is None:
             scales, k_min, k_max = _setup_scales(features, image_shapes)
-            self.scales, self.k_min, self.k_max = scales, k_min, k_max
+            if torch.jit.is_scripting():
+                self.scales, self.k_min, self.k_max = scales, k_min, k_max
+            elif not isinstance(scales, torch.fx.Proxy):  # FX tracing must not store its proxies
+                self.scales, self.k_min, self.k_max = scales, k_min, k_max
         return _multiscale_roi_align(
             features, boxes, [self.output_size[0], self.output_size[1]], self.sampling_ratio, scales,
             k_min, k_max, self.canonical_scale, self.canonical_level, self.eps,
