@@ -18,7 +18,6 @@ A case's ``kind`` says how the two may differ:
 from __future__ import annotations
 
 import types
-import warnings
 
 import pytest
 import torch
@@ -30,7 +29,7 @@ from torchvision.models.detection._utils import BoxCoder as TvBoxCoder  # noqa: 
 from torchvision.models.detection.anchor_utils import AnchorGenerator as TvAnchorGenerator  # noqa: E402
 from torchvision.models.detection.image_list import ImageList  # noqa: E402
 
-warnings.filterwarnings("ignore", message=".*quantize.*deprecated")
+pytestmark = pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
 
 TV = types.SimpleNamespace(**{n: getattr(torchvision.ops, n) for n in dir(torchvision.ops) if not n.startswith("_")})
 TV.AnchorGenerator, TV.BoxCoder = TvAnchorGenerator, TvBoxCoder

@@ -168,6 +168,7 @@ class AnchorGenerator(nn.Module):
     """
 
     __annotations__ = {"cell_anchors": List[torch.Tensor]}
+    __jit_ignored_attributes__ = ["_cache"]  # eager-only; TorchScript launches every call
 
     def __init__(
         self,
