@@ -21,6 +21,11 @@ from .ops import *  # noqa: F401,F403
 from . import nn  # noqa: F401
 from .ops import __all__ as _ops_all
 
+# FX: calls through detops.<op> become graph nodes when traced (see detops.ops).
+for _name in _ops_all:
+    if callable(globals()[_name]) and not isinstance(globals()[_name], type):
+        torch.fx.wrap(_name)
+
 __version__ = _VERSION
 if not TYPE_CHECKING:  # type checkers cannot read a computed __all__; without one they export every public name
     __all__ = ["build_info", *_ops_all]

@@ -378,7 +378,7 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match=r"boxes2 must have shape"):
         detops.generalized_box_iou(good, torch.rand(4))
     with pytest.raises(TypeError, match=r"boxes1 must be a real"):
-        detops.box_iou(good.bool(), good)
+        detops.box_iou(good.to(torch.complex64), good)
     with pytest.raises(TypeError, match=r"boxes2 must be a real"):
         detops.distance_box_iou_loss(good, good.to(torch.complex64))
     with pytest.raises(ValueError, match=r"same device"):

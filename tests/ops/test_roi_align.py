@@ -254,10 +254,11 @@ def test_bad_inputs():
         detops.roi_align(x, torch.zeros(3, 4), 2)
     with pytest.raises(ValueError, match=r"boxes\[0\] must have shape \[L, 4\]"):
         detops.roi_align(x, [torch.zeros(3, 5)], 2)
-    with pytest.raises(ValueError, match="output_size must be positive"):
-        detops.roi_align(x, good, (0, 2))
-    with pytest.raises(ValueError, match="spatial_scale must be a positive"):
-        detops.roi_align(x, good, 2, -1.0)
+    # output_size 0 and spatial_scale <= 0 run, as in torchvision (issue 11).
+    with pytest.raises(ValueError, match="output_size must be >= 0"):
+        detops.roi_align(x, good, (-1, 2))
+    with pytest.raises(ValueError, match="spatial_scale must be a finite"):
+        detops.roi_align(x, good, 2, float("inf"))
     with pytest.raises(ValueError, match=r"input must have shape \[N, C, H, W\]"):
         detops.roi_align(x[0], good, 2)
     with pytest.raises(TypeError, match="input must be float16"):

@@ -125,10 +125,11 @@ def test_bad_inputs():
         detops.roi_pool(x, torch.tensor([[5.0, 0, 0, 2, 2]]), 2)
     with pytest.raises(ValueError, match=r"boxes must be a Tensor\[K, 5\]"):
         detops.roi_pool(x, torch.zeros(2, 6), 2)
-    with pytest.raises(ValueError, match="output_size must be positive"):
+    with pytest.raises(ValueError, match="output_size must be >= 0"):
         detops.roi_pool(x, torch.zeros(1, 5), -1)
-    with pytest.raises(ValueError, match="spatial_scale must be a positive"):
-        detops.roi_pool(x, torch.zeros(1, 5), 2, 0.0)
+    # spatial_scale <= 0 runs, as in torchvision (issue 11); a NaN one is an error.
+    with pytest.raises(ValueError, match="spatial_scale must be a finite"):
+        detops.roi_pool(x, torch.zeros(1, 5), 2, float("nan"))
     with pytest.raises(RuntimeError, match="output_size must be positive"):
         torch.ops.detops.roi_pool(x, torch.zeros(1, 5), 1.0, 0, 2)
 

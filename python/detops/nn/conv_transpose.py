@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -10,6 +10,11 @@ from torch import Tensor, nn
 from ..ops.conv_transpose2d import conv_transpose2d
 
 __all__ = ["ConvTranspose2d", "BilinearUpsample", "bilinear_kernel"]
+
+# FX: the modules' calls become graph nodes when traced. (ConvTranspose2d's optional
+# output_size, like torch's, is read in Python: trace it with
+# concrete_args={"output_size": None}; torch's own conv modules are FX leaves.)
+torch.fx.wrap("conv_transpose2d")
 
 
 class ConvTranspose2d(nn.ConvTranspose2d):
@@ -26,7 +31,7 @@ class ConvTranspose2d(nn.ConvTranspose2d):
             raise ValueError(f"activation must be None, 'none' or 'relu', got {activation!r}")
         self.activation = None if activation == "none" else activation
 
-    def forward(self, input: Tensor, output_size: Sequence[int] | None = None) -> Tensor:
+    def forward(self, input: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
         if self.padding_mode != "zeros":
             raise ValueError("Only 'zeros' padding mode is supported for ConvTranspose2d")
         num_spatial_dims = 2

@@ -20,5 +20,18 @@ from .sigmoid_focal_loss import __all__ as _sigmoid_focal_loss_all
 
 from typing import TYPE_CHECKING
 
+from ._common import DeviceError, DtypeError, ShapeError
+
+_public = ["ShapeError", "DtypeError", "DeviceError", *_anchor_generator_all, *_box_coder_all, *_box_iou_all, *_conv_transpose2d_all, *_nms_all, *_roi_align_all, *_roi_pool_all, *_sigmoid_focal_loss_all]
 if not TYPE_CHECKING:  # type checkers cannot read a computed __all__; without one they export every public name
-    __all__ = [*_anchor_generator_all, *_box_coder_all, *_box_iou_all, *_conv_transpose2d_all, *_nms_all, *_roi_align_all, *_roi_pool_all, *_sigmoid_focal_loss_all]
+    __all__ = _public
+
+# FX: symbolic tracing records calls through this namespace (detops.ops.<op>) as
+# graph nodes; each op module wraps its own names the same way.
+import inspect as _inspect  # noqa: E402
+
+import torch.fx as _fx  # noqa: E402
+
+for _name in _public:
+    if _inspect.isfunction(globals()[_name]):
+        _fx.wrap(_name)

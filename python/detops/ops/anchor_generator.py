@@ -15,12 +15,21 @@ CPU: C++; GPU: CUDA C++ (``csrc/anchor_generator``). Anchors carry no gradient.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Sequence, Union
+from typing import Any, List, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
-from ._common import KERNEL_FLOAT_DTYPES, check_tensor
+from ._common import KERNEL_FLOAT_DTYPES, DtypeError, ShapeError, check_tensor, is_kernel_float
+
+try:  # the type torchvision's detectors pass (TorchScript needs the very class)
+    from torchvision.models.detection.image_list import ImageList
+except ImportError:  # torchvision is optional: the same two fields
+
+    class ImageList:  # type: ignore[no-redef]
+        def __init__(self, tensors: Tensor, image_sizes: List[tuple[int, int]]) -> None:
+            self.tensors = tensors
+            self.image_sizes = image_sizes
 
 __all__ = ["AnchorGenerator", "grid_anchors"]
 
@@ -83,7 +92,7 @@ def _as_int(value: Union[int, Tensor], name: str):
 
 def _flat_levels(grid_sizes, strides, num_levels: int) -> tuple[list, list]:
     if len(grid_sizes) != num_levels or len(strides) != num_levels:
-        raise ValueError(
+        raise ShapeError(
             "Anchors should be Tuple[Tuple[int]] because each feature map could potentially have different "
             "sizes and aspect ratios. There needs to be a match between the number of feature maps passed "
             f"({len(grid_sizes)} grid sizes, {len(strides)} strides) and the number of sizes / aspect ratios "
@@ -101,9 +110,11 @@ def _flat_levels(grid_sizes, strides, num_levels: int) -> tuple[list, list]:
     return flat_sizes, flat_strides
 
 
-def _launch(cell_anchors: Sequence[Tensor], flat_sizes: list, flat_strides: list, num_images) -> Tensor:
-    cells = cell_anchors[0] if len(cell_anchors) == 1 else torch.cat(list(cell_anchors))
-    counts = [int(c.shape[0]) for c in cell_anchors]
+def _launch(cell_anchors: List[Tensor], flat_sizes: List[int], flat_strides: List[int], num_images: int) -> Tensor:
+    if len(cell_anchors) > 16:  # MAX_LEVELS, written out for TorchScript
+        raise ValueError(f"at most 16 levels are supported, got {len(cell_anchors)}")
+    cells = cell_anchors[0] if len(cell_anchors) == 1 else torch.cat(cell_anchors)
+    counts = [c.shape[0] for c in cell_anchors]
     return _ops.grid_anchors(cells, counts, flat_sizes, flat_strides, num_images)
 
 
@@ -130,7 +141,7 @@ def grid_anchors(
     """
     _check_cell_anchors(cell_anchors)
     flat_sizes, flat_strides = _flat_levels(grid_sizes, strides, len(cell_anchors))
-    anchors = _launch(cell_anchors, flat_sizes, flat_strides, 1)[0]
+    anchors = _launch(list(cell_anchors), flat_sizes, flat_strides, 1)[0]
     counts = [
         flat_sizes[2 * level] * flat_sizes[2 * level + 1] * cells.shape[0] for level, cells in enumerate(cell_anchors)
     ]
@@ -156,7 +167,8 @@ class AnchorGenerator(nn.Module):
         cache_size: how many input sizes to remember.
     """
 
-    __annotations__ = {"cell_anchors": list[torch.Tensor]}
+    __annotations__ = {"cell_anchors": List[torch.Tensor]}
+    __jit_ignored_attributes__ = ["_cache"]  # eager-only; TorchScript launches every call
 
     def __init__(
         self,
@@ -172,6 +184,10 @@ class AnchorGenerator(nn.Module):
             aspect_ratios = (aspect_ratios,) * len(sizes)
         if cache_size < 0:
             raise ValueError(f"cache_size must be >= 0, got {cache_size}")
+        if len(sizes) != len(aspect_ratios):
+            raise ShapeError(
+                f"sizes and aspect_ratios must have one entry per level, got {len(sizes)} and {len(aspect_ratios)}"
+            )
         self.sizes = sizes
         self.aspect_ratios = aspect_ratios
         self.cell_anchors = [
@@ -183,8 +199,8 @@ class AnchorGenerator(nn.Module):
     # The same arithmetic as torchvision (float32 on the CPU by default, rounded).
     def generate_anchors(
         self,
-        scales: list[int],
-        aspect_ratios: list[float],
+        scales: List[int],
+        aspect_ratios: List[float],
         dtype: torch.dtype = torch.float32,
         device: torch.device = torch.device("cpu"),
     ) -> Tensor:
@@ -201,17 +217,19 @@ class AnchorGenerator(nn.Module):
     def set_cell_anchors(self, dtype: torch.dtype, device: torch.device) -> None:
         self.cell_anchors = [cell_anchor.to(dtype=dtype, device=device) for cell_anchor in self.cell_anchors]
 
-    def num_anchors_per_location(self) -> list[int]:
+    def num_anchors_per_location(self) -> List[int]:
         return [len(s) * len(a) for s, a in zip(self.sizes, self.aspect_ratios)]
 
-    def grid_anchors(self, grid_sizes: list[list[int]], strides: list[list[Tensor]]) -> list[Tensor]:
+    @torch.jit.unused
+    def grid_anchors(self, grid_sizes: List[List[int]], strides: List[List[Tensor]]) -> List[Tensor]:
         """Per level, ``[H_l * W_l * A_l, 4]`` anchors (see :func:`grid_anchors`)."""
         return grid_anchors(self.cell_anchors, grid_sizes, strides)
 
+    @torch.jit.unused
     def clear_cache(self) -> None:
         self._cache.clear()
 
-    def forward(self, image_list: Any, feature_maps: list[Tensor]) -> list[Tensor]:
+    def forward(self, image_list: ImageList, feature_maps: List[Tensor]) -> List[Tensor]:
         """Anchors of every image.
 
         Args:
@@ -223,29 +241,37 @@ class AnchorGenerator(nn.Module):
             B tensors ``[sum_l H_l * W_l * A_l, 4]`` of ``(x1, y1, x2, y2)`` anchors, in
             the feature maps' dtype and device.
         """
-        if not isinstance(feature_maps, (list, tuple)) or len(feature_maps) == 0:
+        if len(feature_maps) == 0:
             raise ValueError("feature_maps must be a non-empty list of [B, C, H, W] tensors")
-        image_size = image_list.tensors.shape[-2:]
-        grid_sizes = [feature_map.shape[-2:] for feature_map in feature_maps]
-        for level, g in enumerate(grid_sizes):
-            if len(g) != 2 or g[0] == 0 or g[1] == 0:
-                raise ValueError(
-                    f"feature_maps[{level}] must have a non-empty [H, W] grid, got shape "
-                    f"{list(feature_maps[level].shape)}"
-                )
+        if len(feature_maps) != len(self.cell_anchors):
+            raise ShapeError(
+                "Anchors should be Tuple[Tuple[int]] because each feature map could potentially have different "
+                "sizes and aspect ratios. There needs to be a match between the number of feature maps passed "
+                f"({len(feature_maps)}) and the number of sizes / aspect ratios specified ({len(self.cell_anchors)})."
+            )
+        image_h, image_w = image_list.tensors.shape[-2], image_list.tensors.shape[-1]
+        flat_sizes: List[int] = []
+        flat_strides: List[int] = []
+        for level in range(len(feature_maps)):
+            shape = feature_maps[level].shape
+            if len(shape) < 2 or shape[-2] == 0 or shape[-1] == 0:
+                raise ShapeError(f"feature_maps[{level}] must have a non-empty [H, W] grid, got shape {list(shape)}")
+            flat_sizes += [shape[-2], shape[-1]]
+            flat_strides += [image_h // shape[-2], image_w // shape[-1]]
         dtype, device = feature_maps[0].dtype, feature_maps[0].device
-        if dtype not in KERNEL_FLOAT_DTYPES:
-            raise TypeError(f"feature_maps must be float16, bfloat16, float32 or float64, got {dtype}")
-        strides = [(image_size[0] // g[0], image_size[1] // g[1]) for g in grid_sizes]
+        if not is_kernel_float(dtype):
+            raise DtypeError(f"feature_maps must be float16, bfloat16, float32 or float64, got {dtype}")
         num_images = len(image_list.image_sizes)
         self.set_cell_anchors(dtype, device)
-        _check_cell_anchors(self.cell_anchors)
-        flat_sizes, flat_strides = _flat_levels(grid_sizes, strides, len(self.cell_anchors))
+        if not torch.jit.is_scripting():
+            if self.cache_size > 0 and not torch.compiler.is_compiling():
+                return self._cached(flat_sizes, flat_strides, num_images, dtype, device)
+        return list(_launch(self.cell_anchors, flat_sizes, flat_strides, num_images).unbind(0))
 
-        if self.cache_size == 0 or torch.compiler.is_compiling():
-            anchors = _launch(self.cell_anchors, flat_sizes, flat_strides, num_images)
-            return list(anchors.unbind(0))
-
+    @torch.jit.unused
+    def _cached(
+        self, flat_sizes: List[int], flat_strides: List[int], num_images: int, dtype: torch.dtype, device: torch.device
+    ) -> List[Tensor]:
         # The cell anchors' identities are in the key: set_cell_anchors keeps the
         # same tensors while dtype and device stay, and new ones mean new values.
         key = (tuple(flat_sizes), tuple(flat_strides), num_images, dtype, device,

@@ -14,12 +14,12 @@ rounded once. CPU: C++; GPU: CUDA C++ (``csrc/box_coder``).
 from __future__ import annotations
 
 import math
-from typing import Sequence, Union
+from typing import Any, List, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from ._common import KERNEL_FLOAT_DTYPES, check_boxes, check_same_device, check_tensor
+from ._common import DtypeError, ShapeError, check_boxes, check_same_device, check_tensor, is_kernel_float
 
 __all__ = ["BoxCoder", "decode_boxes", "encode_boxes"]
 
@@ -27,7 +27,8 @@ _ops = torch.ops.detops
 
 DEFAULT_BBOX_XFORM_CLIP = math.log(1000.0 / 16)
 
-Weights = Union[Tensor, Sequence[float]]
+# Eager calls also take any sequence of 4 numbers.
+Weights = Union[Tensor, List[float], Tuple[float, float, float, float]]
 
 
 # ------------------------------------------------------------------ registration
@@ -93,35 +94,45 @@ torch.library.register_autograd("detops::box_encode", _encode_backward, setup_co
 # ------------------------------------------------------------------ checks
 
 
-def _weights_list(weights: Weights, name: str = "weights") -> list[float]:
+@torch.jit.ignore
+def _weights_from_sequence(weights: Any, name: str) -> List[float]:
+    try:
+        return [float(w) for w in weights]
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be 4 numbers (wx, wy, ww, wh), got {weights!r}") from None
+
+
+def _weights_list(weights: Weights, name: str = "weights") -> List[float]:
     """(wx, wy, ww, wh) as Python floats. A tensor is read once (a host sync on GPU)."""
     if isinstance(weights, Tensor):
         if weights.numel() != 4:
-            raise ValueError(f"{name} must have 4 values (wx, wy, ww, wh), got shape {list(weights.shape)}")
-        values = [float(w) for w in weights.detach().reshape(-1).tolist()]
+            raise ShapeError(f"{name} must have 4 values (wx, wy, ww, wh), got shape {list(weights.shape)}")
+        values: List[float] = weights.detach().reshape(-1).to(torch.float64).tolist()
+    elif torch.jit.is_scripting():
+        if isinstance(weights, list):
+            values = weights
+        else:
+            values = [weights[0], weights[1], weights[2], weights[3]]
     else:
-        try:
-            values = [float(w) for w in weights]
-        except (TypeError, ValueError):
-            raise TypeError(f"{name} must be 4 numbers (wx, wy, ww, wh), got {weights!r}") from None
-        if len(values) != 4:
-            raise ValueError(f"{name} must have 4 values (wx, wy, ww, wh), got {len(values)}")
-    if any(not math.isfinite(w) or w == 0.0 for w in values):
-        raise ValueError(f"{name} must be finite and non-zero, got {values}")
+        values = _weights_from_sequence(weights, name)
+    if len(values) != 4:
+        raise ShapeError(f"{name} must have 4 values (wx, wy, ww, wh), got {len(values)}")
+    for w in values:
+        if not math.isfinite(w) or w == 0.0:
+            raise ValueError(f"{name} must be finite and non-zero, got {values}")
     return values
 
 
-def _float_dtype(*tensors: Tensor) -> torch.dtype:
+def _float_dtype(a: Tensor, b: Tensor) -> torch.dtype:
     """torchvision's result dtype: the promoted dtype, float32 for integer boxes."""
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return dtype if dtype in KERNEL_FLOAT_DTYPES else torch.float32
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    return dtype if is_kernel_float(dtype) else torch.float32
 
 
 # ------------------------------------------------------------------ public functions
 
 
+@torch.fx.wrap
 def decode_boxes(
     rel_codes: Tensor,
     boxes: Tensor,
@@ -141,14 +152,15 @@ def decode_boxes(
         with respect to ``rel_codes`` and ``boxes``.
     """
     check_tensor(rel_codes, "rel_codes")
-    if rel_codes.dtype not in KERNEL_FLOAT_DTYPES:
-        raise TypeError(f"rel_codes must be a float16, bfloat16, float32 or float64 tensor, got {rel_codes.dtype}")
+    if not is_kernel_float(rel_codes.dtype):
+        raise DtypeError(f"rel_codes must be a float16, bfloat16, float32 or float64 tensor, got {rel_codes.dtype}")
     if rel_codes.dim() != 2 or rel_codes.shape[1] % 4 != 0:
-        raise ValueError(f"rel_codes must have shape [N, 4 * K], got {list(rel_codes.shape)}")
-    check_boxes(boxes, "boxes", min_dim=2, max_dim=2)
-    check_same_device((rel_codes, boxes), ("rel_codes", "boxes"))
+        raise ShapeError(f"rel_codes must have shape [N, 4 * K], got {list(rel_codes.shape)}")
+    check_boxes(boxes, "boxes", 2, 2)
+    if rel_codes.device != boxes.device:
+        check_same_device([rel_codes, boxes], ["rel_codes", "boxes"])
     if rel_codes.shape[0] != boxes.shape[0]:
-        raise ValueError(
+        raise ShapeError(
             f"rel_codes and boxes must have the same number of rows, got {rel_codes.shape[0]} and {boxes.shape[0]}"
         )
     clip = float(bbox_xform_clip)
@@ -157,6 +169,7 @@ def decode_boxes(
     return _ops.box_decode(rel_codes, boxes.to(rel_codes.dtype), _weights_list(weights), clip)
 
 
+@torch.fx.wrap
 def encode_boxes(reference_boxes: Tensor, proposals: Tensor, weights: Weights = (1.0, 1.0, 1.0, 1.0)) -> Tensor:
     """Codes of ``reference_boxes`` relative to ``proposals`` (torchvision's ``encode_boxes``).
 
@@ -170,11 +183,12 @@ def encode_boxes(reference_boxes: Tensor, proposals: Tensor, weights: Weights = 
         ``[N, 4]`` codes ``(dx, dy, dw, dh)`` in the promoted dtype of the boxes
         (float32 for integer boxes). Differentiable with respect to both box sets.
     """
-    check_boxes(reference_boxes, "reference_boxes", min_dim=2, max_dim=2)
-    check_boxes(proposals, "proposals", min_dim=2, max_dim=2)
-    check_same_device((reference_boxes, proposals), ("reference_boxes", "proposals"))
+    check_boxes(reference_boxes, "reference_boxes", 2, 2)
+    check_boxes(proposals, "proposals", 2, 2)
+    if reference_boxes.device != proposals.device:
+        check_same_device([reference_boxes, proposals], ["reference_boxes", "proposals"])
     if reference_boxes.shape[0] != proposals.shape[0]:
-        raise ValueError(
+        raise ShapeError(
             f"reference_boxes and proposals must have the same number of boxes, got "
             f"{reference_boxes.shape[0]} and {proposals.shape[0]}"
         )
@@ -184,7 +198,8 @@ def encode_boxes(reference_boxes: Tensor, proposals: Tensor, weights: Weights = 
 
 class BoxCoder:
     """Drop-in for ``torchvision.models.detection._utils.BoxCoder``: the same
-    methods and results, each call one fused kernel.
+    methods and results, each call one fused kernel (TorchScript compiles it,
+    as part of a scripted model or on its own).
 
     Args:
         weights: ``(wx, wy, ww, wh)``.
@@ -192,15 +207,16 @@ class BoxCoder:
     """
 
     def __init__(
-        self, weights: tuple[float, float, float, float], bbox_xform_clip: float = DEFAULT_BBOX_XFORM_CLIP
+        self, weights: Tuple[float, float, float, float], bbox_xform_clip: float = DEFAULT_BBOX_XFORM_CLIP
     ) -> None:
         self.weights = weights
         self.bbox_xform_clip = bbox_xform_clip
-        _weights_list(weights)  # fail early on bad weights
+        if not torch.jit.is_scripting():
+            _weights_list(weights)  # fail early on bad weights
 
-    def encode(self, reference_boxes: list[Tensor], proposals: list[Tensor]) -> tuple[Tensor, ...]:
+    def encode(self, reference_boxes: List[Tensor], proposals: List[Tensor]) -> List[Tensor]:
         """Per-image ``[N_i, 4]`` reference boxes and proposals -> per-image ``[N_i, 4]`` codes."""
-        boxes_per_image = [len(b) for b in reference_boxes]
+        boxes_per_image = [b.shape[0] for b in reference_boxes]
         targets = self.encode_single(_cat(reference_boxes, "reference_boxes"), _cat(proposals, "proposals"))
         return targets.split(boxes_per_image, 0)
 
@@ -208,7 +224,7 @@ class BoxCoder:
         """``[N, 4]`` reference boxes and proposals -> ``[N, 4]`` codes."""
         return encode_boxes(reference_boxes, proposals, self.weights)
 
-    def decode(self, rel_codes: Tensor, boxes: list[Tensor]) -> Tensor:
+    def decode(self, rel_codes: Tensor, boxes: List[Tensor]) -> Tensor:
         """Codes for the boxes of several images at once.
 
         Args:
@@ -218,9 +234,10 @@ class BoxCoder:
         Returns:
             ``[sum N_i, K, 4]`` boxes (``decode_single``'s result as is when there are no boxes).
         """
-        if not isinstance(boxes, (list, tuple)):
-            raise TypeError(f"boxes must be a list or tuple of [N_i, 4] tensors, got {type(boxes).__name__}")
-        check_tensor(rel_codes, "rel_codes")
+        if not torch.jit.is_scripting():
+            if not isinstance(boxes, (list, tuple)):
+                raise TypeError(f"boxes must be a list or tuple of [N_i, 4] tensors, got {type(boxes).__name__}")
+            check_tensor(rel_codes, "rel_codes")
         concat_boxes = _cat(boxes, "boxes")
         box_sum = concat_boxes.shape[0]
         if box_sum > 0:
@@ -235,9 +252,9 @@ class BoxCoder:
         return decode_boxes(rel_codes, boxes, self.weights, self.bbox_xform_clip)
 
 
-def _cat(tensors: Sequence[Tensor], name: str) -> Tensor:
+def _cat(tensors: List[Tensor], name: str) -> Tensor:
     if len(tensors) == 0:
         raise ValueError(f"{name} must hold at least one tensor")
-    for i, t in enumerate(tensors):
-        check_boxes(t, f"{name}[{i}]", min_dim=2, max_dim=2)
-    return tensors[0] if len(tensors) == 1 else torch.cat(list(tensors), dim=0)
+    for i in range(len(tensors)):
+        check_boxes(tensors[i], name + "[" + str(i) + "]", 2, 2)
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)

@@ -16,18 +16,20 @@ CUDA C++ for the matrices, Triton (``detops.kernels.box_iou``) for the losses.
 
 from __future__ import annotations
 
-import math
+from typing import Tuple
 
 import torch
 from torch import Tensor
 
 from .._build import triton_available
 from ._common import (
-    KERNEL_FLOAT_DTYPES,
+    ShapeError,
+    broadcast_shape,
     check_boxes,
     check_reduction,
     check_same_device,
     compute_dtype,
+    is_kernel_float,
     reduce_loss,
 )
 
@@ -130,32 +132,32 @@ def _grad_from_xyxy(grad: Tensor, fmt: str) -> Tensor:
 # ------------------------------------------------------------------ dtype rules
 
 
-def _matrix_inputs(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor, torch.dtype]:
+def _float_or_f32(t: Tensor) -> torch.dtype:
+    return t.dtype if t.dtype == torch.float32 or t.dtype == torch.float64 else torch.float32
+
+
+def _matrix_inputs(boxes1: Tensor, boxes2: Tensor) -> Tuple[Tensor, Tensor, torch.dtype]:
     """Boxes in the dtype the kernel runs in, and the dtype torchvision returns.
 
-    float16/bfloat16 are read natively and computed in float32; integer boxes
-    become float (float64 when both are integer, so that coordinates up to
+    float16/bfloat16 are read natively and computed in float32; integer (and
+    bool) boxes become float (float64 when both are, so that coordinates up to
     2**53 stay exact, as torchvision's integer arithmetic is); mixed dtypes
     promote as in torchvision.
     """
-    if boxes1.dtype == boxes2.dtype and boxes1.dtype in KERNEL_FLOAT_DTYPES:
+    if boxes1.dtype == boxes2.dtype and is_kernel_float(boxes1.dtype):
         return boxes1, boxes2, compute_dtype(boxes1.dtype)
     if not boxes1.is_floating_point() and not boxes2.is_floating_point():
         return boxes1.double(), boxes2.double(), torch.float32
-    out = torch.promote_types(_float_or_f32(boxes1.dtype), _float_or_f32(boxes2.dtype))
+    out = torch.promote_types(_float_or_f32(boxes1), _float_or_f32(boxes2))
     return boxes1.to(out), boxes2.to(out), out
 
 
-def _loss_inputs(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
+def _loss_inputs(boxes1: Tensor, boxes2: Tensor) -> Tuple[Tensor, Tensor]:
     """torchvision's losses compute in float32 unless a box tensor is float64."""
-    if boxes1.dtype == boxes2.dtype and boxes1.dtype in KERNEL_FLOAT_DTYPES:
+    if boxes1.dtype == boxes2.dtype and is_kernel_float(boxes1.dtype):
         return boxes1, boxes2
-    out = torch.promote_types(_float_or_f32(boxes1.dtype), _float_or_f32(boxes2.dtype))
+    out = torch.promote_types(_float_or_f32(boxes1), _float_or_f32(boxes2))
     return boxes1.to(out), boxes2.to(out)
-
-
-def _float_or_f32(dtype: torch.dtype) -> torch.dtype:
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
 # ------------------------------------------------------------------ public functions
@@ -166,40 +168,48 @@ def _pairwise(boxes1: Tensor, boxes2: Tensor, variant: str, eps: float, aligned:
         check_boxes(boxes1, "boxes1")
         check_boxes(boxes2, "boxes2")
     else:
-        check_boxes(boxes1, "boxes1", min_dim=2)
-        check_boxes(boxes2, "boxes2", min_dim=2)
-    check_same_device((boxes1, boxes2), ("boxes1", "boxes2"))
+        check_boxes(boxes1, "boxes1")
+        check_boxes(boxes2, "boxes2", 2)
+        if boxes1.dim() == 1:  # torchvision reads one [4] box as [1, 4]
+            boxes1 = boxes1.unsqueeze(0)
+    if boxes1.device != boxes2.device:
+        check_same_device([boxes1, boxes2], ["boxes1", "boxes2"])
     b1, b2, out_dtype = _matrix_inputs(boxes1, boxes2)
     if aligned:
-        try:
-            b1, b2 = torch.broadcast_tensors(b1, b2)
-        except RuntimeError:
-            raise ValueError(
-                f"aligned=True needs boxes1 and boxes2 of the same shape, got "
-                f"{list(boxes1.shape)} and {list(boxes2.shape)}"
-            ) from None
+        if b1.shape != b2.shape:
+            shape = broadcast_shape(b1.shape, b2.shape)
+            if shape is None:
+                raise ShapeError(
+                    f"aligned=True needs boxes1 and boxes2 of the same shape, got "
+                    f"{list(boxes1.shape)} and {list(boxes2.shape)}"
+                )
+            b1, b2 = b1.expand(shape), b2.expand(shape)
         lead = b1.shape[:-1]
         out = _ops.box_iou_aligned(b1.reshape(-1, 4), b2.reshape(-1, 4), variant, eps, fmt)
         return out.reshape(lead).to(out_dtype)
-    try:
-        batch = torch.broadcast_shapes(b1.shape[:-2], b2.shape[:-2])
-    except RuntimeError:
-        raise ValueError(
+    n, m = b1.shape[-2], b2.shape[-2]
+    if b1.dim() == 2 and b2.dim() == 2:  # the common case: no batch dimensions
+        return _ops.box_iou_matrix(b1.unsqueeze(0), b2.unsqueeze(0), variant, eps, fmt)[0].to(out_dtype)
+    batch = broadcast_shape(b1.shape[:-2], b2.shape[:-2])
+    if batch is None:
+        raise ShapeError(
             f"the batch dimensions of boxes1 {list(boxes1.shape[:-2])} and boxes2 "
             f"{list(boxes2.shape[:-2])} do not broadcast"
-        ) from None
-    n, m, flat = b1.shape[-2], b2.shape[-2], math.prod(batch)
-    b1 = b1.expand(*batch, n, 4).reshape(flat, n, 4)
-    b2 = b2.expand(*batch, m, 4).reshape(flat, m, 4)
+        )
+    flat = 1
+    for size in batch:
+        flat *= size
+    b1 = b1.expand(batch + [n, 4]).reshape(flat, n, 4)
+    b2 = b2.expand(batch + [m, 4]).reshape(flat, m, 4)
     out = _ops.box_iou_matrix(b1, b2, variant, eps, fmt)
-    return out.reshape(*batch, n, m).to(out_dtype)
+    return out.reshape(batch + [n, m]).to(out_dtype)
 
 
-def box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy", *, aligned: bool = False) -> Tensor:
+def box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy", aligned: bool = False) -> Tensor:
     """Intersection over union of every box in ``boxes1`` with every box in ``boxes2``.
 
     Args:
-        boxes1: ``[..., N, 4]`` boxes.
+        boxes1: ``[..., N, 4]`` boxes (one ``[4]`` box reads as ``[1, 4]``, as in torchvision).
         boxes2: ``[..., M, 4]`` boxes; leading dimensions broadcast with ``boxes1``'s.
         fmt: ``"xyxy"`` (``(x1, y1, x2, y2)``), ``"xywh"`` or ``"cxcywh"``, read
             natively with torchvision's arithmetic (areas ``w * h``).
@@ -214,7 +224,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy", *, aligned: bool 
     return _pairwise(boxes1, boxes2, "iou", 0.0, aligned, fmt)
 
 
-def box_iof(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy", *, aligned: bool = False) -> Tensor:
+def box_iof(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy", aligned: bool = False) -> Tensor:
     """Intersection over the area of the box from ``boxes1`` (mmdetection's
     ``mode="iof"``; COCO's overlap with crowd regions, where ``boxes1`` are
     the detections).
@@ -234,23 +244,23 @@ def box_iof(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy", *, aligned: bool 
 
 
 def _check_fmt(fmt: str) -> None:
-    if fmt not in ("xyxy", "xywh", "cxcywh"):
-        raise ValueError(f"fmt must be 'xyxy', 'xywh' or 'cxcywh' (rotated formats are not supported), got {fmt!r}")
+    if fmt != "xyxy" and fmt != "xywh" and fmt != "cxcywh":
+        raise ValueError(f"fmt must be 'xyxy', 'xywh' or 'cxcywh' (rotated formats are not supported), got '{fmt}'")
 
 
-def generalized_box_iou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False) -> Tensor:
+def generalized_box_iou(boxes1: Tensor, boxes2: Tensor, aligned: bool = False) -> Tensor:
     """Generalized IoU (Rezatofighi et al. 2019) of ``[..., N, 4]`` x ``[..., M, 4]``
     ``(x1, y1, x2, y2)`` boxes -> ``[..., N, M]`` (``[...]`` pairwise when ``aligned``)."""
     return _pairwise(boxes1, boxes2, "giou", 0.0, aligned)
 
 
-def distance_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7, *, aligned: bool = False) -> Tensor:
+def distance_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7, aligned: bool = False) -> Tensor:
     """Distance IoU (Zheng et al. 2020) of ``[..., N, 4]`` x ``[..., M, 4]``
     ``(x1, y1, x2, y2)`` boxes -> ``[..., N, M]`` (``[...]`` pairwise when ``aligned``)."""
     return _pairwise(boxes1, boxes2, "diou", float(eps), aligned)
 
 
-def complete_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7, *, aligned: bool = False) -> Tensor:
+def complete_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7, aligned: bool = False) -> Tensor:
     """Complete IoU (Zheng et al. 2020) of ``[..., N, 4]`` x ``[..., M, 4]``
     ``(x1, y1, x2, y2)`` boxes -> ``[..., N, M]`` (``[...]`` pairwise when ``aligned``).
     As in torchvision, the trade-off weight alpha carries no gradient."""
@@ -260,15 +270,15 @@ def complete_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7, *, align
 def _loss(boxes1: Tensor, boxes2: Tensor, variant: str, reduction: str, eps: float) -> Tensor:
     check_boxes(boxes1, "boxes1")
     check_boxes(boxes2, "boxes2")
-    check_same_device((boxes1, boxes2), ("boxes1", "boxes2"))
+    if boxes1.device != boxes2.device:
+        check_same_device([boxes1, boxes2], ["boxes1", "boxes2"])
     check_reduction(reduction)
     b1, b2 = _loss_inputs(boxes1, boxes2)
-    try:
-        b1, b2 = torch.broadcast_tensors(b1, b2)
-    except RuntimeError:
-        raise ValueError(
-            f"boxes1 {list(boxes1.shape)} and boxes2 {list(boxes2.shape)} do not broadcast"
-        ) from None
+    if b1.shape != b2.shape:
+        shape = broadcast_shape(b1.shape, b2.shape)
+        if shape is None:
+            raise ShapeError(f"boxes1 {list(boxes1.shape)} and boxes2 {list(boxes2.shape)} do not broadcast")
+        b1, b2 = b1.expand(shape), b2.expand(shape)
     lead = b1.shape[:-1]
     loss = _ops.box_iou_loss(b1.reshape(-1, 4), b2.reshape(-1, 4), variant, float(eps)).reshape(lead)
     return reduce_loss(loss, reduction)
@@ -297,3 +307,8 @@ def complete_box_iou_loss(
     formula: its DIoU part uses eps=1e-7 whatever ``eps`` is; alpha carries no
     gradient), reduced by ``reduction`` (``"none"``, ``"mean"`` or ``"sum"``)."""
     return _loss(boxes1, boxes2, "ciou", reduction, eps)
+
+
+# FX: symbolic tracing records these calls as graph nodes instead of tracing into the checks.
+for _fn in __all__:
+    torch.fx.wrap(_fn)

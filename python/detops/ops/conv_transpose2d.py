@@ -37,26 +37,34 @@ layers with kernel != stride, integer or complex tensors) falls back to
 ``torch.nn.functional.conv_transpose2d`` (plus ``relu`` when asked).
 """
 
-from __future__ import annotations
 
-from typing import Sequence
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import KERNEL_FLOAT_DTYPES, check_same_device, check_tensor, is_channels_last, memory_format_of
+from ._common import (
+    DtypeError,
+    ShapeError,
+    check_same_device,
+    check_tensor,
+    is_channels_last,
+    is_kernel_float,
+    memory_format_of,
+)
 
 __all__ = ["conv_transpose2d", "upsample_add"]
 
 _ops = torch.ops.detops
 
+# An int or a pair of ints (in eager Python also any sequence), as torch's conv arguments.
+IntPair = Union[int, List[int], Tuple[int, int]]
+
 # Gather costs ceil(k/s)^2 * (Cin/groups) multiply-adds per output and reuses
 # nothing across channels; past this many channel pairs per group torch's
 # matrix-product form wins.
 _MAX_GATHER_CHANNEL_PAIRS = 16
-
-_ACTIVATIONS = {None: 0, "none": 0, "relu": 1}
 
 # False when detops was built without its CUDA kernels (CUDA tensors then use torch).
 _HAS_CUDA_KERNEL = torch._C._dispatch_has_kernel_for_dispatch_key("detops::conv_transpose2d", "CUDA")
@@ -118,35 +126,47 @@ torch.library.register_autograd("detops::conv_transpose2d", _backward, setup_con
 # ------------------------------------------------------------------ argument handling
 
 
-def _pair(value: int | Sequence[int], name: str, minimum: int) -> tuple[int, int]:
+def _pair(value: IntPair, name: str, minimum: int) -> List[int]:
     if isinstance(value, int):
-        pair = (value, value)
+        pair = [value, value]
+    elif isinstance(value, list):
+        pair = value
+    elif torch.jit.is_scripting():
+        pair = [value[0], value[1]]
     else:
-        pair = tuple(value)
-        if len(pair) == 1:
-            pair = (pair[0], pair[0])
-    if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if min(pair) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return pair  # type: ignore[return-value]
+        pair = list(value)
+    if len(pair) == 1:
+        pair = [pair[0], pair[0]]
+    if len(pair) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value}")
+    if not torch.jit.is_scripting():
+        if not all(isinstance(v, int) for v in pair):
+            raise ValueError(f"{name} must be an int or a pair of ints, got {value}")
+    if pair[0] < minimum or pair[1] < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return [pair[0], pair[1]]
 
 
-def _activation_code(activation: str | None) -> int:
-    if activation not in _ACTIVATIONS:
-        raise ValueError(f"activation must be None, 'none' or 'relu', got {activation!r}")
-    return _ACTIVATIONS[activation]
+def _activation_code(activation: Optional[str]) -> int:
+    if activation is None or activation == "none":
+        return 0
+    if activation == "relu":
+        return 1
+    raise ValueError(f"activation must be None, 'none' or 'relu', got '{activation}'")
 
 
-def _check_inputs(input: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> None:
+def _check_inputs(input: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int) -> None:
     check_tensor(input, "input")
     check_tensor(weight, "weight")
     if input.dim() != 4:
-        raise ValueError(f"input must be [N, Cin, H, W] (or [Cin, H, W]), got {list(input.shape)}")
+        raise ShapeError(f"input must be [N, Cin, H, W] (or [Cin, H, W]), got {list(input.shape)}")
     if weight.dim() != 4:
-        raise ValueError(f"weight must be [Cin, Cout / groups, kH, kW], got {list(weight.shape)}")
-    if not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
+        raise ShapeError(f"weight must be [Cin, Cout / groups, kH, kW], got {list(weight.shape)}")
+    if not torch.jit.is_scripting():
+        if not isinstance(groups, int):
+            raise ValueError(f"groups must be a positive int, got {type(groups).__name__} {groups}")
+    if groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups}")
     if input.shape[1] != weight.shape[0]:
         raise ValueError(
             f"weight.shape[0] must equal the input channels {input.shape[1]}, got weight {list(weight.shape)}"
@@ -156,26 +176,26 @@ def _check_inputs(input: Tensor, weight: Tensor, bias: Tensor | None, groups: in
     tensors, names = [input, weight], ["input", "weight"]
     if bias is not None:
         check_tensor(bias, "bias")
-        if bias.shape != (weight.shape[1] * groups,):
-            raise ValueError(f"bias must be [{weight.shape[1] * groups}], got {list(bias.shape)}")
+        if bias.dim() != 1 or bias.shape[0] != weight.shape[1] * groups:
+            raise ShapeError(f"bias must be [{weight.shape[1] * groups}], got {list(bias.shape)}")
         tensors.append(bias)
         names.append("bias")
     check_same_device(tensors, names)
-    for t, n in zip(tensors[1:], names[1:]):
-        if t.dtype != input.dtype:
-            raise TypeError(f"{n} must have the input's dtype {input.dtype}, got {t.dtype}")
+    for i in range(1, len(tensors)):
+        if tensors[i].dtype != input.dtype:
+            raise DtypeError(f"{names[i]} must have the input's dtype {input.dtype}, got {tensors[i].dtype}")
 
 
-def _uses_kernels(input: Tensor, weight: Tensor, stride: tuple[int, int], groups: int) -> bool:
+def _uses_kernels(input: Tensor, weight: Tensor, stride: List[int], groups: int) -> bool:
     """Whether our kernels serve this layer (else torch's conv_transpose2d does)."""
-    if input.dtype not in KERNEL_FLOAT_DTYPES or input.device.type not in ("cpu", "cuda"):
+    if not is_kernel_float(input.dtype) or (input.device.type != "cpu" and input.device.type != "cuda"):
         return False
-    if input.device.type == "cuda" and not _HAS_CUDA_KERNEL:
-        return False
-    kernel = (weight.shape[2], weight.shape[3])
-    if groups == 1 and kernel == stride:
+    if input.device.type == "cuda" and not torch.jit.is_scripting():
+        if not _HAS_CUDA_KERNEL:  # (a scripted model is deployed with the CUDA build)
+            return False
+    if groups == 1 and weight.shape[2] == stride[0] and weight.shape[3] == stride[1]:
         return True
-    return (input.shape[1] // groups) * weight.shape[1] <= _MAX_GATHER_CHANNEL_PAIRS
+    return (input.shape[1] // groups) * weight.shape[1] <= 16  # _MAX_GATHER_CHANNEL_PAIRS (TorchScript reads no globals)
 
 
 def _natural_size(size: int, stride: int, kernel: int) -> int:
@@ -185,17 +205,17 @@ def _natural_size(size: int, stride: int, kernel: int) -> int:
 # ------------------------------------------------------------------ public functions
 
 
+@torch.fx.wrap
 def conv_transpose2d(
     input: Tensor,
     weight: Tensor,
-    bias: Tensor | None = None,
-    stride: int | Sequence[int] = 1,
-    padding: int | Sequence[int] = 0,
-    output_padding: int | Sequence[int] = 0,
+    bias: Optional[Tensor] = None,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    output_padding: IntPair = 0,
     groups: int = 1,
-    dilation: int | Sequence[int] = 1,
-    *,
-    activation: str | None = None,
+    dilation: IntPair = 1,
+    activation: Optional[str] = None,
 ) -> Tensor:
     """Drop-in for :func:`torch.nn.functional.conv_transpose2d`, with an optional fused ReLU.
 
@@ -214,38 +234,39 @@ def conv_transpose2d(
     with ``kernel == stride`` run detops' kernels; any other configuration
     (including ``dilation > 1``) falls back to torch's implementation.
     """
-    if check_tensor(input, "input").dim() == 3:
-        return conv_transpose2d(
-            input.unsqueeze(0), weight, bias, stride, padding, output_padding, groups, dilation,
-            activation=activation,
-        ).squeeze(0)
+    check_tensor(input, "input")
+    unbatched = input.dim() == 3
+    if unbatched:
+        input = input.unsqueeze(0)
     _check_inputs(input, weight, bias, groups)
     act = _activation_code(activation)
     stride_ = _pair(stride, "stride", 1)
     padding_ = _pair(padding, "padding", 0)
     output_padding_ = _pair(output_padding, "output_padding", 0)
     dilation_ = _pair(dilation, "dilation", 1)
-    for op, s, d in zip(output_padding_, stride_, dilation_):
-        if op >= s and op >= d:
+    out_size: List[int] = []
+    for i in range(2):
+        if output_padding_[i] >= stride_[i] and output_padding_[i] >= dilation_[i]:
             raise ValueError(
-                f"output_padding must be smaller than stride or dilation, got output_padding={output_padding!r}, "
-                f"stride={stride!r}, dilation={dilation!r}"
+                f"output_padding must be smaller than stride or dilation, got output_padding={output_padding}, "
+                f"stride={stride}, dilation={dilation}"
             )
-    out_size = [
-        (size - 1) * s - 2 * p + d * (k - 1) + op + 1
-        for size, s, p, d, k, op in zip(
-            input.shape[2:], stride_, padding_, dilation_, weight.shape[2:], output_padding_
+        out_size.append(
+            (input.shape[2 + i] - 1) * stride_[i] - 2 * padding_[i] + dilation_[i] * (weight.shape[2 + i] - 1)
+            + output_padding_[i] + 1
         )
-    ]
     if min(out_size) < 1:
         raise ValueError(
-            f"the output would be {out_size[0]}x{out_size[1]}: padding {padding!r} is too large for input "
+            f"the output would be {out_size[0]}x{out_size[1]}: padding {padding} is too large for input "
             f"{list(input.shape)} and kernel {list(weight.shape[2:])}"
         )
-    if dilation_ != (1, 1) or not _uses_kernels(input, weight, stride_, groups):
+    if dilation_[0] != 1 or dilation_[1] != 1 or not _uses_kernels(input, weight, stride_, groups):
         out = F.conv_transpose2d(input, weight, bias, stride_, padding_, output_padding_, groups, dilation_)
-        return F.relu(out) if act == 1 else out
-    return _ops.conv_transpose2d(input, weight, bias, None, stride_, padding_, out_size, [0, 0], groups, act)
+        if act == 1:
+            out = F.relu(out)
+    else:
+        out = _ops.conv_transpose2d(input, weight, bias, None, stride_, padding_, out_size, [0, 0], groups, act)
+    return out.squeeze(0) if unbatched else out
 
 
 def upsample_add(

@@ -32,10 +32,22 @@ Tie and NaN rules (the same on every device):
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
 from torch import Tensor
 
-from ._common import KERNEL_FLOAT_DTYPES, check_boxes, check_same_device, check_tensor, compute_dtype
+from ._common import (
+    DeviceError,
+    DtypeError,
+    ShapeError,
+    check_boxes,
+    check_same_device,
+    check_tensor,
+    compute_dtype,
+    dequantize_if,
+    is_kernel_float,
+)
 
 __all__ = ["nms", "batched_nms", "multiclass_nms", "soft_nms", "matrix_nms"]
 
@@ -89,6 +101,7 @@ def _matrix_nms_fake(boxes, scores, idxs, method, sigma, score_threshold):
 
 
 def _check_threshold(value: float, name: str) -> float:
+    # For the detops-only NMS forms; nms and batched_nms take any threshold, as torchvision.
     value = float(value)
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {value}")
@@ -108,44 +121,86 @@ def _check_sigma(sigma: float) -> float:
     return sigma
 
 
-def _float_or_f32(dtype: torch.dtype) -> torch.dtype:
-    return dtype if dtype.is_floating_point else torch.float32
+def _float_or_f32(t: Tensor) -> torch.dtype:
+    return t.dtype if t.is_floating_point() else torch.float32
 
 
-def _kernel_inputs(boxes: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
+def _kernel_inputs(boxes: Tensor, scores: Tensor) -> Tuple[Tensor, Tensor]:
     """Boxes and scores in one kernel dtype. A common float dtype is kept as is;
     otherwise both go to the promoted float dtype (integers count as float32),
     which preserves the order of the scores."""
-    if scores.dtype == torch.bool or scores.is_complex():
-        raise TypeError(f"scores must be a real floating or integer tensor, got {scores.dtype}")
-    if boxes.dtype == scores.dtype and boxes.dtype in KERNEL_FLOAT_DTYPES:
+    if boxes.dtype == scores.dtype and is_kernel_float(boxes.dtype):
         return boxes, scores
-    dtype = torch.promote_types(_float_or_f32(boxes.dtype), _float_or_f32(scores.dtype))
+    if scores.is_complex():
+        raise DtypeError(f"scores must be a real floating or integer tensor, got {scores.dtype}")
+    dtype = torch.promote_types(_float_or_f32(boxes), _float_or_f32(scores))
     return boxes.to(dtype), scores.to(dtype)
 
 
-def _check_boxes_scores(boxes: object, scores: object) -> tuple[Tensor, Tensor]:
-    boxes = check_boxes(boxes, "boxes", min_dim=2, max_dim=2)
-    scores = check_tensor(scores, "scores")
+def _check_boxes_scores(boxes: Tensor, scores: Tensor) -> Tuple[Tensor, Tensor]:
+    check_boxes(boxes, "boxes", 2, 2)
+    check_tensor(scores, "scores")
     if scores.dim() != 1:
-        raise ValueError(f"scores must have shape [N], got {list(scores.shape)}")
+        raise ShapeError(f"scores must have shape [N], got {list(scores.shape)}")
     if boxes.shape[0] != scores.shape[0]:
-        raise ValueError(
+        raise ShapeError(
             f"boxes and scores must have the same length, got {boxes.shape[0]} boxes and {scores.shape[0]} scores"
         )
-    check_same_device((boxes, scores), ("boxes", "scores"))
-    return _kernel_inputs(boxes, scores)
+    if boxes.device != scores.device:
+        check_same_device([boxes, scores], ["boxes", "scores"])
+    return _kernel_inputs(dequantize_if(boxes), dequantize_if(scores))
 
 
-def _check_idxs(idxs: object, n: int, device: torch.device, name: str = "idxs") -> Tensor:
-    idxs = check_tensor(idxs, name)
-    if idxs.dtype.is_floating_point or idxs.is_complex() or idxs.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor of class ids, got {idxs.dtype}")
+def _check_idxs(idxs: Tensor, n: int, device: torch.device, name: str = "idxs") -> Tensor:
+    """Class ids as int64. Float ids (torchvision takes them) become the index of
+    their value among the distinct values, so each distinct value is a class."""
+    check_tensor(idxs, name)
     if idxs.dim() != 1 or idxs.shape[0] != n:
-        raise ValueError(f"{name} must have shape [{n}] (one class id per box), got {list(idxs.shape)}")
+        raise ShapeError(f"{name} must have shape [{n}] (one class id per box), got {list(idxs.shape)}")
     if idxs.device != device:
-        raise ValueError(f"all inputs must be on the same device, got boxes on {device}, {name} on {idxs.device}")
+        raise DeviceError(f"all inputs must be on the same device, got boxes on {device}, {name} on {idxs.device}")
+    if idxs.dtype == torch.int64:
+        return idxs
+    if idxs.is_complex():
+        raise DtypeError(f"{name} must be a real tensor of class ids, got {idxs.dtype}")
+    if idxs.is_floating_point():
+        return torch.unique(idxs, return_inverse=True)[1]
     return idxs.long()
+
+
+def _greedy_negative_threshold(boxes: Tensor, scores: Tensor, idxs: Optional[Tensor]) -> Tensor:
+    """NMS with a threshold below 0, which torchvision accepts: a kept box then
+    suppresses every later box whose IoU with it is a number (0 included); only
+    NaN IoUs (two empty boxes, NaN coordinates) do not suppress. Rare, so this
+    runs on torch ops with torchvision's CPU arithmetic. ``idxs`` restricts
+    suppression to a class (torchvision's ``batched_nms`` does so only past
+    its size switch; below it, its offset boxes of other classes have IoU 0,
+    which suppresses too)."""
+    order = torch.sort(scores, descending=True, stable=True)[1]
+    b = boxes[order]
+    x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+    area = (x2 - x1) * (y2 - y1)
+    w = (torch.minimum(x2[:, None], x2[None, :]) - torch.maximum(x1[:, None], x1[None, :])).clamp(min=0)
+    h = (torch.minimum(y2[:, None], y2[None, :]) - torch.maximum(y1[:, None], y1[None, :])).clamp(min=0)
+    inter = w * h
+    overlaps = ~torch.isnan(inter / (area[:, None] + area[None, :] - inter))
+    if idxs is not None:
+        cls = idxs[order]
+        overlaps &= cls[:, None] == cls[None, :]
+    suppressed = torch.zeros(b.shape[0], dtype=torch.bool, device=b.device)
+    keep = torch.zeros(b.shape[0], dtype=torch.bool, device=b.device)
+    for i in range(b.shape[0]):
+        if not bool(suppressed[i]):
+            keep[i] = True
+            suppressed |= overlaps[i]
+    return order[keep]
+
+
+def _nms_threshold(iou_threshold: float) -> float:
+    """The kernels take thresholds in [0, 1]. No IoU exceeds 1 and NaN compares
+    false, so a threshold above 1 (or NaN) keeps every box, exactly as 1 does."""
+    value = float(iou_threshold)
+    return value if value <= 1.0 else 1.0  # NaN <= 1 is False
 
 
 # ------------------------------------------------------------------ public functions
@@ -157,17 +212,22 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     Args:
         boxes: ``[N, 4]`` boxes ``(x1, y1, x2, y2)``.
         scores: ``[N]`` scores.
-        iou_threshold: in ``[0, 1]``; a box is dropped when its IoU with a
-            kept, higher-scored box is greater than this.
+        iou_threshold: a box is dropped when its IoU with a kept,
+            higher-scored box is greater than this (any value, as in
+            torchvision: above 1 keeps every box, below 0 only the first of
+            each overlapping group).
 
     Returns:
         ``[K]`` int64 indices of the kept boxes in decreasing score order,
         equal scores by lower index. See the module docstring for NaN boxes
         and scores. On CUDA the kernel needs one device-to-host copy (the
-        number of kept boxes, to size the output).
+        number of kept boxes, to size the output). Quantized boxes and scores
+        are read as their float values, as torchvision's quantized kernel does.
     """
     boxes, scores = _check_boxes_scores(boxes, scores)
-    return _ops.nms(boxes, scores, _check_threshold(iou_threshold, "iou_threshold"))
+    if iou_threshold < 0:
+        return _greedy_negative_threshold(boxes, scores, None)
+    return _ops.nms(boxes, scores, _nms_threshold(iou_threshold))
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
@@ -180,18 +240,29 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     Args:
         boxes: ``[N, 4]`` boxes ``(x1, y1, x2, y2)``.
         scores: ``[N]`` scores.
-        idxs: ``[N]`` integer class of each box.
-        iou_threshold: in ``[0, 1]``.
+        idxs: ``[N]`` class of each box (integer, or float as torchvision
+            allows: each distinct value is a class).
+        iou_threshold: as in :func:`nms`.
 
     Returns:
         ``[K]`` int64 indices of the kept boxes in decreasing score order,
         equal scores by lower index (the same keep set as torchvision's
         ``batched_nms``; torchvision's own tie order differs between its two
-        internal paths).
+        internal paths). As torchvision, empty ``boxes`` of any shape give an
+        empty result, and one 1-D box ``[4]`` stands for ``N`` copies of it.
     """
+    check_tensor(boxes, "boxes")
+    if boxes.dim() == 1:
+        if boxes.shape[0] == 0:
+            return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+        if boxes.shape[0] == 4 and scores.dim() == 1:
+            boxes = boxes.expand(scores.shape[0], 4)
     boxes, scores = _check_boxes_scores(boxes, scores)
     idxs = _check_idxs(idxs, boxes.shape[0], boxes.device)
-    return _ops.batched_nms(boxes, scores, idxs, _check_threshold(iou_threshold, "iou_threshold"))
+    if iou_threshold < 0:
+        per_class = boxes.numel() > (4000 if boxes.device.type == "cpu" else 20000)
+        return _greedy_negative_threshold(boxes, scores, idxs if per_class else None)
+    return _ops.batched_nms(boxes, scores, idxs, _nms_threshold(iou_threshold))
 
 
 def multiclass_nms(
@@ -294,7 +365,7 @@ def soft_nms(
 def matrix_nms(
     boxes: Tensor,
     scores: Tensor,
-    idxs: Tensor | None = None,
+    idxs: Optional[Tensor] = None,
     method: str = "gaussian",
     sigma: float = 2.0,
     score_threshold: float = 0.0,
@@ -324,3 +395,8 @@ def matrix_nms(
     if idxs is not None:
         idxs = _check_idxs(idxs, boxes.shape[0], boxes.device)
     return _ops.matrix_nms(boxes, scores, idxs, _check_method(method), _check_sigma(sigma), float(score_threshold))
+
+
+# FX: symbolic tracing records these calls as graph nodes instead of tracing into the checks.
+torch.fx.wrap("nms")
+torch.fx.wrap("batched_nms")

@@ -13,15 +13,15 @@ Operators (``torch.ops.detops.*``):
 in place and give channels-last results; float16/bfloat16 are read natively.
 """
 
-from __future__ import annotations
 
-from typing import Union
+from typing import List, Union
 
 import torch
 from torch import Tensor, nn
+from torch.jit.annotations import BroadcastingList2
 
-from ._common import is_channels_last, memory_format_of
-from .roi_align import _check_feature, _check_scale, _pair, _to_rois
+from ._common import dequantize_if, is_channels_last, memory_format_of, requantize_like
+from .roi_align import _check_feature, _empty_pooled, _pooled_size, _scaled, _to_rois
 
 __all__ = ["roi_pool", "RoIPool"]
 
@@ -64,42 +64,49 @@ def _backward(ctx, grad: Tensor, grad_argmax):
 torch.library.register_autograd("detops::roi_pool", _backward, setup_context=_setup)
 
 
+@torch.fx.wrap
 def roi_pool(
     input: Tensor,
-    boxes: Union[Tensor, list[Tensor]],
-    output_size: Union[int, tuple[int, int]],
+    boxes: Union[Tensor, List[Tensor]],
+    output_size: BroadcastingList2[int],
     spatial_scale: float = 1.0,
 ) -> Tensor:
     """RoI max pooling (Fast R-CNN), as ``torchvision.ops.roi_pool``.
 
     Args:
-        input: ``[N, C, H, W]`` feature map (NCHW or channels-last).
+        input: ``[N, C, H, W]`` feature map (NCHW or channels-last; quantized
+            maps are pooled on their float values and requantized with the
+            input's scale).
         boxes: ``Tensor[K, 5]`` rows ``(batch_index, x1, y1, x2, y2)``, or a list
             of ``N`` tensors ``[L_i, 4]`` of ``(x1, y1, x2, y2)`` boxes.
-        output_size: ``(pooled_h, pooled_w)`` or one int for both.
+        output_size: ``(pooled_h, pooled_w)`` or one int for both (0 gives an empty result).
         spatial_scale: map size / image size.
 
     Returns:
         ``[K, C, pooled_h, pooled_w]``: the maximum of each bin (0 for an empty
         bin), in ``input``'s dtype and memory format.
     """
-    input = _check_feature(input, "input")
-    ph, pw = _pair(output_size)
+    _check_feature(input, "input")
+    ph, pw = _pooled_size(output_size)
     rois = _to_rois(boxes, input)
-    scale = _check_scale(spatial_scale)
-    out, _ = _ops.roi_pool(input, rois, scale, ph, pw)
-    return out
+    x = dequantize_if(input)
+    if ph == 0 or pw == 0:
+        out = _empty_pooled(x, rois, ph, pw)
+    else:
+        rois, scale = _scaled(rois, spatial_scale)
+        out = _ops.roi_pool(x, rois, scale, ph, pw)[0]
+    return requantize_like(out, input) if input.is_quantized else out
 
 
 class RoIPool(nn.Module):
     """Module form of :func:`roi_pool` (same constructor as torchvision's)."""
 
-    def __init__(self, output_size: Union[int, tuple[int, int]], spatial_scale: float):
+    def __init__(self, output_size: BroadcastingList2[int], spatial_scale: float):
         super().__init__()
         self.output_size = output_size
         self.spatial_scale = spatial_scale
 
-    def forward(self, input: Tensor, rois: Union[Tensor, list[Tensor]]) -> Tensor:
+    def forward(self, input: Tensor, rois: Union[Tensor, List[Tensor]]) -> Tensor:
         return roi_pool(input, rois, self.output_size, self.spatial_scale)
 
     def __repr__(self) -> str:

@@ -29,12 +29,14 @@ and summed in float32. CPU: C++ (``csrc/sigmoid_focal_loss``); GPU: Triton
 from __future__ import annotations
 
 import math
+from typing import Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .._build import triton_available
-from ._common import KERNEL_FLOAT_DTYPES, check_reduction, check_same_device, check_tensor
+from ._common import DtypeError, ShapeError, check_reduction, check_same_device, check_tensor, is_kernel_float
 
 __all__ = ["sigmoid_focal_loss", "sigmoid_focal_loss_indexed", "softmax_focal_loss"]
 
@@ -145,7 +147,7 @@ if triton_available():
 # ------------------------------------------------------------------ checks
 
 
-def _check_coeffs(alpha: float, gamma: float) -> tuple[float, float]:
+def _check_coeffs(alpha: float, gamma: float) -> Tuple[float, float]:
     alpha, gamma = float(alpha), float(gamma)
     if math.isnan(alpha) or alpha > 1:
         raise ValueError(f"alpha must be in [0, 1], or negative (e.g. -1) to disable it, got {alpha}")
@@ -154,13 +156,30 @@ def _check_coeffs(alpha: float, gamma: float) -> tuple[float, float]:
     return alpha, gamma
 
 
-def _check_logits(inputs: object, name: str = "inputs", *, matrix: bool = False) -> Tensor:
-    inputs = check_tensor(inputs, name)
-    if inputs.dtype not in KERNEL_FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {inputs.dtype}")
+def _check_logits(inputs: Tensor, name: str = "inputs", matrix: bool = False) -> Tensor:
+    check_tensor(inputs, name)
+    if not is_kernel_float(inputs.dtype):
+        raise DtypeError(f"{name} must be float16, bfloat16, float32 or float64, got {inputs.dtype}")
     if matrix and inputs.dim() != 2:
-        raise ValueError(f"{name} must have shape [N, C], got {list(inputs.shape)}")
+        raise ShapeError(f"{name} must have shape [N, C], got {list(inputs.shape)}")
     return inputs
+
+
+def _torchvision_formula(inputs: Tensor, targets: Tensor, alpha: float, gamma: float, reduction: str) -> Tensor:
+    """torchvision's own arithmetic, for the negative gammas it accepts and the
+    kernels do not (the modulating factor then grows as p_t -> 1)."""
+    p = torch.sigmoid(inputs)
+    ce_loss = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce_loss * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+        loss = alpha_t * loss
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
 
 
 def _check_labels(labels: object, name: str, inputs: Tensor) -> Tensor:
@@ -214,23 +233,29 @@ def sigmoid_focal_loss(
         targets: the same shape; 0 / 1 labels (or soft targets); converted to
             ``inputs``' dtype. Gradients flow to targets too when they require them.
         alpha: weight of the positives in [0, 1]; negative (torchvision uses -1) disables it.
-        gamma: exponent of the modulating factor, >= 0.
+        gamma: exponent of the modulating factor, >= 0 (a negative one, which
+            torchvision also takes, runs torchvision's formula on torch ops).
         reduction: ``"none"`` (the shape of ``inputs``), ``"mean"`` or ``"sum"`` (scalars).
 
     Computed in one fused pass, stable for logits of any size (``1 - p`` is
     computed as ``sigmoid(-x)``, not by subtraction); float16/bfloat16 are
     computed and reduced in float32 and returned in their own dtype.
     """
-    inputs = _check_logits(inputs)
-    targets = check_tensor(targets, "targets")
-    if targets.is_complex():
-        raise TypeError(f"targets must be real, got {targets.dtype}")
+    _check_logits(inputs)
+    check_tensor(targets, "targets")
     if targets.shape != inputs.shape:
         raise ValueError(f"targets must have the shape of inputs {list(inputs.shape)}, got {list(targets.shape)}")
-    check_same_device((inputs, targets), ("inputs", "targets"))
+    if targets.device != inputs.device:
+        check_same_device([inputs, targets], ["inputs", "targets"])
+    if targets.dtype != inputs.dtype:
+        if targets.is_complex():
+            raise DtypeError(f"targets must be real, got {targets.dtype}")
+        targets = targets.to(inputs.dtype)
     check_reduction(reduction)
+    if gamma < 0 and math.isfinite(gamma):
+        return _torchvision_formula(inputs, targets, float(alpha), float(gamma), reduction)
     alpha, gamma = _check_coeffs(alpha, gamma)
-    return _ops.sigmoid_focal_loss(inputs, targets.to(inputs.dtype), alpha, gamma, reduction)
+    return _ops.sigmoid_focal_loss(inputs, targets, alpha, gamma, reduction)
 
 
 def sigmoid_focal_loss_indexed(
@@ -262,7 +287,7 @@ def sigmoid_focal_loss_indexed(
         background, ignore_index: the two special label values; both outside
             ``[0, C)`` and different. Any other label outside ``[0, C)`` is an error.
     """
-    inputs = _check_logits(inputs, matrix=True)
+    inputs = _check_logits(inputs, "inputs", True)
     labels = _check_labels(labels, "labels", inputs)
     check_reduction(reduction)
     alpha, gamma = _check_coeffs(alpha, gamma)
@@ -301,7 +326,7 @@ def softmax_focal_loss(
         gamma: exponent of the modulating factor, >= 0.
         reduction: ``"none"`` (``[N]``), ``"mean"`` (over rows not ignored) or ``"sum"``.
     """
-    inputs = _check_logits(inputs, matrix=True)
+    inputs = _check_logits(inputs, "inputs", True)
     targets = _check_labels(targets, "targets", inputs)
     check_reduction(reduction)
     alpha, gamma = _check_coeffs(alpha, gamma)
@@ -311,3 +336,8 @@ def softmax_focal_loss(
     ignore_index = _check_special(ignore_index, "ignore_index", num_classes)
     _check_label_values(targets, "targets", num_classes, (ignore_index,), f"ignore_index ({ignore_index})")
     return _ops.softmax_focal_loss(inputs, targets, alpha, gamma, reduction, ignore_index)
+
+
+# FX: symbolic tracing records these calls as graph nodes instead of tracing into the checks.
+for _fn in __all__:
+    torch.fx.wrap(_fn)
