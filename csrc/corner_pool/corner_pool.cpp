@@ -5,6 +5,7 @@
 // no index tensor is stored.
 #include "corner_pool/corner_pool.h"
 
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 namespace detops {
@@ -31,6 +32,34 @@ void check_backward_args(const at::Tensor& grad, const at::Tensor& input, const 
                     output.sizes());
   check_same_dtype_device(grad, "grad", input, "input");
   check_same_dtype_device(output, "output", input, "input");
+}
+
+namespace {
+
+Operands make_operands(const at::Tensor& input, const at::Tensor* output, const at::Tensor* grad, Direction dir) {
+  const bool cl = is_channels_last(input);
+  Operands op;
+  op.input = input.contiguous(format_of(cl));
+  if (output) op.output = output->contiguous(format_of(cl));
+  if (grad) op.grad = grad->contiguous(format_of(cl));
+  op.result = at::empty(input.sizes(), input.options(), format_of(cl));
+  op.geometry = scan_geometry(input.size(0), input.size(1), input.size(2), input.size(3), cl, dir);
+  return op;
+}
+
+}  // namespace
+
+Operands forward_operands(const at::Tensor& input, std::string_view direction) {
+  const Direction dir = parse_direction(direction);
+  check_forward_args(input);
+  return make_operands(input, nullptr, nullptr, dir);
+}
+
+Operands backward_operands(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& output,
+                           std::string_view direction) {
+  const Direction dir = parse_direction(direction);
+  check_backward_args(grad, input, output);
+  return make_operands(input, &output, &grad, dir);
 }
 
 }  // namespace corner_pool

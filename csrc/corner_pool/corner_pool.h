@@ -21,5 +21,16 @@ Direction parse_direction(std::string_view direction);
 void check_forward_args(const at::Tensor& input);
 void check_backward_args(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& output);
 
+// Checked operands of one call, contiguous in the input's layout (NCHW or
+// channels-last), the result allocated in that layout, and the scan geometry.
+struct Operands {
+  at::Tensor input, output, grad;  // output and grad: backward only
+  at::Tensor result;
+  ScanGeometry geometry;
+};
+Operands forward_operands(const at::Tensor& input, std::string_view direction);
+Operands backward_operands(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& output,
+                           std::string_view direction);
+
 }  // namespace corner_pool
 }  // namespace detops

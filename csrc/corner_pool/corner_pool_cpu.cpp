@@ -7,7 +7,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -39,13 +38,11 @@ void for_each_block(const ScanGeometry& g, F&& f) {
 }
 
 at::Tensor corner_pool_cpu(const at::Tensor& input_in, c10::string_view direction) {
-  const Direction dir = parse_direction(direction);
-  check_forward_args(input_in);
-  const bool cl = is_channels_last(input_in);
-  const at::Tensor input = input_in.contiguous(format_of(cl));
-  at::Tensor out = at::empty(input.sizes(), input.options(), format_of(cl));
+  const Operands op = forward_operands(input_in, direction);
+  const at::Tensor& input = op.input;
+  at::Tensor out = op.result;
   if (out.numel() == 0) return out;
-  const ScanGeometry g = scan_geometry(input.size(0), input.size(1), input.size(2), input.size(3), cl, dir);
+  const ScanGeometry g = op.geometry;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "corner_pool_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     const scalar_t* in = input.const_data_ptr<scalar_t>();
@@ -71,15 +68,11 @@ at::Tensor corner_pool_cpu(const at::Tensor& input_in, c10::string_view directio
 
 at::Tensor corner_pool_backward_cpu(const at::Tensor& grad_in, const at::Tensor& input_in,
                                     const at::Tensor& output_in, c10::string_view direction) {
-  const Direction dir = parse_direction(direction);
-  check_backward_args(grad_in, input_in, output_in);
-  const bool cl = is_channels_last(input_in);
-  const at::Tensor input = input_in.contiguous(format_of(cl));
-  const at::Tensor output = output_in.contiguous(format_of(cl));
-  const at::Tensor grad = grad_in.contiguous(format_of(cl));
-  at::Tensor grad_input = at::empty(input.sizes(), input.options(), format_of(cl));
+  const Operands op = backward_operands(grad_in, input_in, output_in, direction);
+  const at::Tensor &input = op.input, &output = op.output, &grad = op.grad;
+  at::Tensor grad_input = op.result;
   if (grad_input.numel() == 0) return grad_input;
-  const ScanGeometry g = scan_geometry(input.size(0), input.size(1), input.size(2), input.size(3), cl, dir);
+  const ScanGeometry g = op.geometry;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "corner_pool_backward_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     const scalar_t* in = input.const_data_ptr<scalar_t>();

@@ -1,5 +1,4 @@
 // CUDA registrations of corner pooling: checks, layout, allocation, the launch.
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "common/cuda_glue.h"
@@ -10,38 +9,24 @@ namespace detops {
 namespace corner_pool {
 namespace {
 
-ScanGeometry geometry_of(const at::Tensor& t, bool cl, Direction dir) {
-  return scan_geometry(t.size(0), t.size(1), t.size(2), t.size(3), cl, dir);
+at::Tensor corner_pool_cuda(const at::Tensor& input, c10::string_view direction) {
+  const Operands op = forward_operands(input, direction);
+  if (op.result.numel() == 0) return op.result;
+  const c10::cuda::CUDAGuard guard(input.device());
+  DETOPS_CUDA_CHECK(forward_cuda(to_dtype(input.scalar_type()), op.input.const_data_ptr(),
+                                 op.result.mutable_data_ptr(), op.geometry, current_stream(input)));
+  return op.result;
 }
 
-at::Tensor corner_pool_cuda(const at::Tensor& input_in, c10::string_view direction) {
-  const Direction dir = parse_direction(direction);
-  check_forward_args(input_in);
-  const c10::cuda::CUDAGuard guard(input_in.device());
-  const bool cl = is_channels_last(input_in);
-  const at::Tensor input = input_in.contiguous(format_of(cl));
-  at::Tensor out = at::empty(input.sizes(), input.options(), format_of(cl));
-  if (out.numel() == 0) return out;
-  DETOPS_CUDA_CHECK(forward_cuda(to_dtype(input.scalar_type()), input.const_data_ptr(), out.mutable_data_ptr(),
-                                 geometry_of(input, cl, dir), current_stream(input)));
-  return out;
-}
-
-at::Tensor corner_pool_backward_cuda(const at::Tensor& grad_in, const at::Tensor& input_in,
-                                     const at::Tensor& output_in, c10::string_view direction) {
-  const Direction dir = parse_direction(direction);
-  check_backward_args(grad_in, input_in, output_in);
-  const c10::cuda::CUDAGuard guard(input_in.device());
-  const bool cl = is_channels_last(input_in);
-  const at::Tensor input = input_in.contiguous(format_of(cl));
-  const at::Tensor output = output_in.contiguous(format_of(cl));
-  const at::Tensor grad = grad_in.contiguous(format_of(cl));
-  at::Tensor grad_input = at::empty(input.sizes(), input.options(), format_of(cl));
-  if (grad_input.numel() == 0) return grad_input;
-  DETOPS_CUDA_CHECK(backward_cuda(to_dtype(input.scalar_type()), grad.const_data_ptr(), input.const_data_ptr(),
-                                  output.const_data_ptr(), grad_input.mutable_data_ptr(), geometry_of(input, cl, dir),
+at::Tensor corner_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& output,
+                                     c10::string_view direction) {
+  const Operands op = backward_operands(grad, input, output, direction);
+  if (op.result.numel() == 0) return op.result;
+  const c10::cuda::CUDAGuard guard(input.device());
+  DETOPS_CUDA_CHECK(backward_cuda(to_dtype(input.scalar_type()), op.grad.const_data_ptr(), op.input.const_data_ptr(),
+                                  op.output.const_data_ptr(), op.result.mutable_data_ptr(), op.geometry,
                                   current_stream(input)));
-  return grad_input;
+  return op.result;
 }
 
 }  // namespace
