@@ -10,7 +10,14 @@ import torch
 import detops
 from detops.bench.harness import BenchCase
 
-from .roi_align import _fwd_bwd
+
+
+def _fwd_bwd(fn, x: torch.Tensor):
+    """Forward and input gradient, with the incoming gradient in the input's layout
+    (as a channels-last network's gradients arrive)."""
+    leaf = x.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+    grad = torch.randn_like(x, memory_format=torch.preserve_format)
+    return lambda: torch.autograd.grad(fn(leaf), leaf, grad)
 
 
 def _reference(direction: str):
@@ -43,6 +50,6 @@ def cases(device: str, quick: bool) -> list[BenchCase]:
             ))
             out.append(BenchCase(
                 op="corner_pool", name="corner_pool fwd+bwd", size=size, baseline_name="torch cummax",
-                detops=_fwd_bwd(ours, x, shape), baseline=_fwd_bwd(ref, x, shape), params=params,
+                detops=_fwd_bwd(ours, x), baseline=_fwd_bwd(ref, x), params=params,
             ))
     return out
