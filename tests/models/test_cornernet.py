@@ -97,6 +97,7 @@ def test_decode_on_model_output_is_valid():
     dets = cornernet_decode(_model().eval()(x), stride=4, k=20, image_size=(48, 64))
     for d in dets:
         b = d["boxes"]
+        assert len(b) > 0 and b.shape[1] == 4 and len(d["scores"]) == len(d["labels"]) == len(b)
         assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
         assert (b >= 0).all() and (b[:, [0, 2]] <= 64).all() and (b[:, [1, 3]] <= 48).all()
         assert (d["scores"][:-1] >= d["scores"][1:]).all()
