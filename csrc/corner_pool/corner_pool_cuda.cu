@@ -1,0 +1,71 @@
+// CUDA kernels of corner pooling: one thread per lane, scanning it (forward)
+// or scanning it backward (gradient). Neighbouring threads take neighbouring
+// lanes, which are neighbouring in memory for every pool on channels-last maps
+// and for vertical pools on NCHW maps.
+#include "common/cuda_utils.cuh"
+#include "corner_pool/corner_pool_cuda.h"
+
+namespace detops {
+namespace corner_pool {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename S>
+__global__ void forward_kernel(const S* __restrict__ input, S* __restrict__ output, ScanGeometry g, int64_t lanes) {
+  using T = opmath_t<S>;
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < lanes; t += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t p0 = (t / g.inner) * g.s_outer + g.start + (t % g.inner) * g.s_inner;
+    T best = convert<T>(input[p0]);
+    output[p0] = input[p0];
+    for (int64_t l = 1; l < g.L; ++l) {
+      const int64_t p = p0 + l * g.step;
+      const T x = convert<T>(input[p]);
+      best = takes(x, best) ? x : best;
+      output[p] = convert<S>(best);
+    }
+  }
+}
+
+template <typename S>
+__global__ void backward_kernel(const S* __restrict__ grad, const S* __restrict__ input, const S* __restrict__ output,
+                                S* __restrict__ grad_input, ScanGeometry g, int64_t lanes) {
+  using T = opmath_t<S>;
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < lanes; t += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t p0 = (t / g.inner) * g.s_outer + g.start + (t % g.inner) * g.s_inner;
+    T acc = T(0);
+    for (int64_t l = g.L - 1; l >= 0; --l) {
+      const int64_t p = p0 + l * g.step;
+      const T a = acc + convert<T>(grad[p]);
+      const bool take = took(convert<T>(input[p]), convert<T>(output[p]));
+      grad_input[p] = convert<S>(take ? a : T(0));
+      acc = take ? T(0) : a;
+    }
+  }
+}
+
+}  // namespace
+
+cudaError_t forward_cuda(DType dtype, const void* input, void* output, const ScanGeometry& g, cudaStream_t stream) {
+  const int64_t lanes = g.outer * g.inner;
+  if (lanes == 0 || g.L == 0) return cudaSuccess;
+  dispatch_dtype(dtype, [&](auto s) {
+    using S = decltype(s);
+    forward_kernel<S><<<blocks_for(lanes, kThreads), kThreads, 0, stream>>>(static_cast<const S*>(input), static_cast<S*>(output), g, lanes);
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t backward_cuda(DType dtype, const void* grad, const void* input, const void* output, void* grad_input,
+                          const ScanGeometry& g, cudaStream_t stream) {
+  const int64_t lanes = g.outer * g.inner;
+  if (lanes == 0 || g.L == 0) return cudaSuccess;
+  dispatch_dtype(dtype, [&](auto s) {
+    using S = decltype(s);
+    backward_kernel<S><<<blocks_for(lanes, kThreads), kThreads, 0, stream>>>(static_cast<const S*>(grad), static_cast<const S*>(input), static_cast<const S*>(output), static_cast<S*>(grad_input), g, lanes);
+  });
+  return cudaGetLastError();
+}
+
+}  // namespace corner_pool
+}  // namespace detops
