@@ -1,0 +1,3 @@
+"""Models assembled from detops ops (see each sub-package)."""
+
+from . import detection  # noqa: F401
