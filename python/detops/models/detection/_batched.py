@@ -1,0 +1,192 @@
+"""Batched pieces shared by the detection models: the input transform of export
+mode, box clipping and size filtering over a whole batch, RoI pooling of padded
+boxes, box resizing and mask pasting.
+
+Each function works on padded ``[B, N, ...]`` tensors (or flat rows with an
+image index) with one launch for the batch, and none reads a value back to the
+host, so that export mode traces to one graph. Boxes are ``(x1, y1, x2, y2)``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ... import ops as dops
+
+# (height, width) of each image as a [B, 2] tensor, or one (height, width) pair for all.
+Sizes = Union[Tensor, Sequence[Union[int, torch.SymInt]]]
+
+
+def sizes_tensor(image_sizes: Sequence[Sequence[int]], like: Tensor) -> Tensor:
+    """``[B, 2]`` ``(height, width)`` in ``like``'s dtype and device."""
+    return torch.tensor([list(s) for s in image_sizes], dtype=like.dtype, device=like.device)
+
+
+def _per_image(sizes: Tensor, column: int, ndim: int) -> Tensor:
+    # [B, 2] -> [B, 1, ..., 1] so that it broadcasts over [B, ...] coordinates
+    return sizes[:, column].reshape([-1] + [1] * (ndim - 1))
+
+
+def clip_boxes(boxes: Tensor, sizes: Sizes) -> Tensor:
+    """torchvision's ``clip_boxes_to_image`` for a batch: ``boxes [B, ..., 4]``, each
+    image's boxes clamped to ``[0, width] x [0, height]`` of its own size."""
+    x, y = boxes[..., 0::2], boxes[..., 1::2]
+    if isinstance(sizes, Tensor):
+        h = _per_image(sizes.to(boxes.dtype), 0, x.dim())
+        w = _per_image(sizes.to(boxes.dtype), 1, x.dim())
+        x = torch.minimum(x.clamp(min=0), w)
+        y = torch.minimum(y.clamp(min=0), h)
+    else:
+        x = x.clamp(min=0, max=sizes[1])
+        y = y.clamp(min=0, max=sizes[0])
+    return torch.stack((x, y), dim=-1).reshape(boxes.shape)
+
+
+def large_enough(boxes: Tensor, min_size: float) -> Tensor:
+    """torchvision's ``remove_small_boxes`` as a mask: both sides ``>= min_size``."""
+    ws = boxes[..., 2] - boxes[..., 0]
+    hs = boxes[..., 3] - boxes[..., 1]
+    return (ws >= min_size) & (hs >= min_size)
+
+
+def valid_slots(num: Tensor, slots: int) -> Tensor:
+    """``[B, slots]`` mask of the first ``num[b]`` slots of each image."""
+    return torch.arange(slots, device=num.device)[None, :] < num[:, None]
+
+
+def padded_rois(boxes: Tensor) -> Tensor:
+    """``[B, N, 4]`` boxes -> ``[B * N, 5]`` rois ``(image, x1, y1, x2, y2)``."""
+    b, n = boxes.shape[0], boxes.shape[1]
+    ids = torch.arange(b, device=boxes.device, dtype=boxes.dtype)[:, None, None].expand(b, n, 1)
+    return torch.cat((ids, boxes), dim=2).reshape(b * n, 5)
+
+
+def pool_rois(pooler: dops.MultiScaleRoIAlign, features: dict[str, Tensor], rois: Tensor,
+              image_sizes: list[tuple[int, int]]) -> Tensor:
+    """``MultiScaleRoIAlign`` of ``[K, 5]`` rois (the module takes per-image box lists;
+    padded batches and export mode have rois already)."""
+    maps = [v for k, v in features.items() if k in pooler.featmap_names]
+    if pooler.scales is None:
+        pooler._setup_scales(maps, image_sizes)
+    rois = rois.to(maps[0].dtype) if maps[0].dtype == torch.float64 else rois.float()
+    if len(maps) == 1:
+        return dops.roi_align(maps[0], rois, pooler.output_size, pooler.scales[0], pooler.sampling_ratio)
+    levels = pooler._levels(rois)
+    return torch.ops.detops.multi_scale_roi_align(
+        maps, rois, levels, pooler.scales, pooler.output_size[0], pooler.output_size[1],
+        int(pooler.sampling_ratio), False,
+    )
+
+
+def select_rows(rows: Tensor, valid: Tensor, export: bool) -> tuple[Tensor, Optional[Tensor]]:
+    """Rows of the valid slots (one host sync for the batch) or, in export mode,
+    every row (fixed shapes). Returns the rows and the flat indices taken (None: all)."""
+    if export:
+        return rows, None
+    index = valid.reshape(-1).nonzero().squeeze(1)
+    return rows.index_select(0, index), index
+
+
+def scatter_rows(values: Tensor, index: Optional[Tensor], total: int) -> Tensor:
+    """Inverse of :func:`select_rows`: ``values`` back into ``total`` zero-filled rows."""
+    if index is None:
+        return values
+    out = values.new_zeros((total,) + tuple(values.shape[1:]))
+    return out.index_copy(0, index, values)
+
+
+def resize_boxes(boxes: Tensor, new_sizes: Tensor, original_sizes: Tensor) -> Tensor:
+    """torchvision's ``resize_boxes`` for ``[B, N, 4]`` boxes: ratios in float32 as it
+    takes them (``sizes`` are ``[B, 2]`` float32 ``(height, width)``)."""
+    ratios = original_sizes / new_sizes
+    rh, rw = ratios[:, 0, None], ratios[:, 1, None]
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack((x1 * rw, y1 * rh, x2 * rw, y2 * rh), dim=-1)
+
+
+def _expand_boxes(boxes: Tensor, scale: float) -> Tensor:
+    # torchvision's expand_boxes, op for op
+    w_half = (boxes[..., 2] - boxes[..., 0]) * 0.5
+    h_half = (boxes[..., 3] - boxes[..., 1]) * 0.5
+    x_c = (boxes[..., 2] + boxes[..., 0]) * 0.5
+    y_c = (boxes[..., 3] + boxes[..., 1]) * 0.5
+    w_half = w_half * scale
+    h_half = h_half * scale
+    return torch.stack((x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half), dim=-1)
+
+
+def _axis_taps(start: Tensor, end: Tensor, limit: Tensor, size: int, length: int):
+    """Bilinear taps (``F.interpolate``'s, align_corners=False) of one axis of
+    every pasted mask: output pixel ``p`` of ``[0, length)`` reads the mask
+    resized to ``end - start + 1`` pixels at ``p - start``, inside
+    ``[max(start, 0), min(end + 1, limit))`` only."""
+    extent = (end - start + 1).clamp(min=1)
+    p = torch.arange(length, device=start.device)[None, :]
+    inside = (p >= start.clamp(min=0)) & (p < torch.minimum(end + 1, limit))
+    local = (p - start).to(torch.float32)
+    scale = size / extent.to(torch.float32)
+    src = (scale * (local + 0.5) - 0.5).clamp(min=0)
+    i0 = src.to(torch.int64).clamp(max=size - 1)
+    lam1 = (src - i0.to(torch.float32)).clamp(0, 1)
+    i1 = torch.where(i0 < size - 1, i0 + 1, i0)
+    return i0, i1, 1 - lam1, lam1, inside
+
+
+def paste_masks(masks: Tensor, boxes: Tensor, image_h: Tensor, image_w: Tensor, height: int, width: int,
+                padding: int = 1) -> Tensor:
+    """torchvision's ``paste_masks_in_image`` for all detections of a batch at once.
+
+    Args:
+        masks: ``[N, 1, M, M]`` mask probabilities.
+        boxes: ``[N, 4]`` boxes in the original image's pixels.
+        image_h, image_w: ``[N]`` int64 size of each detection's image.
+        height, width: the output canvas (at least every image's size).
+
+    Returns:
+        ``[N, 1, height, width]``: each mask resized into its box (as torchvision:
+        the box grown by ``padding`` mask pixels, rounded down to integers),
+        zero outside the box and outside its image.
+    """
+    n, m = masks.shape[0], masks.shape[-1]
+    size = m + 2 * padding
+    padded = F.pad(masks[:, 0].float(), (padding,) * 4)
+    b = _expand_boxes(boxes, float(size) / m).to(torch.int64)
+    xi0, xi1, xl0, xl1, xin = _axis_taps(b[:, 0:1], b[:, 2:3], image_w[:, None], size, width)
+    yi0, yi1, yl0, yl1, yin = _axis_taps(b[:, 1:2], b[:, 3:4], image_h[:, None], size, height)
+    # columns first, then rows: F.interpolate's order of the two linear steps
+    cols = (padded.gather(2, xi0[:, None, :].expand(n, size, width)) * xl0[:, None, :]
+            + padded.gather(2, xi1[:, None, :].expand(n, size, width)) * xl1[:, None, :])
+    out = (cols.gather(1, yi0[:, :, None].expand(n, height, width)) * yl0[:, :, None]
+           + cols.gather(1, yi1[:, :, None].expand(n, height, width)) * yl1[:, :, None])
+    out = torch.where(yin[:, :, None] & xin[:, None, :], out, out.new_zeros(()))
+    return out.to(masks.dtype)[:, None]
+
+
+def export_transform(transform, images: Union[Tensor, Sequence[Tensor]]) -> tuple[Tensor, tuple]:
+    """``GeneralizedRCNNTransform`` of a batch of same-size images in whole-batch
+    ops (normalise, resize by the same rule, pad to ``size_divisible``), so that
+    export traces it without per-image loops. Returns the batch and the resized
+    ``(height, width)``."""
+    if not isinstance(images, Tensor):
+        images = torch.stack(list(images))
+    if images.dim() != 4:
+        raise ValueError(f"images must be [B, C, H, W] in export mode, got {list(images.shape)}")
+    mean = torch.as_tensor(transform.image_mean, dtype=images.dtype, device=images.device)
+    std = torch.as_tensor(transform.image_std, dtype=images.dtype, device=images.device)
+    x = (images - mean[:, None, None]) / std[:, None, None]
+    h, w = x.shape[-2:]
+    if transform.fixed_size is not None:
+        x = F.interpolate(x, size=[transform.fixed_size[1], transform.fixed_size[0]], mode="bilinear",
+                          align_corners=False)
+    else:
+        min_size = float(transform.min_size[-1])
+        scale = min(min_size / min(h, w), float(transform.max_size) / max(h, w))
+        x = F.interpolate(x, scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False)
+    rh, rw = x.shape[-2:]
+    d = transform.size_divisible
+    x = F.pad(x, (0, (d - rw % d) % d, 0, (d - rh % d) % d))
+    return x, (rh, rw)

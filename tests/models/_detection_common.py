@@ -1,0 +1,85 @@
+"""Shared builders and comparisons for the detection model tests: pairs of a
+torchvision model and a detops model with the same (random, seeded) weights."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from torchvision.models import detection as tvd
+
+import detops.models.detection as dd
+
+SMALL = dict(min_size=128, max_size=192)
+# Random weights score every class near 1/91 (R-CNN) or the prior 0.01 (RetinaNet):
+# a zero threshold keeps detections to compare.
+THRESH = {"retinanet": dict(score_thresh=0.0, detections_per_img=100),
+          "fasterrcnn": dict(box_score_thresh=0.0, box_detections_per_img=50),
+          "maskrcnn": dict(box_score_thresh=0.0, box_detections_per_img=30)}
+BUILDERS = {f"{name}{v}": (getattr(tvd, f"{name}_resnet50_fpn{v}"), getattr(dd, f"{name}_resnet50_fpn{v}"))
+            for name in THRESH for v in ("", "_v2")}
+
+
+def torchvision_resnet18(name: str, **kwargs) -> torch.nn.Module:
+    """torchvision's model as its resnet50 builder makes it (random init), on a
+    ResNet-18 FPN backbone to keep the tests fast."""
+    from torchvision.models import resnet18
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    if name == "retinanet":
+        body = _resnet_fpn_extractor(resnet18(), 5, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
+        return tvd.RetinaNet(body, 91, **kwargs)
+    cls = tvd.FasterRCNN if name == "fasterrcnn" else tvd.MaskRCNN
+    return cls(_resnet_fpn_extractor(resnet18(), 5), 91, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def model_pair(name: str):
+    """(torchvision model, detops model) in eval mode, detops loaded from torchvision's
+    state_dict. v1: ResNet-18 backbones; v2: torchvision's own builders (ResNet-50)."""
+    tv_builder, dd_builder = BUILDERS[name]
+    base = name.replace("_v2", "")
+    extra = THRESH[base]
+    torch.manual_seed(0)
+    if name.endswith("_v2"):
+        tv = tv_builder(weights=None, weights_backbone=None, **SMALL, **extra).eval()
+        ours = dd_builder(weights=None, weights_backbone=None, **SMALL, **extra).eval()
+    else:
+        tv = torchvision_resnet18(base, **SMALL, **extra).eval()
+        ours = dd_builder(weights=None, weights_backbone=None, backbone_name="resnet18", **SMALL, **extra).eval()
+    result = ours.load_state_dict(tv.state_dict())
+    assert not result.missing_keys and not result.unexpected_keys
+    return tv, ours
+
+
+def real_images() -> list[torch.Tensor]:
+    skimage_data = pytest.importorskip("skimage.data")
+    return [torch.from_numpy(img).permute(2, 0, 1).float() / 255 for img in (skimage_data.astronaut(), skimage_data.coffee())]
+
+
+def assert_same_detections(ref: dict, out: dict, *, box_atol: float, score_atol: float = 1e-5) -> None:
+    """Same detections, each matched to the torchvision one it equals within the
+    tolerances. Until roi_align is bit-equal, R-CNN scores differ in the last bits,
+    so two detections of one class with nearly tied scores may swap places: a
+    detection matches any unmatched one of the same label whose score and box agree.
+    Masks: where a box differs in the last bits, its integer paste box can move by
+    a pixel, so masks agree to 1e-4 except on at most 2% of the pixels."""
+    assert ref.keys() == out.keys()
+    n = len(ref["boxes"])
+    assert len(out["boxes"]) == n, (len(out["boxes"]), n)
+    used = torch.zeros(n, dtype=torch.bool)
+    for i in range(n):
+        cand = ((out["labels"] == ref["labels"][i]) & ~used
+                & ((out["scores"] - ref["scores"][i]).abs() <= score_atol)
+                & ((out["boxes"] - ref["boxes"][i]).abs().amax(1) <= box_atol))
+        # the nearest in order first: ties swap neighbours
+        idx = cand.nonzero().flatten()
+        assert idx.numel() > 0, f"detection {i} ({ref['labels'][i]}, {ref['scores'][i]}, {ref['boxes'][i]}) has no match"
+        j = idx[(idx - i).abs().argmin()]
+        used[j] = True
+        if "masks" in ref:
+            assert out["masks"][j].shape == ref["masks"][i].shape
+            off = (out["masks"][j] - ref["masks"][i]).abs() > 1e-4
+            assert off.float().mean() <= 0.02, f"mask {i}: {off.float().mean():.3%} of the pixels differ"
