@@ -87,8 +87,107 @@ def _rcnn_style(builder_name: str, default_backbone: str, masks: bool = False) -
     return make
 
 
+# ------------------------------------------------------------------ YOLO v1
+
+
+def _resnet_trunk(name: str) -> tuple[nn.Sequential, int]:
+    """A torchvision ResNet without its pooling and classifier: ``[N, 3, H, W]
+    -> [N, C, H / 32, W / 32]``, layers in a Sequential (stride 8 after index
+    5, 16 after 6, 32 after 7)."""
+    import torchvision
+
+    net = torchvision.models.get_model(name, weights=None)
+    trunk = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
+    return trunk, net.fc.in_features
+
+
+def _yolo(cfg: "TrainConfig") -> ModelSpec:
+    """YOLO v1 on a ResNet trunk. Labels are shifted: the model's classes are
+    ``0..K-1``, the data's ``1..K`` (0 is the background there)."""
+    from ..models import yolo
+
+    def build(num_classes: int, cfg: "TrainConfig") -> nn.Module:
+        trunk, channels = _resnet_trunk(cfg.backbone or "resnet18")
+        kwargs = {"grid_size": 7, "num_boxes": 2, "hidden": 512, "dropout": 0.0, **cfg.extra}
+        return yolo.YOLOv1(trunk, channels, num_classes=num_classes, **kwargs)
+
+    def losses(model: nn.Module, images: list[Tensor], targets: list[dict]) -> dict[str, Tensor]:
+        net = _unwrap(model)
+        x = torch.stack(images)
+        h, w = x.shape[-2:]
+        scale = x.new_tensor([w, h, w, h])
+        grid = yolo.yolo_v1_targets([t["boxes"] / scale for t in targets], [t["labels"] - 1 for t in targets],
+                                    net.S, net.C)
+        parts = yolo.yolo_v1_loss(model(x), grid, num_boxes=net.B)
+        return {k: v for k, v in parts.items() if k != "loss"}
+
+    def predict(model: nn.Module, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        net = _unwrap(model)
+        x = torch.stack(list(images))
+        dets = yolo.yolo_v1_postprocess(model(x), tuple(x.shape[-2:]), num_boxes=net.B, score_threshold=0.05)
+        return [dict(d, labels=d["labels"] + 1) for d in dets]
+
+    return ModelSpec(name="yolo", task="detection", build=build, losses=losses, predict=predict,
+                     backbone=lambda model: _unwrap(model).backbone, lr=5e-4)
+
+
+# ------------------------------------------------------------------ segmentation
+
+
+def _segmentation(build: Callable[[int, "TrainConfig"], nn.Module], backbone: Callable[[nn.Module], nn.Module],
+                  name: str, lr: float) -> ModelSpec:
+    """A model mapping images ``[B, 3, H, W]`` to class logits ``[B, K + 1, H, W]``
+    (class 0 the background), trained with pixel-wise cross-entropy."""
+
+    def as_batch(images: Any) -> Tensor:
+        return images if isinstance(images, Tensor) else torch.stack(list(images))
+
+    def logits(model: nn.Module, images: Any) -> Tensor:
+        out = model(as_batch(images))
+        return out["out"] if isinstance(out, dict) else out
+
+    return ModelSpec(
+        name=name, task="segmentation", build=build,
+        losses=lambda model, images, semantic: {"cross_entropy": torch.nn.functional.cross_entropy(
+            logits(model, images), semantic)},
+        predict=lambda model, images: logits(model, images).argmax(1),
+        backbone=backbone, lr=lr)
+
+
+def _fcn(cfg: "TrainConfig") -> ModelSpec:
+    """FCN-8s on a ResNet trunk (pool3 = stride 8, pool4 = stride 16 skips)."""
+
+    def build(num_classes: int, cfg: "TrainConfig") -> nn.Module:
+        from ..models.segmentation import SkipFCN
+
+        trunk, channels = _resnet_trunk(cfg.backbone or "resnet18")
+        skip = (_out_channels(trunk[5]), _out_channels(trunk[6]))
+        head = nn.Sequential(nn.Conv2d(channels, 256, 3, padding=1), nn.ReLU(inplace=True))
+        return SkipFCN(trunk, head, 256, skip, num_classes + 1, variant=cfg.extra.get("variant", "8s"), taps=(5, 6))
+
+    return _segmentation(build, lambda model: _unwrap(model).features, "fcn", 1e-3)
+
+
+def _out_channels(stage: nn.Module) -> int:
+    convs = [m for m in stage.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1].out_channels
+
+
+def _unet(cfg: "TrainConfig") -> ModelSpec:
+    def build(num_classes: int, cfg: "TrainConfig") -> nn.Module:
+        from ..models.segmentation import UNet
+
+        kwargs = {"base_channels": 16, "depth": 3, **cfg.extra}
+        return UNet(3, num_classes + 1, **kwargs)
+
+    return _segmentation(build, lambda model: _unwrap(model).down, "unet", 2e-3)
+
+
 MODELS: dict[str, Callable[["TrainConfig"], ModelSpec]] = {
     "retinanet": _rcnn_style("retinanet_resnet50_fpn", "resnet18"),
     "fasterrcnn": _rcnn_style("fasterrcnn_resnet50_fpn", "resnet18"),
     "maskrcnn": _rcnn_style("maskrcnn_resnet50_fpn", "resnet18", masks=True),
+    "yolo": _yolo,
+    "fcn": _fcn,
+    "unet": _unet,
 }
