@@ -20,3 +20,7 @@ __all__ = [
     "collate_detection",
     "collate_segmentation",
 ]
+
+__data_docs__ = {
+    "SHAPE_CLASSES": "Class names of :class:`SyntheticShapes` by label; label 0 is the background.",
+}

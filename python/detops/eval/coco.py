@@ -101,10 +101,13 @@ class COCOParams:
 class COCOEvalResult:
     """Accumulated results, in pycocotools' layout.
 
-    precision: ``[T, R, K, A, M]`` interpolated precision (-1 where a category
-        has no ground truth in that area range).
-    recall: ``[T, K, A, M]`` final recall (-1 likewise).
-    stats: the 12 summary numbers of ``COCOeval.stats`` (float64 ``[12]``).
+    Attributes:
+        precision: ``[T, R, K, A, M]`` interpolated precision (-1 where a
+            category has no ground truth in that area range).
+        recall: ``[T, K, A, M]`` final recall (-1 likewise).
+        stats: the 12 summary numbers of ``COCOeval.stats`` (float64 ``[12]``).
+        params: the :class:`COCOParams` used.
+        category_ids: the category ids, in the order of the K axis.
     """
 
     precision: Tensor

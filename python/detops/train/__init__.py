@@ -5,3 +5,8 @@ from .engine import TrainConfig, evaluate, train
 from .zoo import MODELS, ModelSpec
 
 __all__ = ["TrainConfig", "train", "evaluate", "MODELS", "ModelSpec"]
+
+__data_docs__ = {
+    "MODELS": "The models ``python -m detops.train --model`` accepts: name -> a function of the "
+              ":class:`TrainConfig` returning the :class:`ModelSpec` (build, losses, predictions).",
+}
