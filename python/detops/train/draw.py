@@ -13,13 +13,13 @@ __all__ = ["draw_detections", "draw_segmentations"]
 _COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c")
 
 
-def _figure(n: int, title: str):
+def _figure(n: int, title: str, cols: int = 4):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = min(n, 4)
+    cols = min(n, cols)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
     fig.suptitle(title, fontsize=10)
@@ -85,8 +85,8 @@ def draw_segmentations(
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    n = len(images)
-    fig, axes = _figure(3 * n, "image | prediction | ground truth")
+    n = min(len(images), 4)
+    fig, axes = _figure(3 * n, "image | prediction | ground truth", cols=3)
     cmap = ListedColormap(["black", *_COLORS])
     for k, (image, pred, target) in enumerate(zip(images, predictions, targets)):
         a, b, c = axes[3 * k], axes[3 * k + 1], axes[3 * k + 2]
