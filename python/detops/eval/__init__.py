@@ -34,3 +34,8 @@ __all__ = [
     "segmentation_scores",
     "mask",
 ]
+
+__data_docs__ = {
+    "STAT_NAMES": "The names of the 12 COCO summary numbers, in ``COCOeval.stats`` order, as torchmetrics "
+                  "names them (``map``, ``map_50``, ``map_75``, ``map_small``, ..., ``mar_large``).",
+}

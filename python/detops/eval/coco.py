@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import operator
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence, overload
 
@@ -43,6 +45,7 @@ from torch import Tensor
 
 from ..ops.box_iou import box_iof, box_iou
 from . import mask as _mask
+from .distributed import gather_objects, is_distributed
 
 __all__ = [
     "COCOParams",
@@ -98,10 +101,13 @@ class COCOParams:
 class COCOEvalResult:
     """Accumulated results, in pycocotools' layout.
 
-    precision: ``[T, R, K, A, M]`` interpolated precision (-1 where a category
-        has no ground truth in that area range).
-    recall: ``[T, K, A, M]`` final recall (-1 likewise).
-    stats: the 12 summary numbers of ``COCOeval.stats`` (float64 ``[12]``).
+    Attributes:
+        precision: ``[T, R, K, A, M]`` interpolated precision (-1 where a
+            category has no ground truth in that area range).
+        recall: ``[T, K, A, M]`` final recall (-1 likewise).
+        stats: the 12 summary numbers of ``COCOeval.stats`` (float64 ``[12]``).
+        params: the :class:`COCOParams` used.
+        category_ids: the category ids, in the order of the K axis.
     """
 
     precision: Tensor
@@ -601,23 +607,54 @@ def _to_device(x: _Instances, device) -> _Instances:
     return _Instances(**moved)
 
 
+def _load_coco_gt(gt: Any) -> dict:
+    """A COCO ground truth given as a dict, a JSON path or a pycocotools ``COCO``."""
+    if isinstance(gt, dict):
+        return gt
+    if isinstance(gt, (str, os.PathLike)):
+        with open(gt) as f:
+            loaded = json.load(f)
+        if not isinstance(loaded, dict):
+            raise ValueError(f"gt file {os.fspath(gt)!r} must hold a COCO dict (images, annotations, categories)")
+        return loaded
+    if hasattr(gt, "dataset") and isinstance(gt.dataset, dict):  # pycocotools.coco.COCO
+        return gt.dataset
+    raise TypeError(f"gt must be a COCO dict, a path to a COCO JSON file or a pycocotools COCO, got {type(gt).__name__}")
+
+
+def _load_coco_dt(dt: Any) -> list[dict]:
+    """COCO results given as a list, a JSON path or a pycocotools ``COCO`` (``loadRes``)."""
+    if isinstance(dt, (str, os.PathLike)):
+        with open(dt) as f:
+            dt = json.load(f)
+    elif hasattr(dt, "dataset") and isinstance(dt.dataset, dict):
+        dt = dt.dataset.get("annotations", [])
+    if not isinstance(dt, (list, tuple)):
+        raise TypeError(f"dt must be a list of COCO results, a path to a JSON list or a pycocotools COCO, got {type(dt).__name__}")
+    for i, d in enumerate(dt):
+        for field in ("image_id", "category_id", "score"):
+            if field not in d:
+                raise ValueError(f"detection {i} has no {field!r} field: every COCO result needs image_id, category_id and score")
+    return list(dt)
+
+
 @overload
 def coco_stats(
-    gt: dict, dt: list[dict], iou_type: str = ..., *, params: COCOParams | None = ...,
+    gt: Any, dt: Any, iou_type: str = ..., *, params: COCOParams | None = ...,
     device: torch.device | str = ..., return_result: Literal[False] = ..., num_threads: int | None = ...,
 ) -> list[float]: ...
 
 
 @overload
 def coco_stats(
-    gt: dict, dt: list[dict], iou_type: str = ..., *, params: COCOParams | None = ...,
+    gt: Any, dt: Any, iou_type: str = ..., *, params: COCOParams | None = ...,
     device: torch.device | str = ..., return_result: Literal[True], num_threads: int | None = ...,
 ) -> tuple[list[float], COCOEvalResult]: ...
 
 
 def coco_stats(
-    gt: dict,
-    dt: list[dict],
+    gt: dict | str | os.PathLike | Any,
+    dt: list[dict] | str | os.PathLike | Any,
     iou_type: str = "bbox",
     *,
     params: COCOParams | None = None,
@@ -632,10 +669,12 @@ def coco_stats(
         gt: COCO ground truth: ``images`` (``id``, and ``height``/``width`` for
             polygon masks), ``annotations`` (``image_id``, ``category_id``,
             ``bbox`` ``[x, y, w, h]``, ``area``, ``iscrowd``, ``id``,
-            ``segmentation`` for segm), ``categories`` (``id``).
+            ``segmentation`` for segm), ``categories`` (``id``). A dict, a path
+            to a COCO JSON file, or a ``pycocotools.coco.COCO``.
         dt: COCO results: ``image_id``, ``category_id``, ``score`` and ``bbox``
             ``[x, y, w, h]`` (bbox) or ``segmentation`` (segm: RLE, polygons or
-            a dense ``[H, W]`` mask).
+            a dense ``[H, W]`` mask). A list, a path to a JSON list, or a
+            pycocotools ``COCO`` of results (``coco_gt.loadRes(...)``).
         iou_type: ``"bbox"`` or ``"segm"``.
         params: evaluation parameters (pycocotools' defaults).
         device: where to run (``"cuda"`` for the GPU).
@@ -646,7 +685,7 @@ def coco_stats(
     """
     if iou_type not in ("bbox", "segm"):
         raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
-    gts, dts, n_img, cat_ids = _coco_instances(gt, dt, iou_type, device)
+    gts, dts, n_img, cat_ids = _coco_instances(_load_coco_gt(gt), _load_coco_dt(dt), iou_type, device)
     result = coco_evaluate(gts, dts, n_img, len(cat_ids), iou_type, params, cat_ids, num_threads)
     stats = result.stats.tolist()
     return (stats, result) if return_result else stats
@@ -687,6 +726,13 @@ class MeanAveragePrecision:
     ``map_per_class``, ``mar_100_per_class``, ``classes`` and, with
     ``extended_summary=True``, ``precision`` ``[T, R, K, A, M]`` and ``recall``
     ``[T, K, A, M]``. Results equal pycocotools' on the same data.
+
+    Distributed: inside an initialised ``torch.distributed`` process group,
+    ``compute()`` gathers every rank's images (``sync_on_compute=True``), so
+    each rank gets the metrics of the whole dataset. When every target carries
+    an ``image_id``, images are ordered by it and repeats (the padding of
+    ``DistributedSampler``) are dropped, so the result equals a single-process
+    evaluation of the same data exactly.
     """
 
     def __init__(
@@ -699,6 +745,7 @@ class MeanAveragePrecision:
         extended_summary: bool = False,
         device: torch.device | str | None = None,
         num_threads: int | None = 1,
+        sync_on_compute: bool = True,
     ) -> None:
         if iou_type not in ("bbox", "segm"):
             raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
@@ -711,6 +758,7 @@ class MeanAveragePrecision:
         self.extended_summary = extended_summary
         self.device = device
         self.num_threads = num_threads
+        self.sync_on_compute = sync_on_compute
         self.result: COCOEvalResult | None = None
         self.reset()
 
@@ -755,9 +803,29 @@ class MeanAveragePrecision:
             self._preds.append({k: v.detach() for k, v in p.items() if isinstance(v, Tensor)})
             self._targets.append({k: v.detach() for k, v in t.items() if isinstance(v, Tensor)})
 
-    def _flatten(self) -> tuple[_Instances, _Instances, list[int]]:
+    def _synced_images(self) -> tuple[list[dict[str, Tensor]], list[dict[str, Tensor]]]:
+        """This rank's images, or with ``sync_on_compute`` in a process group,
+        every rank's, ordered by ``image_id`` and without repeats where given."""
+        if not (self.sync_on_compute and is_distributed()):
+            return self._preds, self._targets
+        def on_cpu(items: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+            return [{k: v.cpu() for k, v in it.items()} for it in items]
+        gathered = gather_objects((on_cpu(self._preds), on_cpu(self._targets)))
+        preds = [p for rank_preds, _ in gathered for p in rank_preds]
+        targets = [t for _, rank_targets in gathered for t in rank_targets]
+        if targets and all("image_id" in t for t in targets):
+            ids = [int(t["image_id"].reshape(-1)[0]) for t in targets]
+            first: dict[int, int] = {}
+            for pos, image_id in enumerate(ids):
+                first.setdefault(image_id, pos)
+            order = [first[i] for i in sorted(first)]
+            preds, targets = [preds[k] for k in order], [targets[k] for k in order]
+        return preds, targets
+
+    def _flatten(
+        self, preds: list[dict[str, Tensor]], targets: list[dict[str, Tensor]]
+    ) -> tuple[_Instances, _Instances, list[int]]:
         """Concatenate the stored images once (no per-image tensor math)."""
-        preds, targets = self._preds, self._targets
         device = self.device
         if device is None:
             device = targets[0]["labels"].device
@@ -822,13 +890,14 @@ class MeanAveragePrecision:
 
     def compute(self) -> dict[str, Tensor]:
         """Evaluate every image added so far (see the class docstring for the keys)."""
-        if not self._targets:
+        preds, targets = self._synced_images()
+        if not targets:
             raise RuntimeError("compute() called before update(): no images to evaluate")
-        device = torch.device(self.device if self.device is not None else self._targets[0]["labels"].device)
+        device = torch.device(self.device if self.device is not None else targets[0]["labels"].device)
         with _intra_op_threads(self.num_threads, device):
-            gts, dts, classes = self._flatten()
+            gts, dts, classes = self._flatten(preds, targets)
             result = coco_evaluate(
-                gts, dts, len(self._targets), len(classes), self.iou_type, self.params, classes, self.num_threads
+                gts, dts, len(targets), len(classes), self.iou_type, self.params, classes, self.num_threads
             )
         self.result = result
         out = {name: torch.tensor(v, dtype=torch.float32) for name, v in zip(STAT_NAMES, result.stats.tolist())}

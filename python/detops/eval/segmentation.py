@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .distributed import all_reduce_sum, is_distributed
+
 __all__ = ["confusion_matrix", "segmentation_scores", "SegmentationMetrics"]
 
 
@@ -87,13 +89,15 @@ def segmentation_scores(conf: Tensor) -> dict[str, Tensor]:
 class SegmentationMetrics:
     """Accumulates a confusion matrix over batches: ``update(pred, target)`` with
     integer class maps (or logits ``[N, C, H, W]`` for pred, reduced by argmax over
-    dim 1), ``compute()`` -> :func:`segmentation_scores` plus ``confusion_matrix``."""
+    dim 1), ``compute()`` -> :func:`segmentation_scores` plus ``confusion_matrix``
+    (summed over ranks in a ``torch.distributed`` process group)."""
 
-    def __init__(self, num_classes: int, ignore_index: int | None = 255) -> None:
+    def __init__(self, num_classes: int, ignore_index: int | None = 255, sync_on_compute: bool = True) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
+        self.sync_on_compute = sync_on_compute
         self.reset()
 
     def reset(self) -> None:
@@ -106,8 +110,16 @@ class SegmentationMetrics:
         self.conf = conf if self.conf is None else self.conf + conf.to(self.conf.device)
 
     def compute(self) -> dict[str, Tensor]:
-        if self.conf is None:
+        """Scores of everything added so far; inside an initialised
+        ``torch.distributed`` process group (and ``sync_on_compute``), of every
+        rank's pixels: the confusion matrices are summed over ranks, so the
+        result equals a single-process evaluation exactly."""
+        conf = self.conf
+        if self.sync_on_compute and is_distributed():
+            local = conf if conf is not None else torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
+            conf = all_reduce_sum(local)
+        if conf is None:
             raise RuntimeError("compute() called before update()")
-        out = segmentation_scores(self.conf)
-        out["confusion_matrix"] = self.conf
+        out = segmentation_scores(conf)
+        out["confusion_matrix"] = conf
         return out
