@@ -28,10 +28,10 @@ struct AxisSample {
 };
 
 // torchvision's bilinear_interpolate along one axis. Returns false when the
-// sample lies outside [-1, size] (it then contributes nothing).
+// sample lies outside [-1, size] or is NaN (it then contributes nothing).
 template <typename T>
 DETOPS_HD bool axis_sample(T pos, int64_t size, AxisSample<T>& s) {
-  if (size <= 0 || pos < T(-1.0) || pos > T(size)) return false;
+  if (size <= 0 || !(pos >= T(-1.0) && pos <= T(size))) return false;
   if (pos <= T(0)) pos = T(0);
   int64_t low = static_cast<int64_t>(pos);
   int64_t high;
@@ -47,6 +47,21 @@ DETOPS_HD bool axis_sample(T pos, int64_t size, AxisSample<T>& s) {
   s.w_low = T(1) - l;
   s.w_high = l;
   return true;
+}
+
+// The four tap weights of the sample (y, x), low/low, low/high, high/low,
+// high/high, as torchvision forms them (products of the axis weights). Its
+// value is w1 * v1 + w2 * v2 + w3 * v3 + w4 * v4, added in that order; the
+// CPU kernels keep that order (and no FMA contraction), so that their results
+// equal torchvision's bit for bit.
+template <typename T>
+struct SampleWeights {
+  T w1, w2, w3, w4;
+};
+
+template <typename T>
+DETOPS_HD SampleWeights<T> sample_weights(const AxisSample<T>& y, const AxisSample<T>& x) {
+  return {y.w_low * x.w_low, y.w_low * x.w_high, y.w_high * x.w_low, y.w_high * x.w_high};
 }
 
 // The geometry of one RoI on its feature map, as torchvision computes it.

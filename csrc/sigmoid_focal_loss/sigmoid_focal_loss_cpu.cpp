@@ -12,6 +12,11 @@
 // converted to float buffers, computed, and converted back.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/binary_cross_entropy_with_logits.h>
+#include <ATen/ops/mean.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/rsub.h>
+#include <ATen/ops/sum.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/scalar_tensor.h>
@@ -584,11 +589,31 @@ at::Tensor prepare_grad(const at::Tensor& grad_in, at::ScalarType dtype, Reducti
 
 // ------------------------------------------------------------------ dense sigmoid focal loss
 
+// gamma = 0: torchvision's loss is alpha_t * BCE-with-logits (its modulating
+// factor is exactly 1). torch's own ops, in torchvision's order, give
+// torchvision's (and BCE's) values bit for bit, which the fused kernel's
+// vectorised exp / log1p polynomials would not. float16 / bfloat16 are
+// computed in float32 and rounded once, as the fused kernel does.
+at::Tensor bce_focal_forward(const at::Tensor& inputs_in, const at::Tensor& targets_in, double alpha,
+                             Reduction reduction) {
+  const at::ScalarType dtype = inputs_in.scalar_type(), compute = compute_dtype(dtype);
+  const at::Tensor inputs = inputs_in.contiguous().to(compute), targets = targets_in.contiguous().to(compute);
+  at::Tensor loss = at::binary_cross_entropy_with_logits(inputs, targets, std::nullopt, std::nullopt, 0);
+  if (alpha >= 0) {
+    const at::Tensor alpha_t = at::mul(targets, alpha).add(at::mul(at::rsub(targets, 1), 1.0 - alpha));
+    loss = at::mul(alpha_t, loss);
+  }
+  if (reduction == Reduction::kMean) loss = loss.mean();
+  if (reduction == Reduction::kSum) loss = loss.sum();
+  return loss.to(dtype);
+}
+
 at::Tensor sigmoid_forward_cpu(const at::Tensor& inputs_in, const at::Tensor& targets_in, double alpha,
                                double gamma, c10::string_view reduction_name) {
   check_dense_args(inputs_in, targets_in);
   check_coeffs(alpha, gamma);
   const Reduction reduction = parse_reduction(reduction_name);
+  if (gamma_kind(gamma) == GammaKind::kZero) return bce_focal_forward(inputs_in, targets_in, alpha, reduction);
   const at::Tensor inputs = inputs_in.contiguous(), targets = targets_in.contiguous();
   const int64_t n = inputs.numel();
   const int64_t blocks = ceil_div(n, kBlock);

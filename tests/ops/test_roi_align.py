@@ -61,6 +61,69 @@ def test_matches_torchvision_fp32(device, sampling_ratio, aligned, channels_last
         assert xd.grad.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("sampling_ratio", [-1, 0, 2])
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_bit_equal_to_torchvision_on_cpu(dtype, sampling_ratio, aligned, channels_last, monkeypatch):
+    """The CPU kernels follow torchvision's order of operations: forward and
+    input gradient are torch.equal to torchvision's, on boxes inside, across
+    and outside the map, zero-size, inverted, tiny and huge, over several images.
+    Channels-last maps always do; NCHW maps with DETOPS_ROI_ALIGN_BIT_EXACT=1
+    (their default is the faster separable form)."""
+    if not channels_last:
+        monkeypatch.setenv("DETOPS_ROI_ALIGN_BIT_EXACT", "1")
+    g = torch.Generator().manual_seed(2000 + sampling_ratio * 10 + aligned * 2 + channels_last)
+    x = torch.randn(3, 5, 19, 23, generator=g, dtype=dtype)
+    rois = make_rois(40, 3, (19, 23), scale=0.5, generator=g, dtype=dtype)
+    rois[5, 1:] = torch.tensor([7.3, 9.1, 7.31, 9.12])  # tiny
+    rois[6, 1:] = torch.tensor([-300.7, -250.2, 410.9, 380.4])  # far larger than the map
+    rois[7, 1:] = torch.tensor([0.0, 0.0, 46.0, 38.0])  # the whole map exactly
+    xd = _layout(x, channels_last).requires_grad_()
+    xt = x.detach().clone().requires_grad_()
+    out = detops.roi_align(xd, rois, (3, 4), 0.5, sampling_ratio, aligned)
+    ref = torchvision.ops.roi_align(xt, rois, (3, 4), 0.5, sampling_ratio, aligned)
+    assert torch.equal(out, ref)
+    grad = torch.randn(ref.shape, generator=g, dtype=dtype)
+    out.backward(grad)
+    ref.backward(grad)
+    assert torch.equal(xd.grad, xt.grad)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_non_finite_first_pixel_poisons_bins_with_dropped_samples(channels_last, monkeypatch):
+    """torchvision adds each sample outside the map as 0 * input[0]: NaN when
+    that pixel is not finite. detops gives the same NaNs, and elsewhere equal values."""
+    monkeypatch.setenv("DETOPS_ROI_ALIGN_BIT_EXACT", "1")
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(2, 3, 8, 9, generator=g)
+    x[0, 0, 0, 0] = float("inf")
+    x[1, 2, 0, 0] = float("nan")
+    rois = make_rois(12, 2, (8, 9), generator=g, dtype=torch.float32)
+    for sampling_ratio in (-1, 2):
+        out = detops.roi_align(_layout(x, channels_last), rois, 3, 1.0, sampling_ratio)
+        ref = torchvision.ops.roi_align(x, rois, 3, 1.0, sampling_ratio)
+        assert ref.isnan().any()
+        assert torch.equal(out.isnan(), ref.isnan())
+        assert torch.equal(out.nan_to_num(0.0), ref.nan_to_num(0.0))
+
+
+def test_default_nchw_path_is_the_separable_form(monkeypatch):
+    """Without DETOPS_ROI_ALIGN_BIT_EXACT, NCHW maps take the faster separable
+    form: within a few ulps of torchvision, and here not bit-equal (so the
+    switch is really read)."""
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(2, 4, 15, 16, generator=g)
+    rois = make_rois(30, 2, (15, 16), generator=g, dtype=torch.float32)
+    ref = torchvision.ops.roi_align(x, rois, 3, 1.0, 2)
+    monkeypatch.delenv("DETOPS_ROI_ALIGN_BIT_EXACT", raising=False)
+    fast = detops.roi_align(x, rois, 3, 1.0, 2)
+    assert_close(fast, ref, rtol=1e-6, atol=1e-6)
+    assert not torch.equal(fast, ref)
+    monkeypatch.setenv("DETOPS_ROI_ALIGN_BIT_EXACT", "1")
+    assert torch.equal(detops.roi_align(x, rois, 3, 1.0, 2), ref)
+
+
 def test_boxes_as_list_and_module(device):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(3, 4, 10, 12, generator=g).to(device)

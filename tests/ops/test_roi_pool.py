@@ -33,6 +33,27 @@ def test_matches_torchvision(device, channels_last, scale):
     assert_close(xd.grad, xt.grad, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_bit_equal_to_torchvision_on_cpu(dtype, channels_last):
+    """Forward and gradient torch.equal to torchvision's on CPU, with ties
+    (few distinct values: the first maximum in scan order wins), boxes across
+    and outside the map, zero-size and inverted ones, over several images."""
+    g = torch.Generator().manual_seed(200 + channels_last)
+    x = torch.randint(-3, 4, (3, 4, 12, 15), generator=g).to(dtype)
+    x[1] = torch.randn(4, 12, 15, generator=g, dtype=dtype)
+    rois = make_rois(40, 3, (12, 15), scale=0.5, generator=g, dtype=dtype)
+    xd = _layout(x, channels_last).requires_grad_()
+    xt = x.detach().clone().requires_grad_()
+    out = detops.roi_pool(xd, rois, (3, 4), 0.5)
+    ref = torchvision.ops.roi_pool(xt, rois, (3, 4), 0.5)
+    assert torch.equal(out, ref)
+    grad = torch.randn(ref.shape, generator=g, dtype=dtype)
+    out.backward(grad)
+    ref.backward(grad)
+    assert torch.equal(xd.grad, xt.grad)
+
+
 def test_boxes_list_module_and_empty_bins():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 3, 8, 9, generator=g)

@@ -180,6 +180,26 @@ def test_reduced_precision_is_float32_rounded_once(dtype):
         assert_close(a, b.to(dtype), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("alpha", [-1.0, 0.25])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_sigmoid_gamma_zero_is_bce_bit_for_bit_on_cpu(dtype, alpha, reduction):
+    """gamma = 0 makes the loss alpha_t * BCE-with-logits: the CPU op gives
+    torchvision's values (and, without alpha, F.binary_cross_entropy_with_logits')
+    exactly, on random, large, zero, soft-target and NaN logits."""
+    x, t = logits_and_targets((300, 7), dtype, "cpu", seed=12)
+    x[0, :4] = torch.tensor([0.0, 40.0, -40.0, float("nan")], dtype=dtype)
+    t[1] = torch.rand(7, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(dtype)
+    ours = detops.sigmoid_focal_loss(x, t, alpha, 0.0, reduction)
+    ref = tv_sigmoid_focal_loss(x, t, alpha, 0.0, reduction)
+    mask = ~ref.isnan()
+    assert torch.equal(ours.isnan(), ref.isnan())
+    assert torch.equal(ours[mask], ref[mask])
+    if alpha < 0:
+        bce = F.binary_cross_entropy_with_logits(x, t, reduction=reduction)
+        assert torch.equal(ours[mask], bce[mask])
+
+
 def test_sigmoid_empty(device):
     x = torch.zeros(0, 80, device=device, requires_grad=True)
     t = torch.zeros(0, 80, device=device)
@@ -263,9 +283,14 @@ def test_indexed_equals_one_hot_form(reduction, alpha, gamma, dtype, device):
     assert ours[0].shape == ref_loss.shape
     assert_close(ours[0], ref_loss.detach(), **close(dtype, reduction), msg="loss")
     assert_close(ours[1], xr.grad, **close(dtype), msg="grad")
-    # And bit for bit the dense detops form on the same targets.
+    # And bit for bit the dense detops form on the same targets, except at
+    # gamma = 0, where the dense CPU op computes torch's BCE (torchvision's bits).
     dense = detops.sigmoid_focal_loss(x[keep], one_hot_targets(labels[keep], c, dtype), alpha, gamma, "none")
-    assert torch.equal(detops.sigmoid_focal_loss_indexed(x, labels, alpha, gamma, "none")[keep], dense)
+    indexed = detops.sigmoid_focal_loss_indexed(x, labels, alpha, gamma, "none")[keep]
+    if gamma == 0 and device == "cpu":
+        assert_close(indexed, dense, **close(dtype))
+    else:
+        assert torch.equal(indexed, dense)
 
 
 def test_indexed_custom_special_values_and_retinanet_normaliser(device):
