@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the size sweep (bench/sweep.py): every op from tiny to full sizes; "
                              "writes OUT/sweep-<device>.json and .png")
     parser.add_argument("--budget", type=float, default=1.5, help="--sweep: seconds of timing per point")
+    parser.add_argument("--max-call", type=float, default=float("inf"),
+                        help="--sweep: where one call takes longer (seconds), time that point once per side")
     args = parser.parse_args(argv)
     if args.compile is None:
         args.compile = not args.quick
@@ -167,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep:
         from .sweep import run_sweep
 
-        return run_sweep(args.device, ops, Path(args.out), args.budget, environment(args.device))
+        return run_sweep(args.device, ops, Path(args.out), args.budget, environment(args.device), args.max_call)
 
     from tqdm import tqdm
 

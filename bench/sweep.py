@@ -86,11 +86,16 @@ def _sample(fn: Callable, inner: int, device: str) -> float:
 
 
 def time_pair(ours: Callable, ref: Callable, device: str, budget: float, sample_time: float = 0.02,
-              min_samples: int = 3, max_samples: int = 25) -> tuple[list[float], list[float]]:
+              min_samples: int = 3, max_samples: int = 25,
+              max_call: float = math.inf) -> tuple[list[float], list[float]]:
     """Alternating samples (seconds per call) of ours and ref until ``budget``
-    seconds are spent (at least ``min_samples`` each)."""
-    inner_a, _ = _calibrate(ours, device, sample_time)
-    inner_b, _ = _calibrate(ref, device, sample_time)
+    seconds are spent (at least ``min_samples`` each). Where one call of either
+    side takes longer than ``max_call`` seconds, the calibration's single calls
+    are the only samples."""
+    inner_a, one_a = _calibrate(ours, device, sample_time)
+    inner_b, one_b = _calibrate(ref, device, sample_time)
+    if max(one_a, one_b) > max_call:
+        return [one_a], [one_b]
     a: list[float] = []
     b: list[float] = []
     start = time.perf_counter()
@@ -107,8 +112,8 @@ def time_pair(ours: Callable, ref: Callable, device: str, budget: float, sample_
     return a, b
 
 
-def measure(case: BenchCase, device: str, budget: float) -> dict:
-    ours, ref = time_pair(case.detops, case.baseline, device, budget)
+def measure(case: BenchCase, device: str, budget: float, max_call: float = math.inf) -> dict:
+    ours, ref = time_pair(case.detops, case.baseline, device, budget, max_call=max_call)
     row = {"op": case.op, "name": case.name, "size": case.size, "baseline_name": case.baseline_name,
            **case.params}
     row["detops_ms"] = statistics.median(ours) * 1e3
@@ -483,7 +488,7 @@ def plot(rows: list[dict], env: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def run_sweep(device: str, ops: list[str], out: Path, budget: float, env: dict) -> int:
+def run_sweep(device: str, ops: list[str], out: Path, budget: float, env: dict, max_call: float = math.inf) -> int:
     from tqdm import tqdm
 
     rows: list[dict] = []
@@ -495,7 +500,7 @@ def run_sweep(device: str, ops: list[str], out: Path, budget: float, env: dict) 
         try:
             for case in SWEEPS[op](device):
                 try:
-                    rows.append(measure(case, device, budget))
+                    rows.append(measure(case, device, budget, max_call))
                 except Exception as exc:
                     rows.append({"op": case.op, "name": case.name, "size": case.size, **case.params,
                                  "error": f"{type(exc).__name__}: {exc}"[:300]})
@@ -504,13 +509,16 @@ def run_sweep(device: str, ops: list[str], out: Path, budget: float, env: dict) 
         except Exception as exc:
             rows.append({"op": op, "error": f"setup failed: {type(exc).__name__}: {exc}"[:300]})
             traceback.print_exc()
+        # A partial record survives an interrupted run.
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"sweep-{device.split(':')[0]}.partial.json").write_text(json.dumps({"environment": env, "results": rows}))
     progress.close()
     # Confirm the losses: time every point below 1x again, with twice the budget.
     slow = [r for r in rows if r.get("speedup", 1.0) < 1.0]
     for r in tqdm(slow, desc="rerun below 1x", unit="point", file=sys.stderr):
         case = next(c for c in SWEEPS[r["op"]](device)
                     if c.name == r["name"] and c.size == r["size"] and c.params["series"] == r["series"])
-        again = measure(case, device, 2 * budget)
+        again = measure(case, device, 2 * budget, max_call)
         r["rerun_detops_ms"], r["rerun_baseline_ms"] = again["detops_ms"], again["baseline_ms"]
         r["rerun_speedup"] = again["speedup"]
     wall = time.perf_counter() - start
@@ -525,9 +533,11 @@ def run_sweep(device: str, ops: list[str], out: Path, budget: float, env: dict) 
     print(f"sweep wall time {wall:.0f} s")
     out.mkdir(parents=True, exist_ok=True)
     stem = f"sweep-{device.split(':')[0]}"
-    env = dict(env, sweep_budget_s=budget, sweep_wall_s=round(wall, 1),
+    env = dict(env, sweep_budget_s=budget, sweep_max_call_s=None if math.isinf(max_call) else max_call,
+               sweep_wall_s=round(wall, 1),
                timing="alternating samples of detops and baseline; medians; ratio = baseline / detops")
     (out / f"{stem}.json").write_text(json.dumps({"environment": env, "results": rows}, indent=1))
     plot(rows, env, out / f"{stem}.png")
+    (out / f"{stem}.partial.json").unlink(missing_ok=True)
     print(f"wrote {out / (stem + '.json')} and {out / (stem + '.png')}")
     return 1 if any("error" in r for r in rows) else 0
