@@ -153,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7, help="samples per timing; the median is reported")
     parser.add_argument("--min-time", type=float, default=0.05, help="seconds per sample (calls are batched)")
     parser.add_argument("--out", default="bench-out", help="folder for the JSON results and the PNG chart")
+    parser.add_argument("--sweep", action="store_true",
+                        help="the size sweep (bench/sweep.py): every op from tiny to full sizes; "
+                             "writes OUT/sweep-<device>.json and .png")
+    parser.add_argument("--budget", type=float, default=1.5, help="--sweep: seconds of timing per point")
+    parser.add_argument("--max-call", type=float, default=float("inf"),
+                        help="--sweep: where one call takes longer (seconds), time that point once per side")
     args = parser.parse_args(argv)
     if args.compile is None:
         args.compile = not args.quick
@@ -164,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(ops) - set(all_ops))
     if unknown:
         parser.error(f"unknown ops {unknown}; choose from {all_ops}")
+
+    if args.sweep:
+        from .sweep import run_sweep
+
+        return run_sweep(args.device, ops, Path(args.out), args.budget, environment(args.device), args.max_call)
 
     tqdm = optional_import("tqdm", "bench", "the progress bar")
     env = environment(args.device)

@@ -188,3 +188,25 @@ def test_huge_coordinates_and_nan():
     xn[0, 0, 2, 3] = float("nan")
     box = torch.tensor([[0.0, 1.0, 1.0, 6.0, 4.0]])
     assert_close(detops.roi_pool(xn, box, 2), torchvision.ops.roi_pool(xn, box, 2), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cpu_bit_equal_to_torchvision(dtype, channels_last):
+    """Output bits (the sign of a zero included) and argmax equal torchvision's
+    CPU kernel, on maps full of ties, signed zeros, -inf, -FLT_MAX and NaN."""
+    g = torch.Generator().manual_seed(11 + channels_last)
+    x = torch.randint(-3, 3, (2, 6, 17, 23), generator=g).to(dtype) / 2  # many ties
+    specials = torch.tensor([-0.0, 0.0, float("-inf"), float("nan"), -torch.finfo(torch.float32).max], dtype=dtype)
+    where = torch.rand(x.shape, generator=g)
+    x = torch.where(where < 0.25, specials[torch.randint(0, 5, x.shape, generator=g)], x)
+    x[1, 2] = float("-inf")  # a plane where no pixel beats the start value
+    x[1, 3] = -0.0
+    rois = make_rois(40, 2, (17, 23), generator=g, dtype=dtype)
+    rois = torch.cat([rois, torch.tensor([[1.0, -5, -5, 40, 40], [0.0, 3, 3, 3, 3]], dtype=dtype)])
+    xd = _layout(x, channels_last)
+    out, argmax = torch.ops.detops.roi_pool(xd, rois, 1.0, 3, 4)
+    ref, ref_argmax = torch.ops.torchvision.roi_pool(x, rois, 1.0, 3, 4)
+    bits = torch.int32 if dtype == torch.float32 else torch.int64
+    assert torch.equal(out.contiguous().view(bits), ref.view(bits))
+    assert torch.equal(argmax.contiguous(), ref_argmax.to(torch.int64))
