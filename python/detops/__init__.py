@@ -13,6 +13,7 @@ from ._build import build_info
 from .ops import *  # noqa: F401,F403
 from . import nn  # noqa: F401
 from .ops import __all__ as _ops_all
+from .patch import patch_torchvision, unpatch_torchvision  # noqa: F401
 
 __version__ = "0.1.0"
-__all__ = ["build_info", *_ops_all]
+__all__ = ["build_info", "patch_torchvision", "unpatch_torchvision", *_ops_all]
