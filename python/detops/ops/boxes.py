@@ -118,10 +118,11 @@ def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:
     width)``: x to ``[0, width]``, y to ``[0, height]`` (one clamp, NaN stays NaN)."""
     boxes = _check_boxes4(boxes)
     height, width = size
-    if boxes.is_floating_point() or (isinstance(height, int) and isinstance(width, int)):
+    if boxes.dtype in (torch.float32, torch.float64) and all(abs(float(v)) < 2**24 for v in (height, width)):
+        # The bounds are exact in the boxes' dtype, so one clamp against them is torchvision's result.
         upper = torch.tensor([width, height, width, height], dtype=boxes.dtype, device=boxes.device)
         return torch.clamp(boxes, min=torch.zeros_like(upper), max=upper)
-    # Integer boxes with fractional bounds: torchvision's per-column clamps decide the result dtype.
+    # Other dtypes round or wrap the bounds: torchvision's per-column clamps with Python numbers.
     x = boxes[..., 0::2].clamp(min=0, max=width)
     y = boxes[..., 1::2].clamp(min=0, max=height)
     return torch.stack((x, y), dim=boxes.dim()).reshape(boxes.shape)
