@@ -83,6 +83,7 @@ class _State:
     # (function, torchvision's code object, name of the route global)
     swapped: list[tuple[types.FunctionType, types.CodeType, str]] = []
     originals: dict[types.FunctionType, types.FunctionType] = {}
+    trampolines: dict[types.FunctionType, tuple[str, types.CodeType]] = {}
 
 
 def _original(fn: types.FunctionType) -> Callable[..., Any]:
@@ -306,6 +307,9 @@ def _trampoline(fn: types.FunctionType, route_global: str) -> types.CodeType:
     held in ``fn``'s globals under ``route_global``. It keeps ``fn``'s name, file
     and first line, so tracebacks and ``inspect.getsource`` point at
     torchvision's source; ``fn``'s defaults and annotations stay on ``fn``."""
+    cached = _State.trampolines.get(fn)
+    if cached is not None and cached[0] == route_global:
+        return cached[1]
     params, call = [], []
     seen_star = False
     for p in inspect.signature(fn).parameters.values():
@@ -331,7 +335,9 @@ def _trampoline(fn: types.FunctionType, route_global: str) -> types.CodeType:
     namespace: dict[str, Any] = {}
     exec(compile(source, fn.__code__.co_filename, "exec"), namespace)
     code = namespace[fn.__name__].__code__
-    return code.replace(co_firstlineno=fn.__code__.co_firstlineno, co_qualname=fn.__code__.co_qualname)
+    code = code.replace(co_firstlineno=fn.__code__.co_firstlineno, co_qualname=fn.__code__.co_qualname)
+    _State.trampolines[fn] = (route_global, code)  # a re-patch compiles nothing
+    return code
 
 
 def _swap_functions() -> None:
