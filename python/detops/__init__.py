@@ -20,6 +20,7 @@ from ._build_config import VERSION as _VERSION
 from .ops import *  # noqa: F401,F403
 from . import nn  # noqa: F401
 from .ops import __all__ as _ops_all
+from .patch import patch_torchvision, unpatch_torchvision  # noqa: F401
 
 # FX: calls through detops.<op> become graph nodes when traced (see detops.ops).
 for _name in _ops_all:
@@ -28,4 +29,4 @@ for _name in _ops_all:
 
 __version__ = _VERSION
 if not TYPE_CHECKING:  # type checkers cannot read a computed __all__; without one they export every public name
-    __all__ = ["build_info", *_ops_all]
+    __all__ = ["build_info", "patch_torchvision", "unpatch_torchvision", *_ops_all]

@@ -9,6 +9,8 @@ from .box_coder import *  # noqa: F401,F403
 from .box_coder import __all__ as _box_coder_all
 from .box_iou import *  # noqa: F401,F403
 from .box_iou import __all__ as _box_iou_all
+from .boxes import *  # noqa: F401,F403
+from .boxes import __all__ as _boxes_all
 from .conv_transpose2d import *  # noqa: F401,F403
 from .conv_transpose2d import __all__ as _conv_transpose2d_all
 from .corner_pool import *  # noqa: F401,F403
@@ -23,7 +25,7 @@ from .sigmoid_focal_loss import *  # noqa: F401,F403
 from .sigmoid_focal_loss import __all__ as _sigmoid_focal_loss_all
 from ._common import DeviceError, DtypeError, ShapeError
 
-_public = ["ShapeError", "DtypeError", "DeviceError", *_anchor_generator_all, *_box_coder_all, *_box_iou_all, *_conv_transpose2d_all, *_corner_pool_all, *_nms_all, *_roi_align_all, *_roi_pool_all, *_sigmoid_focal_loss_all]
+_public = ["ShapeError", "DtypeError", "DeviceError", *_anchor_generator_all, *_box_coder_all, *_box_iou_all, *_boxes_all, *_conv_transpose2d_all, *_corner_pool_all, *_nms_all, *_roi_align_all, *_roi_pool_all, *_sigmoid_focal_loss_all]
 if not TYPE_CHECKING:  # type checkers cannot read a computed __all__; without one they export every public name
     __all__ = _public
 
