@@ -38,6 +38,7 @@ import torch.nn.functional as F
 import torchvision.ops as tvo
 
 import detops
+from detops._extras import optional_import
 
 from .harness import BenchCase, synchronize
 from .ops import anchor_generator as b_anchor
@@ -450,15 +451,17 @@ def summary(rows: list[dict]) -> list[str]:
     return lines
 
 
-def plot(rows: list[dict], env: dict, path: Path) -> None:
-    import matplotlib
-
+def plot(rows: list[dict], env: dict, path: Path) -> bool:
+    """Draw the panels; False (after a note naming the extra) without matplotlib."""
+    matplotlib = optional_import("matplotlib", "bench", "the sweep chart")
+    if matplotlib is None:
+        return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ops = sorted({r["op"] for r in rows if "speedup" in r})
     if not ops:
-        return
+        return False
     cols = 3
     fig_rows = (len(ops) + cols - 1) // cols
     fig, axes = plt.subplots(fig_rows, cols, figsize=(6 * cols, 4.2 * fig_rows), squeeze=False)
@@ -486,10 +489,22 @@ def plot(rows: list[dict], env: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
+
+
+def _no_progress(iterable=None, **kwargs):
+    """tqdm's interface, silent: the sweep runs without the bench extra too."""
+
+    class _Bar:
+        def update(self, n: int = 1) -> None: ...
+        def close(self) -> None: ...
+
+    return iterable if iterable is not None else _Bar()
 
 
 def run_sweep(device: str, ops: list[str], out: Path, budget: float, env: dict, max_call: float = math.inf) -> int:
-    from tqdm import tqdm
+    tqdm_module = optional_import("tqdm", "bench", "the progress bar")
+    tqdm = tqdm_module.tqdm if tqdm_module is not None else _no_progress
 
     rows: list[dict] = []
     start = time.perf_counter()
@@ -537,7 +552,7 @@ def run_sweep(device: str, ops: list[str], out: Path, budget: float, env: dict, 
                sweep_wall_s=round(wall, 1),
                timing="alternating samples of detops and baseline; medians; ratio = baseline / detops")
     (out / f"{stem}.json").write_text(json.dumps({"environment": env, "results": rows}, indent=1))
-    plot(rows, env, out / f"{stem}.png")
+    drawn = plot(rows, env, out / f"{stem}.png")
     (out / f"{stem}.partial.json").unlink(missing_ok=True)
-    print(f"wrote {out / (stem + '.json')} and {out / (stem + '.png')}")
+    print(f"wrote {out / (stem + '.json')}" + (f" and {out / (stem + '.png')}" if drawn else ""))
     return 1 if any("error" in r for r in rows) else 0

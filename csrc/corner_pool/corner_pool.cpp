@@ -21,6 +21,7 @@ Direction parse_direction(std::string_view direction) {
 
 void check_forward_args(const at::Tensor& input) {
   TORCH_CHECK_VALUE(input.dim() == 4, "input must have shape [N, C, H, W], got ", input.sizes());
+  TORCH_CHECK_VALUE(input.numel() > 0, "input must not be empty (a corner needs a map to pool), got ", input.sizes());
   TORCH_CHECK_TYPE(is_kernel_float(input.scalar_type()), "input must be float16, bfloat16, float32 or float64, got ",
                    input.scalar_type());
 }

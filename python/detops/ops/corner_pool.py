@@ -72,17 +72,23 @@ def corner_pool(input: Tensor, direction: str) -> Tensor:
 
     Args:
         input: ``[N, C, H, W]`` float16, bfloat16, float32 or float64 map (NCHW or
-            channels-last). Empty maps give an empty result.
+            channels-last), not empty.
         direction: ``"top"``, ``"left"``, ``"bottom"`` or ``"right"`` (see the module
             docstring for each one's formula).
 
     Returns:
         ``[N, C, H, W]`` in ``input``'s dtype and memory format.
+
+    Raises:
+        ValueError: an unknown direction, an input that is not 4-D, or an empty input.
+        TypeError: an input that is not floating point.
     """
     input = check_tensor(input, "input")
     direction = _check_direction(direction)
     if input.dim() != 4:
         raise ValueError(f"input must have shape [N, C, H, W], got {list(input.shape)}")
+    if input.numel() == 0:
+        raise ValueError(f"input must not be empty (a corner needs a map to pool), got {list(input.shape)}")
     if input.dtype not in KERNEL_FLOAT_DTYPES:
         raise TypeError(f"input must be float16, bfloat16, float32 or float64, got {input.dtype}")
     return _ops.corner_pool(input, direction)
