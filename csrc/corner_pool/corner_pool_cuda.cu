@@ -51,7 +51,8 @@ cudaError_t forward_cuda(DType dtype, const void* input, void* output, const Sca
   if (lanes == 0 || g.L == 0) return cudaSuccess;
   dispatch_dtype(dtype, [&](auto s) {
     using S = decltype(s);
-    forward_kernel<S><<<blocks_for(lanes, kThreads), kThreads, 0, stream>>>(static_cast<const S*>(input), static_cast<S*>(output), g, lanes);
+    launch<forward_kernel<S>>(blocks_for(lanes, kThreads), kThreads, 0, stream,
+                              static_cast<const S*>(input), static_cast<S*>(output), g, lanes);
   });
   return cudaGetLastError();
 }
@@ -62,7 +63,9 @@ cudaError_t backward_cuda(DType dtype, const void* grad, const void* input, cons
   if (lanes == 0 || g.L == 0) return cudaSuccess;
   dispatch_dtype(dtype, [&](auto s) {
     using S = decltype(s);
-    backward_kernel<S><<<blocks_for(lanes, kThreads), kThreads, 0, stream>>>(static_cast<const S*>(grad), static_cast<const S*>(input), static_cast<const S*>(output), static_cast<S*>(grad_input), g, lanes);
+    launch<backward_kernel<S>>(blocks_for(lanes, kThreads), kThreads, 0, stream, static_cast<const S*>(grad),
+                               static_cast<const S*>(input), static_cast<const S*>(output), static_cast<S*>(grad_input),
+                               g, lanes);
   });
   return cudaGetLastError();
 }
