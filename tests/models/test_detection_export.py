@@ -84,15 +84,17 @@ def test_compile_fullgraph():
         model.export_mode(None)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ["retinanet", "maskrcnn"])
 def test_autocast_bf16(name):
+    # bf16 convolutions are slow on CPUs without bf16 units: one small image
     _, model = model_pair(name)
-    x = list(_batch(4))
+    x = list(_batch(4, b=1, h=96, w=112))
     with torch.no_grad():
         ref = model(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = model(x)
     for r, o in zip(ref, out):
+        # anchors, decoding and NMS run in float32 under autocast
         assert o["boxes"].dtype == torch.float32 and o["scores"].dtype == torch.float32
         assert torch.isfinite(o["boxes"]).all() and len(o["boxes"]) > 0
         assert o.keys() == r.keys()
