@@ -38,12 +38,12 @@ def test_export_mode_equals_normal_mode(name):
     try:
         with torch.no_grad():
             normal = model(list(x))
-            assert model.export_mode(40) is model
+            assert model.export_mode(20) is model
             out = model(x)
-        assert out["boxes"].shape == (2, 40, 4) and out["scores"].shape == (2, 40) and out["labels"].shape == (2, 40)
+        assert out["boxes"].shape == (2, 20, 4) and out["scores"].shape == (2, 20) and out["labels"].shape == (2, 20)
         if name == "maskrcnn":
-            assert out["masks"].shape == (2, 40, 1, 120, 150)
-        _assert_export_equals_normal(out, normal, 40)
+            assert out["masks"].shape == (2, 20, 1, 120, 150)
+        _assert_export_equals_normal(out, normal, 20)
     finally:
         model.export_mode(None)
     assert isinstance(model(list(x[:1])), list)
@@ -72,7 +72,7 @@ def test_compile_fullgraph():
     _, model = model_pair("fasterrcnn")
     x = _batch(3)
     try:
-        model.export_mode(30)
+        model.export_mode(20)
         with torch.no_grad():
             ref = model(x)
             # fullgraph=True fails on any graph break (a host sync would be one);
@@ -84,15 +84,17 @@ def test_compile_fullgraph():
         model.export_mode(None)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ["retinanet", "maskrcnn"])
 def test_autocast_bf16(name):
+    # bf16 convolutions are slow on CPUs without bf16 units: one small image
     _, model = model_pair(name)
-    x = list(_batch(4))
+    x = list(_batch(4, b=1, h=96, w=112))
     with torch.no_grad():
         ref = model(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = model(x)
     for r, o in zip(ref, out):
+        # anchors, decoding and NMS run in float32 under autocast
         assert o["boxes"].dtype == torch.float32 and o["scores"].dtype == torch.float32
         assert torch.isfinite(o["boxes"]).all() and len(o["boxes"]) > 0
         assert o.keys() == r.keys()

@@ -38,8 +38,15 @@ class ConvTranspose2d(nn.ConvTranspose2d):
         output_padding = self._output_padding(
             input, output_size, self.stride, self.padding, self.kernel_size, num_spatial_dims, self.dilation
         )
+        weight, bias = self.weight, self.bias
+        # torch's module runs in the autocast dtype (conv_transpose2d is on autocast's
+        # lower-precision list); the custom op has no autocast rule, so cast here
+        if torch.is_autocast_enabled(input.device.type):
+            dtype = torch.get_autocast_dtype(input.device.type)
+            input, weight = input.to(dtype), weight.to(dtype)
+            bias = None if bias is None else bias.to(dtype)
         return conv_transpose2d(
-            input, self.weight, self.bias, self.stride, self.padding, output_padding, self.groups, self.dilation,
+            input, weight, bias, self.stride, self.padding, output_padding, self.groups, self.dilation,
             activation=self.activation,
         )
 

@@ -19,7 +19,11 @@ __all__ = ["FasterRCNN", "fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2"
 def _split_detops_parts(kwargs: dict) -> dict:
     # torchvision's constructors type-check these against their own classes
     parts = {}
-    for key, cls in (("rpn_anchor_generator", dops.AnchorGenerator), ("box_roi_pool", dops.MultiScaleRoIAlign),
+    gen = kwargs.get("rpn_anchor_generator")
+    if isinstance(gen, dops.AnchorGenerator):
+        # torchvision sizes the RPN head from its own generator; detopsify_rcnn converts it back
+        kwargs["rpn_anchor_generator"] = tvd.anchor_utils.AnchorGenerator(gen.sizes, gen.aspect_ratios)
+    for key, cls in (("box_roi_pool", dops.MultiScaleRoIAlign),
                      ("mask_roi_pool", dops.MultiScaleRoIAlign)):
         if isinstance(kwargs.get(key), cls):
             parts[key] = kwargs.pop(key)
