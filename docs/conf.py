@@ -15,6 +15,7 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.doctest",
     "sphinx.ext.viewcode",
+    "myst_parser",
     "detops_docs",
 ]
 
@@ -25,6 +26,13 @@ detops_public_modules = [
     "detops.eval",
     "detops.data",
     "detops.train",
+    "detops.models.detection",
+    "detops.models.segmentation",
+    "detops.models.localization",
+    "detops.models.yolo",
+    "detops.models.hourglass",
+    "detops.models.detr",
+    "detops.models.cornernet",
 ]
 
 autodoc_member_order = "bysource"
@@ -39,6 +47,7 @@ html_theme = "alabaster"
 html_static_path: list[str] = []
 html_title = "detops"
 exclude_patterns = ["_build"]
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 
 # Doctests and testcode blocks run on CPU at small sizes.
 doctest_global_setup = """
