@@ -7,5 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 "${DETOPS_VENV:-.venv}/bin/python" -m pytest tests -q -p no:cacheprovider --durations=15 "$@"
+# The docs: built with warnings as errors, every example in them run
+bash scripts/docs.sh
 # The wheel a user installs: built, installed into a fresh environment, op tests against it
 bash scripts/test_wheel.sh
