@@ -5,4 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec "${DETOPS_VENV:-.venv}/bin/python" -m pytest tests -q -p no:cacheprovider --durations=15 "$@"
+status=0
+"${DETOPS_VENV:-.venv}/bin/python" -m pytest tests -q -p no:cacheprovider --durations=15 "$@" || status=$?
+# The CUDA kernels on the CPU under the emulator (ASan + UBSan), then the
+# resource gate (ptxas -v; skipped without nvcc), which reads the launch log.
+bash scripts/test_cuda_emulated.sh || status=1
+"${DETOPS_VENV:-.venv}/bin/python" scripts/cuda_resource_gate.py || status=1
+exit $status
