@@ -23,8 +23,12 @@ compared element-wise, tolerances per dtype from ``tol``), covering its
 dtypes, layouts, empty input and every launch path (deterministic or not,
 each kernel variant the glue picks).
 
-It bites (checked by hand, each mutation made in the .cu, the suite run,
-the mutation reverted; scripts/cuda_emulated_mutations.sh repeats them):
+Does it bite? scripts/cuda_emulated_mutations.sh applies one mutation per
+kernel family, rebuilds and expects the named test to fail. NOT YET RUN: the
+session that wrote it ran out of time on a loaded 2-core machine, so the
+list below is what it checks, not a recorded result. (One real catch is
+recorded: test_roi_align_backward failed when the atomic accumulator was
+allocated with at::zeros, which drops the channels-last layout.)
   * nms: ``__syncthreads()`` removed from mask_kernel -> test_nms* fail
     (rows read columns no thread has staged yet);
   * roi_align: ``ph`` / ``pw`` swapped in forward_kernel's thread index
