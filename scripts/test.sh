@@ -11,3 +11,10 @@ bash scripts/setup.sh
 bash scripts/docs.sh
 # The wheel a user installs: built, installed into a fresh environment, op tests against it
 bash scripts/test_wheel.sh
+# The CUDA kernels on the CPU under the emulator (ASan + UBSan), then the
+# resource gate (ptxas -v), which reads the emulated launch log. Opt-in until
+# the emulated suite has passed end to end: DETOPS_TEST_CUDA_EMULATED=1.
+if [ "${DETOPS_TEST_CUDA_EMULATED:-0}" = 1 ]; then
+  bash scripts/test_cuda_emulated.sh
+  "${DETOPS_VENV:-.venv}/bin/python" scripts/cuda_resource_gate.py
+fi

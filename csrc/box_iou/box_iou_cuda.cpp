@@ -31,6 +31,7 @@ std::tuple<at::Tensor, at::Tensor> matrix_backward_op(const at::Tensor& grad_in,
                                                    const at::Tensor& boxes2_in, c10::string_view variant,
                                                    double eps) {
   check_matrix_args(boxes1_in, boxes2_in);
+  check_grad_device(grad_in, boxes1_in, "boxes1");
   const c10::cuda::CUDAGuard guard(boxes1_in.device());
   const at::Tensor boxes1 = boxes1_in.contiguous(), boxes2 = boxes2_in.contiguous();
   const int64_t B = boxes1.size(0), N = boxes1.size(1), M = boxes2.size(1);
@@ -64,6 +65,7 @@ std::tuple<at::Tensor, at::Tensor> aligned_backward_op(const at::Tensor& grad_in
                                                     const at::Tensor& boxes2_in, c10::string_view variant,
                                                     double eps) {
   check_paired_args(boxes1_in, boxes2_in);
+  check_grad_device(grad_in, boxes1_in, "boxes1");
   const c10::cuda::CUDAGuard guard(boxes1_in.device());
   const at::Tensor boxes1 = boxes1_in.contiguous(), boxes2 = boxes2_in.contiguous();
   check_grad(grad_in, {boxes1.size(0)});

@@ -233,7 +233,7 @@ __device__ __forceinline__ void better(T& v, int64_t& i, T ov, int64_t oi) {
 }
 
 template <typename S>
-__global__ void soft_nms_kernel(const S* __restrict__ boxes, const S* __restrict__ scores, int64_t n,
+__global__ void __launch_bounds__(kSoftThreads, 1) soft_nms_kernel(const S* __restrict__ boxes, const S* __restrict__ scores, int64_t n,
                                 opmath_t<S> iou_threshold, opmath_t<S> sigma, opmath_t<S> min_score,
                                 DecayMethod method, opmath_t<S>* __restrict__ work, int64_t* __restrict__ keep,
                                 opmath_t<S>* __restrict__ kept_scores, int64_t* __restrict__ count) {
@@ -346,6 +346,8 @@ __global__ void matrix_decay_kernel(const T* __restrict__ boxes, const T* __rest
 cudaError_t greedy_nms_cuda(DType dtype, const void* sorted_boxes, const int64_t* cls, int64_t n,
                             double iou_threshold, uint64_t* removed, uint64_t* mask, uint8_t* keep,
                             cudaStream_t stream) {
+  // Only the compute types are instantiated: the glue converts the boxes.
+  if (dtype != DType::kFloat && dtype != DType::kDouble) return cudaErrorInvalidValue;
   if (dtype == DType::kDouble) {
     return greedy_nms_typed(static_cast<const double*>(sorted_boxes), cls, n, iou_threshold, removed, mask, keep,
                             stream);
@@ -385,6 +387,7 @@ cudaError_t soft_nms_cuda(DType dtype, const void* boxes, const void* scores, in
 cudaError_t matrix_nms_cuda(DType dtype, const void* sorted_boxes, const void* sorted_scores, const int64_t* cls,
                             int64_t n, DecayMethod method, double sigma, void* comp, void* decayed,
                             cudaStream_t stream) {
+  if (dtype != DType::kFloat && dtype != DType::kDouble) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
   auto run = [&](auto zero) {
     using T = decltype(zero);

@@ -26,6 +26,7 @@ inline int64_t mask_chunk_rows(int64_t n) { return n < kMaskChunkRows ? ((n + 63
 // of different classes never suppress each other). removed: mask_words(n)
 // zeroed words; mask: mask_chunk_rows(n) * mask_words(n) words of scratch;
 // keep: n bytes, set to 1 for kept positions (zeroed by the launcher).
+// Any other dtype returns cudaErrorInvalidValue.
 cudaError_t greedy_nms_cuda(DType dtype, const void* sorted_boxes, const int64_t* cls, int64_t n,
                             double iou_threshold, uint64_t* removed, uint64_t* mask, uint8_t* keep,
                             cudaStream_t stream);
@@ -47,7 +48,8 @@ cudaError_t soft_nms_cuda(DType dtype, const void* boxes, const void* scores, in
 
 // Matrix NMS decay over boxes sorted by decreasing score (compute type, kFloat
 // or kDouble); NaN scores take no part. cls: sorted classes or nullptr.
-// comp: n scratch; decayed: n outputs (score * decay).
+// comp: n scratch; decayed: n outputs (score * decay). Any other dtype returns
+// cudaErrorInvalidValue.
 cudaError_t matrix_nms_cuda(DType dtype, const void* sorted_boxes, const void* sorted_scores, const int64_t* cls,
                             int64_t n, DecayMethod method, double sigma, void* comp, void* decayed,
                             cudaStream_t stream);

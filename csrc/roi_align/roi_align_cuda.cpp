@@ -112,8 +112,9 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad_in, const std::vect
   const bool reduced = dtype == at::kHalf || dtype == at::kBFloat16;
   std::vector<at::Tensor> accum;
   for (const GradMeta& m : metas)
-    accum.push_back(at::zeros({m.N, m.C, m.H, m.W}, options.dtype(reduced ? at::kFloat : dtype))
-                        .contiguous(format_of(m.channels_last)));
+    // at::zeros has no memory format: allocate in the layout, then zero.
+    accum.push_back(at::empty({m.N, m.C, m.H, m.W}, options.dtype(reduced ? at::kFloat : dtype),
+                              format_of(m.channels_last)).zero_());
   DETOPS_CUDA_CHECK(backward_atomic_cuda(to_dtype(dtype), maps_args(accum, scales), grad.const_data_ptr(), gs,
                                          rois.const_data_ptr(),
                                          levels.defined() ? levels.const_data_ptr<int64_t>() : nullptr, pool,
@@ -158,6 +159,7 @@ std::vector<at::Tensor> multi_scale_backward_cuda(const at::Tensor& grad, at::Te
                                                   at::ArrayRef<double> scales, int64_t PH, int64_t PW,
                                                   int64_t sampling_ratio, bool aligned) {
   check_multi_args(features, rois, levels, scales, PH, PW);
+  check_grad_device(grad, features[0], "features");
   std::vector<GradMeta> metas;
   for (size_t l = 0; l < features.size(); ++l) {
     const at::Tensor& f = features[l];

@@ -1,9 +1,11 @@
 // Launchers of RoI Align's CUDA kernels. Type-erased (raw pointers, strides
 // and a DType) so that roi_align_cuda.cu needs no ATen headers. rois are
 // [K, 5] in the compute type (float for float16/bfloat16/float32 maps, double
-// for float64); levels is [K] int64 or null (every RoI on map 0). RoIs whose
-// batch index or level is out of range pool zeros and get no gradient (the
-// CPU path raises; on the GPU that check would need a host sync).
+// for float64); levels is [K] int64 or null (every RoI on map 0). A batch
+// index outside [0, N) (or NaN) is a device-side assertion, as in torch's own
+// index kernels: it ends the CUDA context, so the process must restart (the
+// CPU path raises a RuntimeError instead). A level out of range pools zeros
+// and gets no gradient (the Python wrappers compute levels in range).
 #pragma once
 
 #include <cuda_runtime_api.h>

@@ -76,8 +76,8 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad_in, const at::Tensor& r
     return grad_input;
   }
   const bool reduced = dtype == at::kHalf || dtype == at::kBFloat16;
-  at::Tensor accum =
-      at::zeros({N, C, H, W}, grad.options().dtype(reduced ? at::kFloat : dtype)).contiguous(format_of(cl));
+  // at::zeros has no memory format: allocate in the layout, then zero.
+  at::Tensor accum = at::empty({N, C, H, W}, grad.options().dtype(reduced ? at::kFloat : dtype), format_of(cl)).zero_();
   if (K > 0) {
     DETOPS_CUDA_CHECK(backward_atomic_cuda(to_dtype(dtype), grad.const_data_ptr(), argmax.const_data_ptr<int64_t>(),
                                            out_args(grad), rois.const_data_ptr(), accum.mutable_data_ptr(),

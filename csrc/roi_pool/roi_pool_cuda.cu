@@ -83,10 +83,14 @@ __global__ void backward_gather_kernel(const S* __restrict__ grad, const int64_t
       const int64_t r = order[j];
       const T* b = rois + 5 * r;
       const PoolRoi<T> roi = pool_roi<T>(b[1], b[2], b[3], b[4], scale, o.PH, o.PW);
-      for (int64_t ph = 0; ph < o.PH; ++ph) {
+      // Only the few bins whose span can hold (y, x) are tested, not all PH x PW.
+      int64_t ph_lo, ph_hi, pw_lo, pw_hi;
+      bins_holding(y - roi.start_h, roi.bin_h, o.PH, ph_lo, ph_hi);
+      bins_holding(x - roi.start_w, roi.bin_w, o.PW, pw_lo, pw_hi);
+      for (int64_t ph = ph_lo; ph < ph_hi; ++ph) {
         const PoolBin rows = pool_bin(roi, ph, 0, m.H, m.W);
         if (y < rows.hstart || y >= rows.hend) continue;
-        for (int64_t pw = 0; pw < o.PW; ++pw) {
+        for (int64_t pw = pw_lo; pw < pw_hi; ++pw) {
           const PoolBin bin = pool_bin(roi, ph, pw, m.H, m.W);
           if (x < bin.wstart || x >= bin.wend) continue;
           const int64_t off = r * o.sK + c * o.sC + ph * o.sH + pw * o.sW;

@@ -1,6 +1,7 @@
 // Launchers of RoI Pool's CUDA kernels (type-erased, no ATen in the .cu).
 // rois are [K, 5] in the compute type (float, or double for float64 maps).
-// RoIs with a batch index outside [0, N) pool zeros (argmax -1).
+// A batch index outside [0, N) (or NaN) is a device-side assertion: it ends
+// the CUDA context, so the process must restart (the CPU path raises).
 #pragma once
 
 #include <cuda_runtime_api.h>

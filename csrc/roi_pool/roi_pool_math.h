@@ -63,6 +63,17 @@ DETOPS_HD PoolBin pool_bin(const PoolRoi<T>& r, int64_t ph, int64_t pw, int64_t 
   return b;
 }
 
+// The bins [lo, hi) along one axis whose span can hold offset u from the
+// RoI's start: bin p spans [floor(p * bin), ceil((p + 1) * bin)), so
+// u / bin - 1 < p < (u + 1) / bin; widened by one each side for rounding.
+// pool_bin still decides exactly, so a sum over these bins equals (bit for
+// bit, same order) the sum over all bins.
+template <typename T>
+DETOPS_HD void bins_holding(int64_t u, T bin, int64_t pooled, int64_t& lo, int64_t& hi) {
+  lo = max2<int64_t>(to_index(floor(T(u) / bin)) - 1, 0);
+  hi = min2<int64_t>(to_index(ceil(T(u + 1) / bin)) + 1, pooled);
+}
+
 // The running maximum's start: 0 for an empty bin, else -FLT_MAX (as torchvision).
 template <typename T>
 DETOPS_HD T pool_init(const PoolBin& b) {

@@ -23,8 +23,12 @@ compared element-wise, tolerances per dtype from ``tol``), covering its
 dtypes, layouts, empty input and every launch path (deterministic or not,
 each kernel variant the glue picks).
 
-It bites (checked by hand, each mutation made in the .cu, the suite run,
-the mutation reverted; scripts/cuda_emulated_mutations.sh repeats them):
+Does it bite? scripts/cuda_emulated_mutations.sh applies one mutation per
+kernel family, rebuilds and expects the named test to fail. NOT YET RUN: the
+session that wrote it ran out of time on a loaded 2-core machine, so the
+list below is what it checks, not a recorded result. (One real catch is
+recorded: test_roi_align_backward failed when the atomic accumulator was
+allocated with at::zeros, which drops the channels-last layout.)
   * nms: ``__syncthreads()`` removed from mask_kernel -> test_nms* fail
     (rows read columns no thread has staged yet);
   * roi_align: ``ph`` / ``pw`` swapped in forward_kernel's thread index
@@ -175,9 +179,12 @@ def test_multiclass_nms(dtype, per_class_boxes):
 @pytest.mark.parametrize("method", ["linear", "gaussian"])
 def test_soft_nms(dtype, method):
     g = torch.Generator().manual_seed(5)
-    for n in (0, 1, 200, 1500):  # 1500 > 1024 threads: several elements per thread
+    # One block of 1024 fibers meeting ~12 times per kept box: small n, and
+    # for n > 1024 (several elements per thread) a threshold that keeps few.
+    cases = [(0, 0.001), (1, 0.001), (40, 0.001)] + ([(1100, 0.97)] if dtype == torch.float32 else [])
+    for n, min_score in cases:
         b, s = boxes(n, g, 60, dtype), torch.rand(n, generator=g).to(dtype)
-        check("soft_nms", b, s, 0.3, 0.5, 0.001, method)
+        check("soft_nms", b, s, 0.3, 0.5, min_score, method)
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -200,10 +207,10 @@ VARIANTS = ["iou", "giou", "diou", "ciou"]
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_box_iou_matrix(dtype, variant):
     g = torch.Generator().manual_seed(13)
-    for shape1, shape2 in (((37, 4), (300, 4)), ((2, 5, 4), (2, 70, 4)), ((0, 4), (9, 4)), ((6, 4), (0, 4))):
+    for shape1, shape2 in (((1, 37, 4), (1, 300, 4)), ((2, 5, 4), (2, 70, 4)), ((1, 0, 4), (1, 9, 4)), ((1, 6, 4), (1, 0, 4))):
         b1 = boxes(int(torch.Size(shape1[:-1]).numel()), g, 50, dtype).reshape(shape1)
         b2 = boxes(int(torch.Size(shape2[:-1]).numel()), g, 50, dtype).reshape(shape2)
-        for fmt in ("xyxy", "cxcywh"):
+        for fmt in ("xyxy", "cxcywh") if variant == "iou" else ("xyxy",):
             check("box_iou_matrix", b1, b2, variant, 1e-7, fmt)
 
 
@@ -213,7 +220,7 @@ def test_box_iou_matrix_backward(dtype, variant):
     """Rows kernel (one block per row) and column kernel (32 columns x 8 row
     lanes per block); M and N not multiples of the tiles."""
     g = torch.Generator().manual_seed(17)
-    for B, N, M in ((1, 37, 300), (2, 5, 70), (1, 0, 5), (1, 3, 0), (1, 600, 3)):
+    for B, N, M in ((1, 37, 300), (2, 5, 70), (1, 0, 5), (1, 3, 0), (1, 90, 3)):
         b1 = boxes(B * N, g, 50, dtype).reshape(B, N, 4)
         b2 = boxes(B * M, g, 50, dtype).reshape(B, M, 4)
         grad = torch.randn(B, N, M, generator=g).to(torch.float64 if dtype == torch.float64 else torch.float32)
