@@ -30,3 +30,8 @@ for _name in _ops_all:
 __version__ = _VERSION
 if not TYPE_CHECKING:  # type checkers cannot read a computed __all__; without one they export every public name
     __all__ = ["build_info", "patch_torchvision", "unpatch_torchvision", *_ops_all]
+
+# What the docs say of public data (they have no docstrings of their own).
+__data_docs__ = {
+    "CORNER_POOL_DIRECTIONS": "The directions :func:`corner_pool` takes: ``'top'``, ``'left'``, ``'bottom'``, ``'right'``.",
+}
