@@ -274,7 +274,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             scheduler.step()
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
             if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
                 entry, first = _evaluate_and_log(spec, model, val_loader, device, step, epoch, start, rank, bar)
                 history.append(entry)
