@@ -45,6 +45,7 @@ from .ops import anchor_generator as b_anchor
 from .ops import box_coder as b_coder
 from .ops import box_iou as b_iou
 from .ops import conv_transpose2d as b_convt
+from .ops import corner_pool as b_corner
 from .ops import nms as b_nms
 from .ops import roi_align as b_roi
 from .ops import sigmoid_focal_loss as b_focal
@@ -413,6 +414,26 @@ def sweep_conv_transpose2d(device: str) -> Iterator[BenchCase]:
                             baseline_name="torch")
 
 
+def sweep_corner_pool(device: str) -> Iterator[BenchCase]:
+    op = "corner_pool"
+    for side, channels in ((8, 16), (32, 32), (64, 64), (128, 128)):
+        base = torch.randn(2, channels, side, side, generator=torch.Generator().manual_seed(side)).to(device)
+        for direction in ("top", "left"):
+            ref = b_corner._reference(direction)
+
+            def ours(t, direction=direction):
+                return detops.corner_pool(t, direction)
+
+            for cl in (False, True):
+                x = _cl(base, cl)
+                layout = "channels-last" if cl else "NCHW"
+                size = f"{direction}, [2, {channels}, {side}, {side}]"
+                yield _case(op, f"corner_pool {direction} fwd", size, x.numel(), lambda x=x, f=ours: f(x),
+                            lambda x=x, f=ref: f(x), baseline_name="torch cummax", layout=layout)
+                yield _case(op, f"corner_pool {direction} fwd+bwd", size, x.numel(), b_corner._fwd_bwd(ours, x),
+                            b_corner._fwd_bwd(ref, x), baseline_name="torch cummax", layout=layout)
+
+
 def sweep_coco_map(device: str) -> Iterator[BenchCase]:
     import detops.eval
 
@@ -425,12 +446,16 @@ def sweep_coco_map(device: str) -> Iterator[BenchCase]:
                     lambda gt=gt, dt=dt: pycocotools_stats(gt, dt), baseline_name="pycocotools")
 
 
+# Whole-model benchmarks (bench/ops/<name>.py) time one model size each: no ladder.
+MODEL_BENCHES = ("detection_models", "tv_models")
+
 SWEEPS = {
     "anchor_generator": sweep_anchor_generator,
     "box_coder": sweep_box_coder,
     "box_iou": sweep_box_iou,
     "coco_map": sweep_coco_map,
     "conv_transpose2d": sweep_conv_transpose2d,
+    "corner_pool": sweep_corner_pool,
     "nms": sweep_nms,
     "roi_align": sweep_roi_align,
     "roi_pool": sweep_roi_pool,

@@ -48,8 +48,15 @@ def test_finetune_into_a_new_class_count_with_a_frozen_backbone(tmp_path):
           "--finetune", str(base / "checkpoint.pt"), "--freeze-backbone", *TINY])
     before = torch.load(base / "checkpoint.pt", weights_only=False)["model"]
     after = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
-    backbone = [k for k in after if k.startswith("backbone.") and after[k].is_floating_point() and "running" not in k]
+    cfg = parse_args(["--model", "fcn", "--num-classes", "2", *TINY])
+    spec = MODELS["fcn"](cfg)
+    model = spec.build(2, cfg)
+    frozen_ids = {id(p) for p in spec.backbone_parameters(model)}
+    backbone = [name for name, p in model.named_parameters() if id(p) in frozen_ids]
     assert backbone and all(torch.equal(before[k], after[k]) for k in backbone)
+    head = [name for name, p in model.named_parameters() if id(p) not in frozen_ids and name in before
+            and before[name].shape == after[name].shape]
+    assert any(not torch.equal(before[k], after[k]) for k in head), "the rest still trains"
     assert any(before[k].shape != after[k].shape for k in after if k in before), "a new head for 2 classes"
 
 

@@ -41,10 +41,12 @@ class ConvTranspose2d(nn.ConvTranspose2d):
         weight, bias = self.weight, self.bias
         # torch's module runs in the autocast dtype (conv_transpose2d is on autocast's
         # lower-precision list); the custom op has no autocast rule, so cast here
-        if torch.is_autocast_enabled(input.device.type):
-            dtype = torch.get_autocast_dtype(input.device.type)
-            input, weight = input.to(dtype), weight.to(dtype)
-            bias = None if bias is None else bias.to(dtype)
+        if not torch.jit.is_scripting():  # TorchScript has no autocast of its own to follow
+            # (under FX tracing the device is a proxy's: the traced call has no autocast either)
+            if not isinstance(input, torch.fx.Proxy) and torch.is_autocast_enabled(input.device.type):
+                dtype = torch.get_autocast_dtype(input.device.type)
+                input, weight = input.to(dtype), weight.to(dtype)
+                bias = None if bias is None else bias.to(dtype)
         return conv_transpose2d(
             input, weight, bias, self.stride, self.padding, output_padding, self.groups, self.dilation,
             activation=self.activation,

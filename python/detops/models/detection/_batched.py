@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ... import ops as dops
+from ...ops.roi_align import _setup_scales
 
 # (height, width) of each image as a [B, 2] tensor, or one (height, width) pair for all.
 Sizes = Union[Tensor, Sequence[Union[int, torch.SymInt]]]
@@ -71,7 +72,7 @@ def pool_rois(pooler: dops.MultiScaleRoIAlign, features: dict[str, Tensor], rois
     padded batches and export mode have rois already)."""
     maps = [v for k, v in features.items() if k in pooler.featmap_names]
     if pooler.scales is None:
-        pooler._setup_scales(maps, image_sizes)
+        pooler.scales, pooler.k_min, pooler.k_max = _setup_scales(maps, image_sizes)
     rois = rois.to(maps[0].dtype) if maps[0].dtype == torch.float64 else rois.float()
     if len(maps) == 1:
         return dops.roi_align(maps[0], rois, pooler.output_size, pooler.scales[0], pooler.sampling_ratio)
