@@ -44,7 +44,7 @@ napoleon_use_rtype = False
 napoleon_use_ivar = True  # Attributes: as fields, not entries that clash with autodoc members
 
 html_theme = "alabaster"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
 html_title = "detops"
 exclude_patterns = ["_build"]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
