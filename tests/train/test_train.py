@@ -65,3 +65,16 @@ def test_bad_flags():
         parse_args(["--model", "nope"])
     with pytest.raises(SystemExit, match="COCO folder"):
         main(["--data", "/nonexistent-folder", "--max-steps", "1"])
+
+
+def test_pictures_take_any_number_of_images(tmp_path):
+    from detops.data import SyntheticShapes
+    from detops.train.draw import draw_detections, draw_segmentations
+
+    items = [SyntheticShapes(9, 32, seed=4)[i] for i in range(9)]
+    images = [im for im, _ in items]
+    draw_segmentations(images, [t["semantic"] for _, t in items], [t["semantic"] for _, t in items],
+                       tmp_path / "seg.png", class_names=["bg", "a", "b", "c"])
+    preds = [dict(boxes=t["boxes"], labels=t["labels"], scores=torch.ones(len(t["labels"]))) for _, t in items]
+    draw_detections(images, preds, [t for _, t in items], tmp_path / "det.png")
+    assert (tmp_path / "seg.png").stat().st_size > 1000 and (tmp_path / "det.png").stat().st_size > 1000

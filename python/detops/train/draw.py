@@ -88,7 +88,7 @@ def draw_segmentations(
     n = min(len(images), 4)
     fig, axes = _figure(3 * n, "image | prediction | ground truth", cols=3)
     cmap = ListedColormap(["black", *_COLORS])
-    for k, (image, pred, target) in enumerate(zip(images, predictions, targets)):
+    for k, (image, pred, target) in enumerate(zip(images[:n], predictions, targets)):
         a, b, c = axes[3 * k], axes[3 * k + 1], axes[3 * k + 2]
         a.imshow(image.detach().float().cpu().permute(1, 2, 0).clamp(0, 1).numpy())
         b.imshow(pred.cpu().numpy(), cmap=cmap, vmin=0, vmax=len(_COLORS), interpolation="nearest")
