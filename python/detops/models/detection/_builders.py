@@ -24,9 +24,13 @@ def is_path(weights: Weights) -> bool:
     return isinstance(weights, (str, os.PathLike))
 
 
-def resolve(weights: Weights, num_classes: Optional[int], weights_backbone, tv_enum):
+def resolve(weights: Weights, num_classes: Optional[int], weights_backbone, tv_enum, backbone_name: str):
     """torchvision's builder preamble: the weights enum (None for a path), the
-    number of classes, the backbone weights and whether the model is trained."""
+    number of classes, the backbone weights and whether the model is trained.
+    The builders' default backbone weights are ResNet-50's: another
+    ``backbone_name`` drops them (random initialisation)."""
+    if backbone_name != "resnet50" and weights_backbone == torchvision.models.ResNet50_Weights.IMAGENET1K_V1:
+        weights_backbone = None
     if is_path(weights):
         return None, 91 if num_classes is None else num_classes, None, True
     weights = tv_enum.verify(weights)

@@ -76,7 +76,8 @@ def _mobilenet_anchors() -> dops.AnchorGenerator:
 def _build_rcnn(cls, tv_enum, v2: bool, zero_eps: bool, *, weights, progress, num_classes, weights_backbone,
                 trainable_backbone_layers, backbone_name, mask: bool, **kwargs):
     path = weights
-    weights, num_classes, weights_backbone, is_trained = B.resolve(weights, num_classes, weights_backbone, tv_enum)
+    weights, num_classes, weights_backbone, is_trained = B.resolve(weights, num_classes, weights_backbone, tv_enum,
+                                                                    backbone_name)
     body = B.backbone(
         backbone_name, weights_backbone=weights_backbone, progress=progress,
         trainable_layers=trainable_backbone_layers, is_trained=is_trained,
@@ -123,8 +124,6 @@ def fasterrcnn_resnet50_fpn(
             ``mobilenet_v3_small`` (3 FPN levels with torchvision's MobileNet anchors).
         num_classes, progress, trainable_backbone_layers, kwargs: as torchvision's.
     """
-    if backbone_name != "resnet50" and weights_backbone == tvd.faster_rcnn.ResNet50_Weights.IMAGENET1K_V1:
-        weights_backbone = None
     return _build_rcnn(FasterRCNN, tvd.FasterRCNN_ResNet50_FPN_Weights, False, True, weights=weights,
                        progress=progress, num_classes=num_classes, weights_backbone=weights_backbone,
                        trainable_backbone_layers=trainable_backbone_layers, backbone_name=backbone_name,

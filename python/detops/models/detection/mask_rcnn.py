@@ -51,8 +51,6 @@ def maskrcnn_resnet50_fpn(
     """torchvision's ``maskrcnn_resnet50_fpn`` as a detops :class:`MaskRCNN`;
     arguments as :func:`fasterrcnn_resnet50_fpn` (checkpoint
     ``maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth``)."""
-    if backbone_name != "resnet50" and weights_backbone == tvd.mask_rcnn.ResNet50_Weights.IMAGENET1K_V1:
-        weights_backbone = None
     return _build_rcnn(MaskRCNN, tvd.MaskRCNN_ResNet50_FPN_Weights, False, True, weights=weights,
                        progress=progress, num_classes=num_classes, weights_backbone=weights_backbone,
                        trainable_backbone_layers=trainable_backbone_layers, backbone_name=backbone_name,

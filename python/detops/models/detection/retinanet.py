@@ -151,7 +151,8 @@ def _mobilenet_anchors() -> dops.AnchorGenerator:
 def _build(tv_enum, v2: bool, *, weights, progress, num_classes, weights_backbone, trainable_backbone_layers,
            backbone_name, **kwargs):
     path = weights
-    weights, num_classes, weights_backbone, is_trained = B.resolve(weights, num_classes, weights_backbone, tv_enum)
+    weights, num_classes, weights_backbone, is_trained = B.resolve(weights, num_classes, weights_backbone, tv_enum,
+                                                                    backbone_name)
     body = B.backbone(backbone_name, weights_backbone=weights_backbone, progress=progress,
                       trainable_layers=trainable_backbone_layers, is_trained=is_trained,
                       norm_layer=nn.BatchNorm2d if v2 else None, retinanet=True, retinanet_p6p7_from_c5=v2)
@@ -188,8 +189,6 @@ def retinanet_resnet50_fpn(
     :func:`detops.models.detection.fasterrcnn_resnet50_fpn` (MobileNet backbones
     get 3 levels of 3 anchor sizes each).
     """
-    if backbone_name != "resnet50" and weights_backbone == tv_retinanet.ResNet50_Weights.IMAGENET1K_V1:
-        weights_backbone = None
     return _build(tvd.RetinaNet_ResNet50_FPN_Weights, False, weights=weights, progress=progress,
                   num_classes=num_classes, weights_backbone=weights_backbone,
                   trainable_backbone_layers=trainable_backbone_layers, backbone_name=backbone_name, **kwargs)
