@@ -1,17 +1,18 @@
 // CPU kernels of RoI Align (single map and fused multi-level).
 //
 // A per-RoI plan is built once: the batch index (checked), the level, and the
-// separable sample lists of roi_align_math.h (row samples per output row,
-// column samples per output column, invalid samples dropped).
+// sample lists of roi_align_math.h (row samples per output row, column
+// samples per output column, invalid samples dropped).
 //
-// Results can equal torchvision's bit for bit (fp32, fp64; forward and input
+// Results equal torchvision's bit for bit (fp32, fp64; forward and input
 // gradient): each sample's value is w1 v1 + w2 v2 + w3 v3 + w4 v4 with the
 // weights formed as torchvision forms them, added to the bin's sum in
 // torchvision's sample order; gradients add grad * w / count tap by tap in
 // torchvision's order. Samples outside the map are skipped (torchvision adds
 // 0 * input[0] for them, which changes nothing unless input[0] is not finite;
-// that case is reproduced as NaN). NCHW maps run this order only when asked:
-// see bit_exact().
+// that case is reproduced as NaN). A separable form (rows interpolated
+// first) rounds differently and measured no faster on a quiet machine, so
+// there is one order.
 //
 // Work is split so that each thread owns what it writes (no atomics, the
 // same result for any thread count):
@@ -31,7 +32,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -45,29 +45,11 @@ namespace {
 constexpr int64_t kForwardChannelBlock = 64;   // channels-last forward: channels per task
 constexpr int64_t kBackwardChannelBlock = 16;  // channels-last backward: one cache line of floats per pixel
 
-// NCHW maps run the separable form (rows interpolated first) by default: it
-// rounds differently from torchvision (within a few ulps) and is 15-20% faster
-// forward, about 10% forward+backward, than torchvision's order of operations.
-// DETOPS_ROI_ALIGN_BIT_EXACT=1 selects torchvision's order (bit-equal results).
-// Channels-last maps always run torchvision's order: there it costs nothing.
-// Read at every call, so a process can switch.
-bool bit_exact() {
-  const char* v = std::getenv("DETOPS_ROI_ALIGN_BIT_EXACT");
-  return v != nullptr && v[0] != '\0' && v[0] != '0';
-}
-
 // Shape and memory layout of one feature map (or of its gradient).
 struct MapMeta {
   int64_t N, C, H, W;
   bool channels_last;
   double scale;
-};
-
-// One tap of the separable form: map index along an axis and its weight.
-template <typename T>
-struct Tap {
-  int64_t idx;
-  T w;
 };
 
 template <typename T>
@@ -81,13 +63,6 @@ struct Plan {
   std::vector<int64_t> y_n, x_n;               // [K*PH], [K*PW]: valid samples in the bin
   std::vector<AxisSample<T>> ys, xs;           // sample slots
   std::vector<int64_t> keys;                   // [K]: level * N + batch
-  // The same samples as fixed-size tap lists, 2 * grid taps per bin, invalid
-  // samples as zero-weight taps at index 0 (fixed trip counts let the NCHW
-  // loops unroll; torchvision also multiplies a zero weight by input[0]).
-  std::vector<Tap<T>> yt, xt;
-
-  const Tap<T>* y_taps(int64_t r, int64_t ph) const { return yt.data() + 2 * (y_off[r] + ph * grid_h[r]); }
-  const Tap<T>* x_taps(int64_t r, int64_t pw) const { return xt.data() + 2 * (x_off[r] + pw * grid_w[r]); }
 
   // The valid row samples of bin ph of RoI r, as [begin, end).
   const AxisSample<T>* y_begin(int64_t r, int64_t ph) const { return ys.data() + y_off[r] + ph * grid_h[r]; }
@@ -142,36 +117,27 @@ Plan<T> make_plan(const std::vector<MapMeta>& maps, const at::Tensor& rois_in, c
   }
   p.ys.resize(ny);
   p.xs.resize(nx);
-  p.yt.resize(2 * ny);
-  p.xt.resize(2 * nx);
   p.y_n.assign(p.K * PH, 0);
   p.x_n.assign(p.K * PW, 0);
   at::parallel_for(0, p.K, grain_for(p.K, static_cast<double>(ny + nx) * 16), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const RoiGeometry<T>& g = geo[r];
       const MapMeta& m = maps[p.level[r]];
-      const auto fill = [](T start, T bin, int64_t p_idx, int64_t grid, int64_t size, AxisSample<T>* out,
-                           Tap<T>* taps) {
+      const auto fill = [](T start, T bin, int64_t p_idx, int64_t grid, int64_t size, AxisSample<T>* out) {
         int64_t n = 0;
         for (int64_t i = 0; i < grid; ++i) {
           AxisSample<T> s;
-          if (axis_sample(sample_pos(start, bin, p_idx, i, grid), size, s)) {
-            out[n++] = s;
-            taps[2 * i] = {s.low, s.w_low};
-            taps[2 * i + 1] = {s.high, s.w_high};
-          } else {
-            taps[2 * i] = taps[2 * i + 1] = {0, T(0)};
-          }
+          if (axis_sample(sample_pos(start, bin, p_idx, i, grid), size, s)) out[n++] = s;
         }
         return n;
       };
       for (int64_t ph = 0; ph < PH; ++ph) {
         const int64_t slot = p.y_off[r] + ph * p.grid_h[r];
-        p.y_n[r * PH + ph] = fill(g.start_h, g.bin_h, ph, p.grid_h[r], m.H, p.ys.data() + slot, p.yt.data() + 2 * slot);
+        p.y_n[r * PH + ph] = fill(g.start_h, g.bin_h, ph, p.grid_h[r], m.H, p.ys.data() + slot);
       }
       for (int64_t pw = 0; pw < PW; ++pw) {
         const int64_t slot = p.x_off[r] + pw * p.grid_w[r];
-        p.x_n[r * PW + pw] = fill(g.start_w, g.bin_w, pw, p.grid_w[r], m.W, p.xs.data() + slot, p.xt.data() + 2 * slot);
+        p.x_n[r * PW + pw] = fill(g.start_w, g.bin_w, pw, p.grid_w[r], m.W, p.xs.data() + slot);
       }
     }
   });
@@ -193,72 +159,6 @@ MapMeta meta_of(const at::Tensor& t, double scale) {
 
 // ------------------------------------------------------------------ forward
 
-// One bin of one NCHW plane: sum over row taps a and column taps b of
-// wy[a] * wx[b] * plane[row_a, col_b], rows interpolated first. kTY / kTX are
-// the tap counts when fixed at compile time (0: runtime ty / tx).
-template <int kTY, int kTX, bool kUnitStride, typename scalar_t, typename T>
-inline T plane_bin(const scalar_t* plane, int64_t sH, int64_t sW, const Tap<T>* yt, int64_t ty, const Tap<T>* xt,
-                   int64_t tx) {
-  const int64_t ny = kTY > 0 ? kTY : ty, nx = kTX > 0 ? kTX : tx;
-  T acc = T(0);
-  for (int64_t a = 0; a < ny; ++a) {
-    const scalar_t* row = plane + yt[a].idx * sH;
-    T v = T(0);
-    for (int64_t b = 0; b < nx; ++b) v += xt[b].w * T(row[kUnitStride ? xt[b].idx : xt[b].idx * sW]);
-    acc += yt[a].w * v;
-  }
-  return acc;
-}
-
-// One RoI of one NCHW plane: out[ph, pw] for every bin.
-template <int kTY, int kTX, bool kUnitStride, typename scalar_t, typename T>
-inline void plane_roi(const Plan<T>& p, int64_t r, const scalar_t* plane, int64_t sH, int64_t sW, scalar_t* out,
-                      int64_t oH, int64_t oW) {
-  const T count = p.count[r];
-  const int64_t ty = 2 * p.grid_h[r], tx = 2 * p.grid_w[r];
-  for (int64_t ph = 0; ph < p.PH; ++ph) {
-    const Tap<T>* yt = p.y_taps(r, ph);
-    for (int64_t pw = 0; pw < p.PW; ++pw) {
-      const T acc = plane_bin<kTY, kTX, kUnitStride>(plane, sH, sW, yt, ty, p.x_taps(r, pw), tx);
-      out[ph * oH + pw * oW] = scalar_t(acc / count);
-    }
-  }
-}
-
-template <typename scalar_t, bool kUnitStride>
-inline void forward_plane_roi(const Plan<at::opmath_type<scalar_t>>& p, int64_t r, const scalar_t* plane, int64_t sH,
-                              int64_t sW, scalar_t* out, int64_t oH, int64_t oW) {
-  // Sampling ratio 2 (the detection default) and 1 get unrolled loops.
-  if (p.grid_h[r] == 2 && p.grid_w[r] == 2) {
-    plane_roi<4, 4, kUnitStride>(p, r, plane, sH, sW, out, oH, oW);
-  } else if (p.grid_h[r] == 1 && p.grid_w[r] == 1) {
-    plane_roi<2, 2, kUnitStride>(p, r, plane, sH, sW, out, oH, oW);
-  } else {
-    // Other grids (adaptive sampling) visit only the valid samples: for a
-    // box much larger than the map most samples fall outside it.
-    using T = at::opmath_type<scalar_t>;
-    const T count = p.count[r];
-    for (int64_t ph = 0; ph < p.PH; ++ph) {
-      for (int64_t pw = 0; pw < p.PW; ++pw) {
-        T acc = T(0);
-        for (const AxisSample<T>* y = p.y_begin(r, ph); y != p.y_end(r, ph); ++y) {
-          const scalar_t* rl = plane + y->low * sH;
-          const scalar_t* rh = plane + y->high * sH;
-          T vl = T(0), vh = T(0);
-          for (const AxisSample<T>* x = p.x_begin(r, pw); x != p.x_end(r, pw); ++x) {
-            vl += x->w_low * T(rl[x->low * sW]) + x->w_high * T(rl[x->high * sW]);
-            vh += x->w_low * T(rh[x->low * sW]) + x->w_high * T(rh[x->high * sW]);
-          }
-          acc += y->w_low * vl + y->w_high * vh;
-        }
-        out[ph * oH + pw * oW] = scalar_t(acc / count);
-      }
-    }
-  }
-}
-
-// ---- torchvision's operation order (bit-equal results)
-
 // Whether bin (ph, pw) of RoI r drops samples that fall outside the map.
 // torchvision adds them as 0 * input[0] each, which is 0 unless input[0] is
 // not finite: then the bin is NaN.
@@ -271,7 +171,7 @@ inline bool bin_drops_samples(const Plan<T>& p, int64_t r, int64_t ph, int64_t p
 // each sample's four terms added as torchvision adds them. kGY / kGX: the
 // sample counts when fixed at compile time (0: runtime ny / nx).
 template <int kGY, int kGX, bool kUnitStride, typename scalar_t, typename T>
-inline T exact_plane_bin(const scalar_t* plane, int64_t sH, int64_t sW, const AxisSample<T>* ys, int64_t ny,
+inline T plane_bin(const scalar_t* plane, int64_t sH, int64_t sW, const AxisSample<T>* ys, int64_t ny,
                          const AxisSample<T>* xs, int64_t nx) {
   const int64_t gy = kGY > 0 ? kGY : ny, gx = kGX > 0 ? kGX : nx;
   T acc = T(0);
@@ -290,7 +190,7 @@ inline T exact_plane_bin(const scalar_t* plane, int64_t sH, int64_t sW, const Ax
 }
 
 template <typename scalar_t, bool kUnitStride>
-inline void exact_forward_plane_roi(const Plan<at::opmath_type<scalar_t>>& p, int64_t r, const scalar_t* plane,
+inline void forward_plane_roi(const Plan<at::opmath_type<scalar_t>>& p, int64_t r, const scalar_t* plane,
                                     int64_t sH, int64_t sW, scalar_t* out, int64_t oH, int64_t oW) {
   using T = at::opmath_type<scalar_t>;
   const T count = p.count[r];
@@ -302,8 +202,8 @@ inline void exact_forward_plane_roi(const Plan<at::opmath_type<scalar_t>>& p, in
       const AxisSample<T>* xs = p.x_begin(r, pw);
       const int64_t nx = p.x_n[r * p.PW + pw];
       // Two samples per axis (sampling ratio 2, the detection default) unroll.
-      T acc = ny == 2 && nx == 2 ? exact_plane_bin<2, 2, kUnitStride>(plane, sH, sW, ys, 2, xs, 2)
-                                 : exact_plane_bin<0, 0, kUnitStride>(plane, sH, sW, ys, ny, xs, nx);
+      T acc = ny == 2 && nx == 2 ? plane_bin<2, 2, kUnitStride>(plane, sH, sW, ys, 2, xs, 2)
+                                 : plane_bin<0, 0, kUnitStride>(plane, sH, sW, ys, ny, xs, nx);
       if (poisoned && bin_drops_samples(p, r, ph, pw)) acc = std::numeric_limits<T>::quiet_NaN();
       out[ph * oH + pw * oW] = scalar_t(acc / count);
     }
@@ -321,7 +221,6 @@ void forward_kernel(const std::vector<at::Tensor>& maps, const Plan<at::opmath_t
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
   RoiBuckets buckets(p.keys, p.num_keys);
   const double work = tap_work(p, C);
-  const bool exact = bit_exact();
 
   // NCHW maps: (channel, level, image) plane tasks, channel outermost so the
   // static split gives every thread all images (balanced across batches).
@@ -348,10 +247,7 @@ void forward_kernel(const std::vector<at::Tensor>& maps, const Plan<at::opmath_t
           const int64_t sH = m.stride(2), sW = kUnit ? 1 : m.stride(3);
           for (int64_t i = buckets.begin(key); i < buckets.end(key); ++i) {
             const int64_t r = buckets.rois[i];
-            if (exact)
-              exact_forward_plane_roi<scalar_t, kUnit>(p, r, plane, sH, sW, o + r * oK + c * oC, oH, oW);
-            else
-              forward_plane_roi<scalar_t, kUnit>(p, r, plane, sH, sW, o + r * oK + c * oC, oH, oW);
+            forward_plane_roi<scalar_t, kUnit>(p, r, plane, sH, sW, o + r * oK + c * oC, oH, oW);
           }
         };
         if (m.stride(3) == 1) {
@@ -396,7 +292,7 @@ void forward_kernel(const std::vector<at::Tensor>& maps, const Plan<at::opmath_t
               }
             }
           }
-          if (bin_drops_samples(p, r, ph, pw)) {  // as exact_forward_plane_roi
+          if (bin_drops_samples(p, r, ph, pw)) {  // as forward_plane_roi
             for (int64_t c = 0; c < nc; ++c)
               if (!std::isfinite(static_cast<double>(base[c]))) acc[c] = std::numeric_limits<T>::quiet_NaN();
           }
@@ -427,44 +323,6 @@ at::Tensor forward_impl(const std::vector<at::Tensor>& maps, const at::Tensor& r
 
 // ------------------------------------------------------------------ backward
 
-// Scatter of one RoI's gradient into one dense NCHW plane [H, W]. With a
-// fixed grid (kTY > 0) it uses the fixed-size tap lists (zero-weight taps add
-// 0 at index 0), unless a gradient is not finite, where a zero weight would
-// turn into NaN; otherwise only the valid samples are visited.
-template <int kTY, int kTX, typename scalar_t, typename T>
-inline void backward_plane_roi(const Plan<T>& p, int64_t r, const scalar_t* grc, int64_t gH, int64_t gW, T* plane,
-                               int64_t W) {
-  const T count = p.count[r];
-  const int64_t ty = kTY > 0 ? kTY : 2 * p.grid_h[r], tx = kTX > 0 ? kTX : 2 * p.grid_w[r];
-  for (int64_t ph = 0; ph < p.PH; ++ph) {
-    const Tap<T>* yt = p.y_taps(r, ph);
-    for (int64_t pw = 0; pw < p.PW; ++pw) {
-      const T go = T(grc[ph * gH + pw * gW]) / count;
-      if (go == T(0)) continue;
-      if (kTY > 0 && std::isfinite(static_cast<double>(go))) {
-        const Tap<T>* xt = p.x_taps(r, pw);
-        for (int64_t a = 0; a < ty; ++a) {
-          const T ga = go * yt[a].w;
-          T* row = plane + yt[a].idx * W;
-          for (int64_t b = 0; b < tx; ++b) row[xt[b].idx] += ga * xt[b].w;
-        }
-        continue;
-      }
-      for (const AxisSample<T>* y = p.y_begin(r, ph); y != p.y_end(r, ph); ++y) {
-        const T gl = go * y->w_low, gh = go * y->w_high;
-        T* rl = plane + y->low * W;
-        T* rh = plane + y->high * W;
-        for (const AxisSample<T>* x = p.x_begin(r, pw); x != p.x_end(r, pw); ++x) {
-          rl[x->low] += gl * x->w_low;
-          rl[x->high] += gl * x->w_high;
-          rh[x->low] += gh * x->w_low;
-          rh[x->high] += gh * x->w_high;
-        }
-      }
-    }
-  }
-}
-
 // grad * w / count, as torchvision divides each tap's share. Dividing by a
 // power of two equals multiplying by its inverse exactly (sampling ratios 1,
 // 2 and 4 give counts 1, 4 and 16), which is cheaper.
@@ -482,7 +340,7 @@ struct CountDivide {
 // torchvision's order: bins, then valid samples (rows outer), then the four
 // taps, each adding grad * w / count.
 template <bool kPow2, typename scalar_t, typename T>
-inline void exact_backward_plane_roi(const Plan<T>& p, int64_t r, const scalar_t* grc, int64_t gH, int64_t gW,
+inline void backward_plane_roi(const Plan<T>& p, int64_t r, const scalar_t* grc, int64_t gH, int64_t gW,
                                      T* plane, int64_t W) {
   const CountDivide<T> d(p.count[r]);
   const auto share = [&](T g, T w) { return kPow2 ? g * w * d.inv : g * w / d.count; };
@@ -516,7 +374,6 @@ void backward_kernel(const at::Tensor& grad, const std::vector<MapMeta>& metas,
   const scalar_t* g = grad.const_data_ptr<scalar_t>();
   RoiBuckets buckets(p.keys, p.num_keys);
   const int64_t blocks = (C + kBackwardChannelBlock - 1) / kBackwardChannelBlock;
-  const bool exact = bit_exact();
 
   // Task t: (unit, level, image), unit = a channel (NCHW) or a channel block
   // (channels-last), unit outermost for balance. Each task owns its slab of
@@ -557,16 +414,10 @@ void backward_kernel(const at::Tensor& grad, const std::vector<MapMeta>& metas,
         for (int64_t i = buckets.begin(key); i < buckets.end(key); ++i) {
           const int64_t r = buckets.rois[i];
           const scalar_t* grc = g + r * gK + c * gC;
-          if (exact) {
-            if (CountDivide<T>(p.count[r]).pow2)
-              exact_backward_plane_roi<true>(p, r, grc, gH, gW, plane, W);
-            else
-              exact_backward_plane_roi<false>(p, r, grc, gH, gW, plane, W);
-          } else if (p.grid_h[r] == 2 && p.grid_w[r] == 2) {
-            backward_plane_roi<4, 4>(p, r, grc, gH, gW, plane, W);
-          } else {
-            backward_plane_roi<0, 0>(p, r, grc, gH, gW, plane, W);
-          }
+          if (CountDivide<T>(p.count[r]).pow2)
+            backward_plane_roi<true>(p, r, grc, gH, gW, plane, W);
+          else
+            backward_plane_roi<false>(p, r, grc, gH, gW, plane, W);
         }
         if (!in_place) {
           scalar_t* out = dst + c * dC;

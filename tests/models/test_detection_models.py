@@ -11,11 +11,6 @@ import detops.models.detection as dd
 
 from ._detection_common import BUILDERS, SMALL, assert_same_detections, model_pair, real_images, torchvision_resnet18
 
-# RetinaNet has no RoIAlign: its detections are bit-equal. R-CNN boxes pass through
-# roi_align, whose float32 sums detops orders differently (until that is bit-equal).
-BOX_ATOL = {"retinanet": 0.0, "fasterrcnn": 5e-4, "maskrcnn": 5e-4}
-SCORE_ATOL = {"retinanet": 0.0, "fasterrcnn": 1e-5, "maskrcnn": 1e-5}
-
 
 def _random_images(seed: int) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
@@ -31,7 +26,7 @@ def test_same_detections_as_torchvision(name):
         assert len(ref) == len(out) == len(images)
         assert sum(len(r["boxes"]) for r in ref) > 0
         for r, o in zip(ref, out):
-            assert_same_detections(r, o, box_atol=BOX_ATOL[name], score_atol=SCORE_ATOL[name])
+            assert_same_detections(r, o)
 
 
 @pytest.mark.slow
@@ -41,8 +36,7 @@ def test_v2_same_detections_as_torchvision(name):
     images = [torch.rand(3, 100, 90, generator=torch.Generator().manual_seed(2))]
     with torch.no_grad():
         ref, out = tv(images), ours(images)
-    base = name.replace("_v2", "")
-    assert_same_detections(ref[0], out[0], box_atol=BOX_ATOL[base], score_atol=SCORE_ATOL[base])
+    assert_same_detections(ref[0], out[0])
 
 
 def _targets(images, seed: int, masks: bool):

@@ -65,14 +65,10 @@ def test_matches_torchvision_fp32(device, sampling_ratio, aligned, channels_last
 @pytest.mark.parametrize("sampling_ratio", [-1, 0, 2])
 @pytest.mark.parametrize("aligned", [False, True])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_bit_equal_to_torchvision_on_cpu(dtype, sampling_ratio, aligned, channels_last, monkeypatch):
+def test_bit_equal_to_torchvision_on_cpu(dtype, sampling_ratio, aligned, channels_last):
     """The CPU kernels follow torchvision's order of operations: forward and
     input gradient are torch.equal to torchvision's, on boxes inside, across
-    and outside the map, zero-size, inverted, tiny and huge, over several images.
-    Channels-last maps always do; NCHW maps with DETOPS_ROI_ALIGN_BIT_EXACT=1
-    (their default is the faster separable form)."""
-    if not channels_last:
-        monkeypatch.setenv("DETOPS_ROI_ALIGN_BIT_EXACT", "1")
+    and outside the map, zero-size, inverted, tiny and huge, over several images."""
     g = torch.Generator().manual_seed(2000 + sampling_ratio * 10 + aligned * 2 + channels_last)
     x = torch.randn(3, 5, 19, 23, generator=g, dtype=dtype)
     rois = make_rois(40, 3, (19, 23), scale=0.5, generator=g, dtype=dtype)
@@ -91,10 +87,9 @@ def test_bit_equal_to_torchvision_on_cpu(dtype, sampling_ratio, aligned, channel
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_non_finite_first_pixel_poisons_bins_with_dropped_samples(channels_last, monkeypatch):
+def test_non_finite_first_pixel_poisons_bins_with_dropped_samples(channels_last):
     """torchvision adds each sample outside the map as 0 * input[0]: NaN when
     that pixel is not finite. detops gives the same NaNs, and elsewhere equal values."""
-    monkeypatch.setenv("DETOPS_ROI_ALIGN_BIT_EXACT", "1")
     g = torch.Generator().manual_seed(9)
     x = torch.randn(2, 3, 8, 9, generator=g)
     x[0, 0, 0, 0] = float("inf")
@@ -106,22 +101,6 @@ def test_non_finite_first_pixel_poisons_bins_with_dropped_samples(channels_last,
         assert ref.isnan().any()
         assert torch.equal(out.isnan(), ref.isnan())
         assert torch.equal(out.nan_to_num(0.0), ref.nan_to_num(0.0))
-
-
-def test_default_nchw_path_is_the_separable_form(monkeypatch):
-    """Without DETOPS_ROI_ALIGN_BIT_EXACT, NCHW maps take the faster separable
-    form: within a few ulps of torchvision, and here not bit-equal (so the
-    switch is really read)."""
-    g = torch.Generator().manual_seed(21)
-    x = torch.randn(2, 4, 15, 16, generator=g)
-    rois = make_rois(30, 2, (15, 16), generator=g, dtype=torch.float32)
-    ref = torchvision.ops.roi_align(x, rois, 3, 1.0, 2)
-    monkeypatch.delenv("DETOPS_ROI_ALIGN_BIT_EXACT", raising=False)
-    fast = detops.roi_align(x, rois, 3, 1.0, 2)
-    assert_close(fast, ref, rtol=1e-6, atol=1e-6)
-    assert not torch.equal(fast, ref)
-    monkeypatch.setenv("DETOPS_ROI_ALIGN_BIT_EXACT", "1")
-    assert torch.equal(detops.roi_align(x, rois, 3, 1.0, 2), ref)
 
 
 def test_boxes_as_list_and_module(device):
@@ -398,6 +377,8 @@ def _fpn_boxes(g, counts, image=(64, 96)):
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("sampling_ratio", [2, 0])
 def test_multi_scale_matches_torchvision(device, channels_last, sampling_ratio):
+    """On CPU the fused multi-level kernel is torch.equal to torchvision's
+    per-level roi_align calls, forward and gradient; elsewhere close."""
     g = torch.Generator().manual_seed(20 + channels_last)
     feats = OrderedDict((k, v.to(device)) for k, v in _fpn(g, channels_last=channels_last).items())
     boxes = [b.to(device) for b in _fpn_boxes(g, [40, 25])]
@@ -408,14 +389,18 @@ def test_multi_scale_matches_torchvision(device, channels_last, sampling_ratio):
     ref_leaves = OrderedDict((k, v.detach().contiguous().requires_grad_()) for k, v in feats.items())
     out = ours(leaves, boxes, [(64, 96), (60, 90)])
     expected = ref(ref_leaves, boxes, [(64, 96), (60, 90)])
-    assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    exact = device == "cpu"
+    assert torch.equal(out, expected) if exact else assert_close(out, expected, rtol=1e-5, atol=1e-6)
     levels = ours._levels(torch.cat([torch.zeros(65, 1, device=device), torch.cat(boxes)], dim=1))
     assert len(levels.unique()) == 4, "the boxes must exercise every level"
     grad = torch.randn(expected.shape, generator=g).to(device)
     out.backward(grad)
     expected.backward(grad)
     for k in names:
-        assert_close(leaves[k].grad, ref_leaves[k].grad, rtol=1e-5, atol=1e-5, msg=k)
+        if exact:
+            assert torch.equal(leaves[k].grad, ref_leaves[k].grad), k
+        else:
+            assert_close(leaves[k].grad, ref_leaves[k].grad, rtol=1e-5, atol=1e-5, msg=k)
     assert repr(ours) == repr(ref)
 
 
