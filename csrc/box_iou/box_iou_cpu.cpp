@@ -6,7 +6,9 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/atan.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/from_blob.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -46,6 +48,34 @@ DETOPS_HD BoxInfo<T> load_info(const scalar_t* p) {
   return make_info_as<V, F>(T(p[0]), T(p[1]), T(p[2]), T(p[3]));
 }
 
+// atan of each element in place, by torch's own atan: torchvision's CIoU
+// calls torch.atan on the w / h of each box set, and torch's vectorised and
+// scalar paths round differently, so only the same call on the same number of
+// elements gives its bits.
+template <typename T>
+void torch_atan_(std::vector<T>& values) {
+  if (values.empty()) return;
+  at::Tensor t = at::from_blob(values.data(), {static_cast<int64_t>(values.size())},
+                               at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+  at::atan_(t);
+}
+
+// atan(w / h) of each of n boxes given in format F, by torch's atan; empty
+// unless the variant is CIoU.
+template <Variant V, BoxFormat F, typename T, typename scalar_t>
+std::vector<T> ciou_atans(const scalar_t* boxes, int64_t n) {
+  std::vector<T> out;
+  if constexpr (V == Variant::kCIoU) {
+    out.resize(n);
+    for (int64_t j = 0; j < n; ++j) {
+      const BoxInfo<T> info = load_info<V, F, T>(boxes + 4 * j);
+      out[j] = aspect_ratio(Box<T>{info.x1, info.y1, info.x2, info.y2});
+    }
+    torch_atan_(out);
+  }
+  return out;
+}
+
 // Per-box quantities of one set of boxes, one array per field.
 template <typename T>
 struct BoxInfoArrays {
@@ -53,13 +83,16 @@ struct BoxInfoArrays {
 
   template <Variant V, BoxFormat F, typename scalar_t>
   BoxInfoArrays(VariantTag<V>, FormatTag<F>, const scalar_t* boxes, int64_t n)
-      : x1(n), y1(n), x2(n), y2(n), area(n), cx(n), cy(n), atan_ratio(n) {
+      : x1(n), y1(n), x2(n), y2(n), area(n), cx(n), cy(n),
+        atan_ratio(V == Variant::kCIoU ? ciou_atans<V, F, T>(boxes, n) : std::vector<T>(n, T(0))) {
     for (int64_t j = 0; j < n; ++j) {
       const BoxInfo<T> info = load_info<V, F, T>(boxes + 4 * j);
       x1[j] = info.x1; y1[j] = info.y1; x2[j] = info.x2; y2[j] = info.y2;
-      area[j] = info.area; cx[j] = info.cx; cy[j] = info.cy; atan_ratio[j] = info.atan_ratio;
+      area[j] = info.area; cx[j] = info.cx; cy[j] = info.cy;
     }
   }
+
+  BoxInfo<T> at(int64_t j) const { return {x1[j], y1[j], x2[j], y2[j], area[j], cx[j], cy[j], atan_ratio[j]}; }
 };
 
 template <Variant V, typename T>
@@ -71,10 +104,10 @@ void matrix_row(const BoxInfo<T>& a, const BoxInfoArrays<T>& cols, int64_t m, T 
   const T* __restrict__ area = cols.area.data();
   const T* __restrict__ cx = cols.cx.data();
   const T* __restrict__ cy = cols.cy.data();
-  const T* __restrict__ at = cols.atan_ratio.data();
+  const T* __restrict__ atan_ratio = cols.atan_ratio.data();
 #pragma GCC ivdep
   for (int64_t j = 0; j < m; ++j) {
-    const BoxInfo<T> b{x1[j], y1[j], x2[j], y2[j], area[j], cx[j], cy[j], at[j]};
+    const BoxInfo<T> b{x1[j], y1[j], x2[j], y2[j], area[j], cx[j], cy[j], atan_ratio[j]};
     out[j] = matrix_forward<V>(a, b, eps);
   }
 }
@@ -96,12 +129,12 @@ at::Tensor matrix_forward_cpu(const at::Tensor& boxes1_in, const at::Tensor& box
     dispatch_variant(v, [&](auto tag) {
       constexpr Variant V = decltype(tag)::value;
       dispatch_format<V>(f, [&](auto ftag) {
-        constexpr BoxFormat F = decltype(ftag)::value;
         for (int64_t b = 0; b < B; ++b) {
+          const BoxInfoArrays<T> rows(tag, ftag, b1 + b * N * 4, N);
           const BoxInfoArrays<T> cols(tag, ftag, b2 + b * M * 4, M);
           at::parallel_for(0, N, std::max<int64_t>(1, kGrain / M), [&](int64_t begin, int64_t end) {
             for (int64_t i = begin; i < end; ++i) {
-              matrix_row<V>(load_info<V, F, T>(b1 + (b * N + i) * 4), cols, M, T(eps), o + (b * N + i) * M);
+              matrix_row<V>(rows.at(i), cols, M, T(eps), o + (b * N + i) * M);
             }
           });
         }
@@ -171,12 +204,16 @@ std::tuple<at::Tensor, at::Tensor> matrix_backward_cpu(const at::Tensor& grad_in
 
 enum class PairedForm { kAligned, kLoss };
 
+// atan_a, atan_b: CIoU's atan(w / h) of the two boxes (0 for other variants).
 template <PairedForm F, Variant V, BoxFormat BF, typename T, typename scalar_t>
-DETOPS_HD T paired_forward(const scalar_t* a, const scalar_t* b, T eps) {
+DETOPS_HD T paired_forward(const scalar_t* a, const scalar_t* b, T eps, T atan_a, T atan_b) {
   if constexpr (F == PairedForm::kAligned) {
-    return matrix_forward<V>(load_info<V, BF, T>(a), load_info<V, BF, T>(b), eps);
+    BoxInfo<T> ia = load_info<V, BF, T>(a), ib = load_info<V, BF, T>(b);
+    ia.atan_ratio = atan_a;
+    ib.atan_ratio = atan_b;
+    return matrix_forward<V>(ia, ib, eps);
   } else {
-    return loss_forward<V>(load_box<T>(a), load_box<T>(b), eps);
+    return loss_forward<V>(load_box<T>(a), load_box<T>(b), eps, atan_a, atan_b);
   }
 }
 
@@ -194,8 +231,11 @@ DETOPS_HD void paired_backward(const Box<T>& a, const Box<T>& b, T eps, T g, Box
 // stores alias them and does not vectorise.
 template <PairedForm F, Variant V, BoxFormat BF, typename T, typename scalar_t>
 void paired_forward_range(const scalar_t* __restrict__ b1, const scalar_t* __restrict__ b2, T* __restrict__ out,
-                          int64_t begin, int64_t end, T eps) {
-  for (int64_t k = begin; k < end; ++k) out[k] = paired_forward<F, V, BF, T>(b1 + 4 * k, b2 + 4 * k, eps);
+                          int64_t begin, int64_t end, T eps, const T* atan1, const T* atan2) {
+  for (int64_t k = begin; k < end; ++k) {
+    const bool ciou = V == Variant::kCIoU;
+    out[k] = paired_forward<F, V, BF, T>(b1 + 4 * k, b2 + 4 * k, eps, ciou ? atan1[k] : T(0), ciou ? atan2[k] : T(0));
+  }
 }
 
 template <PairedForm F, Variant V, typename T, typename scalar_t>
@@ -233,8 +273,9 @@ at::Tensor paired_forward_cpu(const at::Tensor& boxes1_in, const at::Tensor& box
       constexpr Variant V = decltype(tag)::value;
       dispatch_format<V>(f, [&](auto ftag) {
         constexpr BoxFormat BF = decltype(ftag)::value;
+        const std::vector<T> atan1 = ciou_atans<V, BF, T>(b1, K), atan2 = ciou_atans<V, BF, T>(b2, K);
         at::parallel_for(0, K, kPairGrain, [&](int64_t begin, int64_t end) {
-          paired_forward_range<F, V, BF>(b1, b2, o, begin, end, T(eps));
+          paired_forward_range<F, V, BF>(b1, b2, o, begin, end, T(eps), atan1.data(), atan2.data());
         });
       });
     });

@@ -235,8 +235,16 @@ DETOPS_HD void matrix_backward(const Box<T>& a, const Box<T>& b, T eps, T g,
 template <typename T>
 DETOPS_HD T loss_default_eps() { return T(1e-7); }
 
+// atan(w / h) of a box: CIoU's aspect term.
+template <typename T>
+DETOPS_HD T aspect_ratio(const Box<T>& b) {
+  return (b.x2 - b.x1) / (b.y2 - b.y1);
+}
+
+// The loss of one pair; CIoU reads atan_p = atan(aspect_ratio(p)) and atan_t
+// likewise, which the caller computes (the CPU kernels with torch's own atan).
 template <Variant V, typename T>
-DETOPS_HD T loss_forward(const Box<T>& p, const Box<T>& t, T eps) {
+DETOPS_HD T loss_forward(const Box<T>& p, const Box<T>& t, T eps, T atan_p, T atan_t) {
   const T xk1 = max2(p.x1, t.x1), yk1 = max2(p.y1, t.y1);
   const T xk2 = min2(p.x2, t.x2), yk2 = min2(p.y2, t.y2);
   const T inter = (yk2 > yk1 && xk2 > xk1) ? (xk2 - xk1) * (yk2 - yk1) : T(0);
@@ -256,12 +264,18 @@ DETOPS_HD T loss_forward(const Box<T>& p, const Box<T>& t, T eps) {
     if constexpr (V == Variant::kDIoU) {
       return diou_loss;
     } else {
-      const T dt = arctan((t.x2 - t.x1) / (t.y2 - t.y1)) - arctan((p.x2 - p.x1) / (p.y2 - p.y1));
+      const T dt = atan_t - atan_p;
       const T v = ciou_scale<T>() * (dt * dt);
       const T alpha = v / (T(1) - iou + v + eps);
       return diou_loss + alpha * v;
     }
   }
+}
+
+template <Variant V, typename T>
+DETOPS_HD T loss_forward(const Box<T>& p, const Box<T>& t, T eps) {
+  const bool ciou = V == Variant::kCIoU;
+  return loss_forward<V>(p, t, eps, ciou ? arctan(aspect_ratio(p)) : T(0), ciou ? arctan(aspect_ratio(t)) : T(0));
 }
 
 template <Variant V, typename T>

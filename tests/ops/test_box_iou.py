@@ -54,12 +54,12 @@ def boxes_pair(n: int, m: int, dtype, device, seed: int):
 # ------------------------------------------------------------------ matrices
 
 
-@pytest.mark.parametrize("variant", ["iou", "giou", "diou"])
+@pytest.mark.parametrize("variant", ["iou", "giou", "diou", "ciou"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_matrix_and_loss_bit_equal_to_torchvision_on_cpu(variant, dtype):
-    """The CPU kernels follow torchvision's formulas operation by operation:
-    equal bits (NaN where torchvision's is, for zero-area pairs) on random
-    boxes with exact ties and on the edge cases."""
+    """The CPU kernels follow torchvision's formulas operation by operation
+    (CIoU's atan by torch's own atan): equal bits (NaN where torchvision's is,
+    for zero-area pairs) on random boxes with exact ties and on the edge cases."""
     b1, b2 = boxes_pair(157, 93, dtype, "cpu", seed=31)
     edges = edge_case_boxes(dtype)
     b1, b2 = torch.cat([b1, edges]), torch.cat([b2, edges])
@@ -70,6 +70,16 @@ def test_matrix_and_loss_bit_equal_to_torchvision_on_cpu(variant, dtype):
         n = min(len(b1), len(b2))
         for reduction in ("none", "sum"):
             assert_close(ours(b1[:n], b2[:n], reduction), ref(b1[:n], b2[:n], reduction), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_complete_box_iou_loss_bit_equal_many_pairs(dtype):
+    """torch's atan splits a long tensor over threads, each with a vectorised
+    body and a scalar tail that round differently; CIoU stays bit-equal there."""
+    b1, b2 = boxes_pair(40_001, 40_001, dtype, "cpu", seed=5)
+    n = len(b1)
+    ours = detops.complete_box_iou_loss(b1, b2[:n])
+    assert torch.equal(ours, tvo.complete_box_iou_loss(b1, b2[:n]))
 
 
 @pytest.mark.parametrize("variant", list(MATRIX_FUNCS))
