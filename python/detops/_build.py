@@ -44,7 +44,7 @@ def torch_mismatch() -> str | None:
         + (f" from the CUDA {_config.TORCH_CUDA_VERSION} wheel index" if _config.CUDA else "")
         + "), or use a detops wheel built for this torch: its version label names the torch and CUDA "
         "(+torchX.Y.cuNNN or +torchX.Y.cpu), and `pip wheel --no-build-isolation --no-deps . -w dist` "
-        "in a detops checkout builds one against the installed torch (README: Building)."
+        "in a detops checkout builds one against the installed torch (docs: Building a wheel)."
     )
 
 

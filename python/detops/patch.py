@@ -389,7 +389,16 @@ def patch_torchvision() -> _Patch:
     """Route every torchvision op in this process to detops (see the module
     docstring for the full list). Use as ``detops.patch_torchvision()`` or
     ``with detops.patch_torchvision(): ...``; calling it while patched does
-    nothing (and a nested ``with`` leaves the patch on at its end)."""
+    nothing (and a nested ``with`` leaves the patch on at its end).
+
+    Examples:
+        >>> import torchvision
+        >>> boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0]])
+        >>> with detops.patch_torchvision():
+        ...     keep = torchvision.ops.nms(boxes, torch.tensor([0.9, 0.8]), 0.5)  # runs detops::nms
+        >>> keep
+        tensor([0])
+    """
     with _lock:
         if _State.library is not None:
             return _Patch(was_patched=True)

@@ -219,6 +219,14 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy", aligned: bool = F
     Returns:
         ``[..., N, M]`` (or ``[...]`` when aligned); float32 for integer,
         float16 and bfloat16 boxes, as torchvision returns.
+
+    Examples:
+        >>> a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
+        >>> b = torch.tensor([[1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 2.0, 2.0]])
+        >>> detops.box_iou(a, b)
+        tensor([[0.1429, 1.0000]])
+        >>> detops.box_iou(torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.tensor([[1.0, 1.0, 2.0, 2.0]]), fmt="xywh")
+        tensor([[0.1429]])
     """
     _check_fmt(fmt)
     return _pairwise(boxes1, boxes2, "iou", 0.0, aligned, fmt)

@@ -223,6 +223,12 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         and scores. On CUDA the kernel needs one device-to-host copy (the
         number of kept boxes, to size the output). Quantized boxes and scores
         are read as their float values, as torchvision's quantized kernel does.
+
+    Examples:
+        >>> boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0], [20.0, 20.0, 30.0, 30.0]])
+        >>> scores = torch.tensor([0.9, 0.8, 0.7])
+        >>> detops.nms(boxes, scores, iou_threshold=0.5)
+        tensor([0, 2])
     """
     boxes, scores = _check_boxes_scores(boxes, scores)
     if iou_threshold < 0:
@@ -250,6 +256,12 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         ``batched_nms``; torchvision's own tie order differs between its two
         internal paths). As torchvision, empty ``boxes`` of any shape give an
         empty result, and one 1-D box ``[4]`` stands for ``N`` copies of it.
+
+    Examples:
+        >>> boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0], [1.0, 1.0, 11.0, 11.0]])
+        >>> scores = torch.tensor([0.9, 0.8, 0.7])
+        >>> detops.batched_nms(boxes, scores, torch.tensor([0, 0, 1]), iou_threshold=0.5)  # class 1 keeps its box
+        tensor([0, 2])
     """
     check_tensor(boxes, "boxes")
     if boxes.dim() == 1:

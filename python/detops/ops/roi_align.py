@@ -246,6 +246,13 @@ def roi_align(
 
     Returns:
         ``[K, C, pooled_h, pooled_w]`` in ``input``'s dtype and memory format.
+
+    Examples:
+        >>> features = torch.arange(16.0).reshape(1, 1, 4, 4)
+        >>> rois = torch.tensor([[0.0, 0.0, 0.0, 2.0, 2.0]])  # (batch index, x1, y1, x2, y2)
+        >>> detops.roi_align(features, rois, output_size=2, spatial_scale=1.0, sampling_ratio=1, aligned=True)
+        tensor([[[[0., 1.],
+                  [4., 5.]]]])
     """
     _check_feature(input, "input")
     ph, pw = _pooled_size(output_size)

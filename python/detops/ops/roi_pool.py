@@ -85,6 +85,12 @@ def roi_pool(
     Returns:
         ``[K, C, pooled_h, pooled_w]``: the maximum of each bin (0 for an empty
         bin), in ``input``'s dtype and memory format.
+
+    Examples:
+        >>> features = torch.arange(16.0).reshape(1, 1, 4, 4)
+        >>> detops.roi_pool(features, [torch.tensor([[0.0, 0.0, 3.0, 3.0]])], output_size=2)
+        tensor([[[[ 5.,  7.],
+                  [13., 15.]]]])
     """
     _check_feature(input, "input")
     ph, pw = _pooled_size(output_size)

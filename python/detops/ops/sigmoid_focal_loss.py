@@ -240,6 +240,12 @@ def sigmoid_focal_loss(
     Computed in one fused pass, stable for logits of any size (``1 - p`` is
     computed as ``sigmoid(-x)``, not by subtraction); float16/bfloat16 are
     computed and reduced in float32 and returned in their own dtype.
+
+    Examples:
+        >>> logits = torch.tensor([[2.0, -1.0], [0.5, 0.0]])
+        >>> targets = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> detops.sigmoid_focal_loss(logits, targets, reduction="sum")
+        tensor(0.3438)
     """
     _check_logits(inputs)
     check_tensor(targets, "targets")
