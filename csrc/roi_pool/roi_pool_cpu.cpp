@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #if defined(__SSE2__)
@@ -176,16 +177,33 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_cpu(const at::Tensor& input, const a
       for (int64_t r = 0; r < K; ++r)
         for (int64_t ph = 0; ph < PH; ++ph)
           for (int64_t pw = 0; pw < PW; ++pw) bins[(r * PH + ph) * PW + pw] = pool_bin(p.geo[r], ph, pw, H, W);
+      // float16/bfloat16 planes whose pixels the bins visit more than once on
+      // average are widened to float once, so the scans convert nothing (bf16,
+      // 8 RoIs on a [1, 32, 32, 32] map: 0.92x of torchvision on a float32 copy
+      // with the conversion in the scan).
+      const bool widen = !std::is_same_v<scalar_t, T> && work >= static_cast<double>(N) * C * H * W;
       at::parallel_for(0, C * N, grain_for(C * N, work), [&](int64_t begin, int64_t end) {
+        std::vector<T> wide(widen ? H * W : 0);
         for (int64_t t = begin; t < end; ++t) {
           const int64_t c = t / N, n = t % N;
           const scalar_t* plane = in + n * sN + c * sC;
+          if (widen) {
+            for (int64_t h = 0; h < H; ++h)
+              for (int64_t w = 0; w < W; ++w) wide[h * W + w] = T(plane[h * sH + w * sW]);
+          }
           for (int64_t i = buckets.begin(n); i < buckets.end(n); ++i) {
             const int64_t r = buckets.rois[i];
             for (int64_t ph = 0; ph < PH; ++ph) {
               for (int64_t pw = 0; pw < PW; ++pw) {
                 const int64_t off = r * oK + c * oC + ph * oH + pw * oW;
-                bin_max<scalar_t, T>(plane, sH, sW, W, bins[(r * PH + ph) * PW + pw], o[off], am[off]);
+                const PoolBin& b = bins[(r * PH + ph) * PW + pw];
+                if (widen) {
+                  T value;
+                  bin_max<T, T>(wide.data(), W, 1, W, b, value, am[off]);
+                  o[off] = scalar_t(value);
+                } else {
+                  bin_max<scalar_t, T>(plane, sH, sW, W, b, o[off], am[off]);
+                }
               }
             }
           }
