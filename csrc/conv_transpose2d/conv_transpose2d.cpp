@@ -149,8 +149,17 @@ namespace {
 // The 1x1 convolution form of the dense matrix product: weight [Cin, R] as [R, Cin, 1, 1].
 at::Tensor as_1x1(const at::Tensor& w2d) { return w2d.t().contiguous().view({w2d.size(1), w2d.size(0), 1, 1}); }
 
+// On CPUs without native bfloat16/float16 convolutions (no AVX512-BF16: the
+// project's 2-core AMD EPYC), torch runs a reduced-precision convolution on its
+// reference path, 5-10x slower than the float32 one; the product is then
+// computed in float32 and rounded once. bench/conv_transpose2d_crossover.py
+// times it (U-Net 256 -> 128, bf16 NCHW: this path against oneDNN and torch).
 at::Tensor conv1x1(const at::Tensor& x, const at::Tensor& w) {
   const int64_t one[2] = {1, 1}, zero[2] = {0, 0};
+  if (x.is_cpu() && at::isReducedFloatingType(x.scalar_type())) {
+    return at::convolution(x.to(at::kFloat), w.to(at::kFloat), std::nullopt, one, zero, one, false, zero, 1)
+        .to(x.scalar_type());
+  }
   return at::convolution(x, w, std::nullopt, one, zero, one, false, zero, 1);
 }
 

@@ -210,3 +210,28 @@ def test_cpu_bit_equal_to_torchvision(dtype, channels_last):
     bits = torch.int32 if dtype == torch.float32 else torch.int64
     assert torch.equal(out.contiguous().view(bits), ref.view(bits))
     assert torch.equal(argmax.contiguous(), ref_argmax.to(torch.int64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_cpu_vector_blocks_and_widened_planes_bit_equal(dtype, channels_last):
+    """Channels-last maps with full 16-channel blocks (the SSE2 path, here 16 + 4
+    channels) and bfloat16 NCHW planes widened to float give torchvision's
+    output bits and argmax on maps full of ties, signed zeros, -inf, -FLT_MAX
+    and NaN; bfloat16 against torchvision on the float32 copy (a maximum of
+    bfloat16 values converts back exactly)."""
+    g = torch.Generator().manual_seed(21)
+    x = torch.randint(-3, 3, (2, 20, 17, 23), generator=g).float() / 2
+    specials = torch.tensor([-0.0, 0.0, float("-inf"), float("nan"), -torch.finfo(torch.float32).max])
+    where = torch.rand(x.shape, generator=g)
+    x = torch.where(where < 0.25, specials[torch.randint(0, 5, x.shape, generator=g)], x)
+    x[1, 2] = float("-inf")
+    x[0, 17] = -0.0
+    x = x.to(dtype)
+    rois = make_rois(40, 2, (17, 23), generator=g, dtype=torch.float32)
+    rois = torch.cat([rois, torch.tensor([[1.0, -5, -5, 40, 40], [0.0, 3, 3, 3, 3]])]).to(dtype)
+    out, argmax = torch.ops.detops.roi_pool(_layout(x, channels_last), rois, 1.0, 3, 4)
+    ref, ref_argmax = torch.ops.torchvision.roi_pool(x.float(), rois.float(), 1.0, 3, 4)
+    bits = torch.int32 if dtype == torch.float32 else torch.int16
+    assert torch.equal(out.contiguous().view(bits), ref.to(dtype).view(bits))
+    assert torch.equal(argmax.contiguous(), ref_argmax.to(torch.int64))

@@ -23,7 +23,14 @@ Algorithms (the C++ CPU and CUDA kernels choose):
   express runs oneDNN's direct deconvolution instead (its native layout, so
   there is nothing for the shuffle to save) with the skip add and ReLU fused
   after it, and the backward uses the column form only while one image's
-  columns stay in cache, else oneDNN's deconvolution backward.
+  columns stay in cache, else oneDNN's deconvolution backward. On CPU a
+  bfloat16/float16 product is computed in float32 and rounded once: torch has
+  no fast reduced-precision convolution on CPUs without AVX512-BF16, and its
+  reference path, which ``F.conv_transpose2d`` itself takes there, was slower
+  than this one at every U-Net size timed (256 -> 128 channels, bf16 NCHW,
+  4x4 to 32x32 maps, one thread: torch 1.4x, 1.4x, 2.1x and 2.5x slower;
+  ``bench/conv_transpose2d_crossover.py``), so there is no size crossover to
+  dispatch on.
 
 The output keeps the input's memory format (channels-last in, channels-last
 out), as torch's does, and so does the input's gradient.

@@ -1,0 +1,113 @@
+"""Where detops' dense transposed convolution (kernel == stride: U-Net, Mask
+R-CNN) should hand a layer to oneDNN's deconvolution (torch's own kernel):
+times each side of the two size dispatches in ``csrc/conv_transpose2d`` with
+the algorithm forced (``DETOPS_CT_DENSE_FORWARD`` / ``DETOPS_CT_DENSE_BACKWARD``
+= ``columns`` or ``onednn``) against ``torch.nn.functional.conv_transpose2d``,
+over the sweep's U-Net ladder::
+
+    .venv/bin/python bench/conv_transpose2d_crossover.py [--repeats 9]
+
+Prints, per size, the median time of each algorithm and of torch (alternating
+samples, so machine load hits them alike); the crossovers written in the op's
+docstring come from this table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import detops
+
+
+def _median_times(fns: dict, repeats: int, sample_time: float = 0.02) -> dict:
+    inner = {}
+    for name, fn in fns.items():
+        fn()
+        n, start = 1, time.perf_counter()
+        while True:
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            if time.perf_counter() - start >= sample_time or n >= 4096:
+                break
+            n *= 2
+        inner[name] = n
+    samples: dict = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(inner[name]):
+                fn()
+            samples[name].append((time.perf_counter() - start) / inner[name])
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def _forced(variable: str, value: str, fn):
+    def run():
+        os.environ[variable] = value
+        try:
+            return fn()
+        finally:
+            del os.environ[variable]
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--sizes", default="4,8,16,32,64", help="U-Net input map sides")
+    args = parser.parse_args()
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(256, 128, 2, 2, generator=g) * 0.05
+    b = torch.randn(128, generator=g)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ms per call (median of {args.repeats})")
+    for hw in (int(s) for s in args.sizes.split(",")):
+        x = torch.randn(1, 256, hw, hw, generator=g)
+        # bf16 NCHW forward: the columns path against oneDNN.
+        xh, wh, bh = x.bfloat16(), w.bfloat16(), b.bfloat16()
+        fwd = {
+            "columns": _forced("DETOPS_CT_DENSE_FORWARD", "columns",
+                               lambda: torch.ops.detops.conv_transpose2d(xh, wh, bh, None, [2, 2], [0, 0],
+                                                                         [2 * hw, 2 * hw], [0, 0], 1, 0)),
+            "onednn": _forced("DETOPS_CT_DENSE_FORWARD", "onednn",
+                              lambda: torch.ops.detops.conv_transpose2d(xh, wh, bh, None, [2, 2], [0, 0],
+                                                                        [2 * hw, 2 * hw], [0, 0], 1, 0)),
+            "default": lambda: detops.conv_transpose2d(xh, wh, bh, stride=2),
+            "torch": lambda: F.conv_transpose2d(xh, wh, bh, stride=2),
+        }
+        t = _median_times(fwd, args.repeats)
+        print(f"bf16 NCHW fwd    256x{hw}x{hw}: " + "  ".join(f"{k} {v * 1e3:8.4f}" for k, v in t.items())
+              + f"  torch/default {t['torch'] / t['default']:.2f}x")
+        # fp32 channels-last forward + backward: the backward's columns path against oneDNN.
+        for dtype in (torch.float32,):
+            xc = x.to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+            wc, bc = w.to(dtype).requires_grad_(), b.to(dtype).requires_grad_()
+
+            def step(fn):
+                def run():
+                    out = fn(xc, wc, bc)
+                    return torch.autograd.grad(out, (xc, wc, bc), torch.ones_like(out))
+
+                return run
+
+            ours = step(lambda a, b_, c: detops.conv_transpose2d(a, b_, c, stride=2))
+            bwd = {
+                "columns": _forced("DETOPS_CT_DENSE_BACKWARD", "columns", ours),
+                "onednn": _forced("DETOPS_CT_DENSE_BACKWARD", "onednn", ours),
+                "default": ours,
+                "torch": step(lambda a, b_, c: F.conv_transpose2d(a, b_, c, stride=2)),
+            }
+            t = _median_times(bwd, args.repeats)
+            print(f"fp32 CL fwd+bwd  256x{hw}x{hw}: " + "  ".join(f"{k} {v * 1e3:8.4f}" for k, v in t.items())
+                  + f"  torch/default {t['torch'] / t['default']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
