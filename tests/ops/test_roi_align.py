@@ -404,6 +404,18 @@ def test_multi_scale_matches_torchvision(device, channels_last, sampling_ratio):
     assert repr(ours) == repr(ref)
 
 
+def test_multi_scale_forward_rois_equals_forward():
+    """The [K, 5] entry point pools exactly what forward pools from box lists."""
+    g = torch.Generator().manual_seed(23)
+    feats = _fpn(g)
+    boxes = _fpn_boxes(g, [7, 5])
+    rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i)), b], dim=1) for i, b in enumerate(boxes)])
+    shapes = [(64, 96), (60, 90)]
+    pooler = detops.MultiScaleRoIAlign(["p2", "p3", "p4", "p5"], 3, 2)
+    assert torch.equal(pooler.forward_rois(feats, rois, shapes),
+                       detops.MultiScaleRoIAlign(["p2", "p3", "p4", "p5"], 3, 2)(feats, boxes, shapes))
+
+
 def test_multi_scale_single_level_and_gradcheck():
     g = torch.Generator().manual_seed(30)
     feats = _fpn(g, c=2, dtype=torch.float64)

@@ -339,7 +339,7 @@ def _fpn_levels(rois: Tensor, k_min: int, k_max: int, canonical_scale: int, cano
 @torch.fx.wrap
 def _multiscale_roi_align(
     features: List[Tensor],
-    boxes: List[Tensor],
+    boxes: Union[Tensor, List[Tensor]],
     output_size: List[int],
     sampling_ratio: int,
     scales: List[float],
@@ -405,6 +405,24 @@ class MultiScaleRoIAlign(nn.Module):
         Returns:
             ``[sum L_i, C, h, w]``, boxes in the order given.
         """
+        return self._pool(x, boxes, image_shapes)
+
+    def forward_rois(self, x: Dict[str, Tensor], rois: Tensor, image_shapes: List[Tuple[int, int]]) -> Tensor:
+        """:meth:`forward` for boxes already in one tensor, as batched detectors
+        and export mode hold them.
+
+        Args:
+            x: feature maps by name, each ``[N, C, H_l, W_l]``.
+            rois: ``[K, 5]`` ``(image index, x1, y1, x2, y2)`` in image pixels.
+            image_shapes: ``(height, width)`` of each image before the backbone.
+
+        Returns:
+            ``[K, C, h, w]``, rois in the order given.
+        """
+        return self._pool(x, rois, image_shapes)
+
+    def _pool(self, x: Dict[str, Tensor], boxes: Union[Tensor, List[Tensor]],
+              image_shapes: List[Tuple[int, int]]) -> Tensor:
         features = _filter_input(x, self.featmap_names)
         scales, k_min, k_max = self.scales, self.k_min, self.k_max
         if scales is None or k_min is None or k_max is None:

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ... import ops as dops
-from ...ops.roi_align import _setup_scales
 
 # (height, width) of each image as a [B, 2] tensor, or one (height, width) pair for all.
 Sizes = Union[Tensor, Sequence[Union[int, torch.SymInt]]]
@@ -68,19 +67,11 @@ def padded_rois(boxes: Tensor) -> Tensor:
 
 def pool_rois(pooler: dops.MultiScaleRoIAlign, features: dict[str, Tensor], rois: Tensor,
               image_sizes: list[tuple[int, int]]) -> Tensor:
-    """``MultiScaleRoIAlign`` of ``[K, 5]`` rois (the module takes per-image box lists;
-    padded batches and export mode have rois already)."""
-    maps = [v for k, v in features.items() if k in pooler.featmap_names]
-    if pooler.scales is None:
-        pooler.scales, pooler.k_min, pooler.k_max = _setup_scales(maps, image_sizes)
-    rois = rois.to(maps[0].dtype) if maps[0].dtype == torch.float64 else rois.float()
-    if len(maps) == 1:
-        return dops.roi_align(maps[0], rois, pooler.output_size, pooler.scales[0], pooler.sampling_ratio)
-    levels = pooler._levels(rois)
-    return torch.ops.detops.multi_scale_roi_align(
-        maps, rois, levels, pooler.scales, pooler.output_size[0], pooler.output_size[1],
-        int(pooler.sampling_ratio), False,
-    )
+    """``[K, 5]`` rois pooled by ``pooler``, in the feature maps' precision
+    (float32 rois for reduced-precision maps under autocast)."""
+    dtype = next(iter(features.values())).dtype
+    rois = rois.to(dtype) if dtype == torch.float64 else rois.float()
+    return pooler.forward_rois(features, rois, image_sizes)
 
 
 def select_rows(rows: Tensor, valid: Tensor, export: bool) -> tuple[Tensor, Optional[Tensor]]:
