@@ -1,10 +1,12 @@
 // CPU kernels of the position-sensitive RoI ops.
 //
-// Forward: a task is (RoI, output channel); it writes that RoI's PH x PW bins
-// of the channel, each from its own input channel (ps_roi_math.h). The
-// geometry (ps_roi_align's valid row and column samples, ps_roi_pool's bins)
-// is worked out once per RoI, not once per output element as in torchvision,
-// and maps are read in place in either memory format.
+// Forward: output channel c of bin (ph, pw) reads input channel
+// (c * PH + ph) * PW + pw (ps_roi_math.h). NCHW maps: a task is one (image,
+// input channel) plane and visits its image's RoIs in order, each reading one
+// bin of it (the plane stays in cache); channels-last maps: a task is one
+// (RoI, output channel). The geometry (ps_roi_align's valid row and column
+// samples, ps_roi_pool's bins) is worked out once per RoI, not once per
+// output element as in torchvision, and maps are read in place.
 //
 // Backward: a task is one (image, input channel) plane. That channel belongs
 // to one output channel and one bin, so the plane visits its image's RoIs in
@@ -31,6 +33,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/memory_format.h"
 #include "ps_roi/ps_roi.h"
 
 namespace detops {
@@ -143,16 +146,39 @@ Strides strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.st
 
 // ------------------------------------------------------------------ forward
 
-// Calls bin(r, c, ph, pw, plane) -> value for every output element, a task
-// per (RoI, output channel), and writes the output and channel_mapping.
+// Calls bin(r, ph, pw, plane, strides) -> value for every output element and
+// writes the output and channel_mapping. NCHW maps: a task is one (image,
+// input channel) plane, which visits its image's RoIs in order (each RoI
+// reads one bin of it), so the plane stays in cache; channels-last maps: a
+// task is one (RoI, output channel), whose bins read nearby channels of the
+// same pixels.
 template <typename scalar_t, typename Bin>
 void forward_tasks(const at::Tensor& input, const std::vector<int64_t>& batch, int64_t C_out, int64_t PH, int64_t PW,
                    double work, at::Tensor& out, at::Tensor& mapping, const Bin& bin) {
-  const int64_t K = static_cast<int64_t>(batch.size());
+  const int64_t K = static_cast<int64_t>(batch.size()), N = input.size(0), C = input.size(1);
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   const Strides s = strides_of(input);
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
   int32_t* m = mapping.mutable_data_ptr<int32_t>();
+  if (!is_channels_last(input)) {
+    std::vector<int64_t> keys(batch);
+    const RoiBuckets buckets(keys, N);
+    // Channel outermost, so the static split gives every thread all images.
+    at::parallel_for(0, C * N, grain_for(C * N, work), [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t c_in = t / N, n = t % N;
+        const int64_t c = c_in / (PH * PW), ph = (c_in / PW) % PH, pw = c_in % PW;
+        const scalar_t* plane = in + n * s.n + c_in * s.c;
+        for (int64_t i = buckets.begin(n); i < buckets.end(n); ++i) {
+          const int64_t r = buckets.rois[i];
+          const int64_t idx = ((r * C_out + c) * PH + ph) * PW + pw;
+          o[idx] = scalar_t(bin(r, ph, pw, plane, s));
+          m[idx] = static_cast<int32_t>(c_in);
+        }
+      }
+    });
+    return;
+  }
   at::parallel_for(0, K * C_out, grain_for(K * C_out, work), [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t r = t / C_out, c = t % C_out;
