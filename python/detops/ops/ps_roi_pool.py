@@ -79,8 +79,8 @@ def ps_roi_pool(
         >>> x = torch.arange(4 * 8 * 8, dtype=torch.float32).reshape(1, 4, 8, 8)
         >>> boxes = [torch.tensor([[0.0, 0.0, 4.0, 4.0]])]
         >>> detops.ps_roi_pool(x, boxes, output_size=2)
-        tensor([[[[  9.,  75.],
-                  [153., 219.]]]])
+        tensor([[[[  4.5000,  70.5000],
+                  [148.5000, 214.5000]]]])
     """
     ph, pw, scale = _ps_args(input, output_size, spatial_scale)
     rois = _to_rois(boxes, input)
