@@ -41,6 +41,10 @@ allocated with at::zeros, which drops the channels-last layout.)
   * conv_transpose2d: warp_sum's shuffle offset shifted (o -> o + 1) ->
     test_conv_transpose2d_depthwise fails (and the emulator reports the
     shuffle reading outside the warp);
+  * ps_roi (RUN, both caught): pool_backward_atomic_kernel's ``atomicAdd``
+    replaced by a plain store -> test_ps_roi_backward fails (it repeats
+    RoIs so that their bins add into the same pixels); the gather backward
+    without its ``/ count`` -> test_ps_roi_backward fails;
   * box_coder / anchor_generator: grid-stride index shifted by one
     (threadIdx.x + 1) -> their tests fail (ASan reports the write past the end).
 """
@@ -380,8 +384,9 @@ def test_ps_roi_forward(dtype, channels_last):
 def test_ps_roi_backward(dtype, det):
     g = torch.Generator().manual_seed(59)
     N, C, H, W = 2, 2 * 3 * 2, 13, 11
-    rois = _rois(21, N, g, 50, dtype)
-    grad = torch.randn(21, 2, 3, 2, generator=g).to(dtype)
+    rois = _rois(21, N, g, 20, dtype)  # inside the map (scale 0.5), so bins overlap
+    rois = torch.cat([rois, rois[:4]])  # repeated RoIs: their bins add into the same pixels
+    grad = torch.randn(25, 2, 3, 2, generator=g).to(dtype)
     mapping = torch.ops.detops.ps_roi_pool(torch.zeros(N, C, H, W, dtype=dtype), rois, 0.5, 3, 2)[1]
     with deterministic(det):
         for sampling in (2, -1):
