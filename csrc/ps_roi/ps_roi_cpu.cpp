@@ -307,7 +307,8 @@ at::Tensor ps_roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& r
     using T = at::opmath_type<scalar_t>;
     const AlignPlan<T> p = align_plan<T>(rois, N, H, W, spatial_scale, PH, PW, sampling_ratio);
     grad_input = backward_tasks<scalar_t>(
-        grad, p.batch, PH, PW, N, C, H, W, align_work(p, C_out), [&](int64_t r, int64_t ph, int64_t pw, T go, T* plane) {
+        grad, p.batch, PH, PW, N, C, H, W, align_work(p, C_out),
+        [&](int64_t r, int64_t ph, int64_t pw, T go, T* plane) {
           // torchvision's order: samples (rows outer), then the four taps,
           // each adding grad * w / count.
           const T count = p.count[r];
@@ -337,7 +338,8 @@ at::Tensor ps_roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& ro
     using T = at::opmath_type<scalar_t>;
     const PoolPlan p = pool_plan<T>(rois, N, H, W, spatial_scale, PH, PW);
     grad_input = backward_tasks<scalar_t>(
-        grad, p.batch, PH, PW, N, C, H, W, pool_work(p, C_out), [&](int64_t r, int64_t ph, int64_t pw, T go, T* plane) {
+        grad, p.batch, PH, PW, N, C, H, W, pool_work(p, C_out),
+        [&](int64_t r, int64_t ph, int64_t pw, T go, T* plane) {
           const PoolBin& b = p.bins[(r * PH + ph) * PW + pw];
           if (b.empty()) return;
           const T diff = go / bin_area<T>(b);
