@@ -241,12 +241,19 @@ ROI_LADDER = ((1, 1, 8, (64, 64)), (8, 1, 32, (128, 128)), (64, 2, 32, (200, 304
               (128, 2, 64, (400, 608)), (512, 2, 256, (800, 1216)))
 
 
-def _sweep_roi_op(device: str, op: str, ours_fn, ref_fn) -> Iterator[BenchCase]:
+# The position-sensitive ops (R-FCN, Light-Head R-CNN) pool a stride-16 map
+# whose channels are 7 x 7 score maps per output channel: from one RoI on 49
+# channels to R-FCN's 300 RoIs on 49 x 8 channels of an 800x1216 image.
+PS_ROI_LADDER = ((1, 1, 49, (128, 128)), (8, 1, 98, (256, 256)), (64, 2, 98, (400, 608)),
+                 (128, 2, 196, (600, 912)), (300, 2, 392, (800, 1216)))
+
+
+def _sweep_roi_op(device: str, op: str, ours_fn, ref_fn, ladder=ROI_LADDER, stride: int = 4) -> Iterator[BenchCase]:
     g = torch.Generator().manual_seed(0)
-    for k, n, c, image in ROI_LADDER:
-        level = torch.randn(n, c, image[0] // 4, image[1] // 4, generator=g).to(device)
+    for k, n, c, image in ladder:
+        level = torch.randn(n, c, image[0] // stride, image[1] // stride, generator=g).to(device)
         rois = b_roi._rois(b_roi._proposals(k, n, device, k, image))
-        shape = f"[{n},{c},{image[0] // 4},{image[1] // 4}]"
+        shape = f"[{n},{c},{image[0] // stride},{image[1] // stride}]"
         for cl in (False, True):
             x = _cl(level, cl)
             layout = "channels-last" if cl else "NCHW"
@@ -286,6 +293,16 @@ def sweep_roi_align(device: str) -> Iterator[BenchCase]:
 def sweep_roi_pool(device: str) -> Iterator[BenchCase]:
     yield from _sweep_roi_op(device, "roi_pool", lambda x, r: detops.roi_pool(x, r, 7, 0.25),
                              lambda x, r: tvo.roi_pool(x, r, 7, 0.25))
+
+
+def sweep_ps_roi_align(device: str) -> Iterator[BenchCase]:
+    yield from _sweep_roi_op(device, "ps_roi_align", lambda x, r: detops.ps_roi_align(x, r, 7, 1 / 16, 2),
+                             lambda x, r: tvo.ps_roi_align(x, r, 7, 1 / 16, 2), PS_ROI_LADDER, 16)
+
+
+def sweep_ps_roi_pool(device: str) -> Iterator[BenchCase]:
+    yield from _sweep_roi_op(device, "ps_roi_pool", lambda x, r: detops.ps_roi_pool(x, r, 7, 1 / 16),
+                             lambda x, r: tvo.ps_roi_pool(x, r, 7, 1 / 16), PS_ROI_LADDER, 16)
 
 
 def sweep_anchor_generator(device: str) -> Iterator[BenchCase]:
@@ -457,6 +474,8 @@ SWEEPS = {
     "conv_transpose2d": sweep_conv_transpose2d,
     "corner_pool": sweep_corner_pool,
     "nms": sweep_nms,
+    "ps_roi_align": sweep_ps_roi_align,
+    "ps_roi_pool": sweep_ps_roi_pool,
     "roi_align": sweep_roi_align,
     "roi_pool": sweep_roi_pool,
     "sigmoid_focal_loss": sweep_sigmoid_focal_loss,

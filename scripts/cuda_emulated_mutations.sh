@@ -22,6 +22,8 @@ MUTATIONS=(
     const Roi<T> roi = load_roi(rois, levels, r, maps, pool);
     T acc = T(0);|test_roi_align_forward"
   "roi_pool-atomic|csrc/roi_pool/roi_pool_cuda.cu|    atomicAdd(accum + n * m.sN + c * m.sC + h * m.sH + w * m.sW, A(convert<T>(grad[off])));|    accum[n * m.sN + c * m.sC + h * m.sH + w * m.sW] = A(convert<T>(grad[off]));|test_roi_pool_backward"
+  "ps_roi-atomic|csrc/ps_roi/ps_roi_cuda.cu|      for (int64_t w = bin.wstart; w < bin.wend; ++w) atomicAdd(plane + h * m.sH + w * m.sW, diff);|      for (int64_t w = bin.wstart; w < bin.wend; ++w) plane[h * m.sH + w * m.sW] = diff;|test_ps_roi_backward"
+  "ps_roi-gather|csrc/ps_roi/ps_roi_cuda.cu|      acc += go * wy * wx / g.count;|      acc += go * wy * wx;|test_ps_roi_backward"
   "box_iou-barrier|csrc/box_iou/box_iou_cuda.cu|      for (int c = 0; c < 4; ++c) shared[c][tid] += shared[c][tid + stride];
     }
     __syncthreads();|      for (int c = 0; c < 4; ++c) shared[c][tid] += shared[c][tid + stride];
@@ -56,6 +58,7 @@ EOF
     results+=("$name: caught ($(grep -m1 -oE '[0-9]+ failed|Error|AddressSanitizer|runtime error' "build/mutation-$name.log" || echo failed))")
   fi
   mv -f "$file.orig" "$file"
+  touch "$file"  # the restored copy is older than the mutated object: make ninja rebuild it
   trap - INT TERM
 done
 printf '%s\n' "${results[@]}"

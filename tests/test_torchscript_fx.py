@@ -58,6 +58,9 @@ FUNCTIONS = {
     "roi_align output 0": (detops.roi_align, (X, ROIS, [0, 2])),
     "roi_pool": (detops.roi_pool, (X, ROIS, [3, 2], 0.5)),
     "roi_pool list": (detops.roi_pool, (X, [ROIS[:, 1:]], 2)),
+    "ps_roi_align": (detops.ps_roi_align, (X, ROIS, 2, 0.5, 2)),
+    "ps_roi_align list": (detops.ps_roi_align, (X, [ROIS[:2, 1:], ROIS[2:, 1:]], [1, 2])),
+    "ps_roi_pool": (detops.ps_roi_pool, (X, ROIS, [2, 1], 0.5)),
     "encode_boxes": (detops.encode_boxes, (B, B.flip(0), [10.0, 10.0, 5.0, 5.0])),
     "encode_boxes tensor weights": (detops.encode_boxes, (B, B.flip(0), torch.tensor([1.0, 2.0, 3.0, 4.0]))),
     "decode_boxes": (detops.decode_boxes, (LOGITS[:, :4] * 0.1, B[:6], [10.0, 10.0, 5.0, 5.0], 4.0)),
@@ -107,6 +110,16 @@ class _Anchors(nn.Module):
         return anchors + [decoded] + list(encoded)
 
 
+class _PSPools(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.align = detops.nn.PSRoIAlign(2, 0.5, 2)
+        self.pool = detops.nn.PSRoIPool((1, 2), 0.5)
+
+    def forward(self, x: Tensor, rois: Tensor, boxes: List[Tensor]) -> List[Tensor]:
+        return [self.align(x, rois), self.pool(x, boxes)]
+
+
 def _module_cases():
     boxes = [_boxes(4, 8) * 1.5, _boxes(2, 9) * 1.5]
     images = ImageList(torch.zeros(2, 3, 32, 32), [(32, 32), (30, 28)])
@@ -114,6 +127,7 @@ def _module_cases():
     codes = torch.randn(2 * (64 + 16) * 3, 4, generator=torch.Generator().manual_seed(10)) * 0.1
     return {
         "RoIAlign, RoIPool, MultiScaleRoIAlign": (_Pools(), (X, ROIS, boxes)),
+        "PSRoIAlign, PSRoIPool": (_PSPools(), (X, ROIS, boxes)),
         "AnchorGenerator, BoxCoder": (_Anchors(), (images, features, codes)),
         "ConvTranspose2d": (detops.nn.ConvTranspose2d(4, 8, 2, 2, activation="relu"), (X,)),
         "ConvTranspose2d grouped": (detops.nn.ConvTranspose2d(4, 4, 4, 2, 1, groups=4), (X,)),
@@ -145,7 +159,8 @@ class _UsesFunctions(nn.Module):
         return iou.sum() + loss + pooled.mean() + detops.ops.box_iou(boxes, boxes).mean()
 
 
-@pytest.mark.parametrize("name", ["RoIAlign, RoIPool, MultiScaleRoIAlign", "BilinearUpsample", "functions"])
+@pytest.mark.parametrize("name", ["RoIAlign, RoIPool, MultiScaleRoIAlign", "PSRoIAlign, PSRoIPool", "BilinearUpsample",
+                                  "functions"])
 def test_fx_symbolic_trace_with_eager_results(name):
     if name == "functions":
         module, args = _UsesFunctions(), (B, S, IDX, X, ROIS, LOGITS, TARGETS)
@@ -155,7 +170,7 @@ def test_fx_symbolic_trace_with_eager_results(name):
     # The ops are graph nodes, not traced into (their checks would need real tensors).
     targets = {getattr(n.target, "__name__", str(n.target)) for n in traced.graph.nodes if n.op == "call_function"}
     assert targets & {"roi_align", "roi_pool", "_multiscale_roi_align", "conv_transpose2d", "batched_nms",
-                      "generalized_box_iou", "sigmoid_focal_loss"}
+                      "generalized_box_iou", "sigmoid_focal_loss", "ps_roi_align", "ps_roi_pool"}
     for a, b in zip(_flat(traced(*args)), _flat(module(*args)), strict=True):
         assert torch.equal(a, b)
 

@@ -48,6 +48,7 @@ S[3] = S[5]  # a tie
 IDX = torch.tensor([0, 1, 0, 1, 2, 2, 0, 1])
 X = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(2))
 ROIS = torch.cat([torch.tensor([[0.0], [1.0], [0.0], [1.0]]), _boxes(4, 3) * 0.5], dim=1)
+XPS = torch.rand(2, 8, 12, 12, generator=torch.Generator().manual_seed(6))
 LOGITS = torch.randn(8, generator=torch.Generator().manual_seed(4))
 TARGETS = (torch.rand(8, generator=torch.Generator().manual_seed(5)) > 0.5).float()
 
@@ -128,6 +129,19 @@ CASES = {
     "roi_pool list of [K, 5]": ("same", lambda m: m.roi_pool(X, [ROIS], 3)),
     "roi_pool int map": ("same", lambda m: m.roi_pool((X * 10).int(), ROIS, 3)),
     "roi_pool quint8": ("extension", lambda m: m.roi_pool(_q(X, 1 / 128), ROIS, 3)),
+    # ps_roi_align / ps_roi_pool (channels: a multiple of the bins)
+    "ps_roi_align": ("same", lambda m: m.ps_roi_align(XPS, ROIS, 2, 0.5, 2)),
+    "ps_roi_align spatial_scale 0": ("same", lambda m: m.ps_roi_align(XPS, ROIS, 2, 0.0)),
+    "ps_roi_pool spatial_scale < 0": ("same", lambda m: m.ps_roi_pool(XPS, ROIS, 2, -0.5)),
+    "ps_roi_align list of boxes": ("same", lambda m: m.ps_roi_align(XPS, [ROIS[:2, 1:], ROIS[2:, 1:]], (1, 2))),
+    "ps_roi_pool list of boxes": ("same", lambda m: m.ps_roi_pool(XPS, [ROIS[:2, 1:], ROIS[2:, 1:]], 2)),
+    "ps_roi_align boxes [K, 4]": ("same", lambda m: m.ps_roi_align(XPS, ROIS[:, 1:], 2)),
+    "ps_roi_pool 1-D boxes": ("same", lambda m: m.ps_roi_pool(XPS, ROIS[0], 2)),
+    "ps_roi_align channels not a multiple": ("same", lambda m: m.ps_roi_align(XPS, ROIS, 3)),
+    "ps_roi_pool channels not a multiple": ("same", lambda m: m.ps_roi_pool(XPS, ROIS, 3)),
+    "ps_roi_align quint8": ("same", lambda m: m.ps_roi_align(_q(XPS, 1 / 128), ROIS, 2)),
+    "ps_roi_align float64 boxes": ("extension", lambda m: m.ps_roi_align(XPS, ROIS.double(), 2)),
+    "ps_roi_pool bfloat16": ("extension", lambda m: m.ps_roi_pool(XPS.bfloat16(), ROIS.bfloat16(), 2)),
     # IoU family
     "box_iou one 1-D box": ("same", lambda m: m.box_iou(B[0], B)),
     "generalized_box_iou one 1-D box": ("same", lambda m: m.generalized_box_iou(B[0], B)),

@@ -5,7 +5,14 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/searchsorted.h>
+#include <ATen/ops/sort.h>
+#include <ATen/ops/where.h>
 #include <c10/util/Exception.h>
+
+#include <utility>
 
 #include <cmath>
 #include <cstdint>
@@ -55,5 +62,20 @@ struct RoiBuckets {
   int64_t begin(int64_t key) const { return offsets[key]; }
   int64_t end(int64_t key) const { return offsets[key + 1]; }
 };
+
+// The RoIs of each image in RoI order, computed with tensor ops on the rois'
+// device (no host sync), for the gather-form (deterministic) CUDA backwards:
+// (order [K] int64, offsets [N + 1] int64), image n's RoIs being
+// order[offsets[n] : offsets[n + 1]]. RoIs with a batch index outside [0, N)
+// are left out (the forward has already rejected them).
+inline std::pair<at::Tensor, at::Tensor> rois_by_image(const at::Tensor& rois, int64_t batch_size) {
+  const at::Tensor batch = rois.select(1, 0);
+  const at::Tensor valid = batch.gt(-1).logical_and(batch.lt(batch_size));
+  const at::TensorOptions longs = rois.options().dtype(at::kLong);
+  const at::Tensor keys = at::where(valid, batch.to(at::kLong), at::full({}, batch_size, longs));
+  auto [sorted, order] = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  at::Tensor offsets = at::searchsorted(sorted, at::arange(batch_size + 1, longs)).contiguous();
+  return {order.contiguous(), offsets};
+}
 
 }  // namespace detops

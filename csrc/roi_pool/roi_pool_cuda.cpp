@@ -2,12 +2,7 @@
 // uses atomics by default and the gather form (bit-reproducible) under
 // torch.use_deterministic_algorithms(True).
 #include <ATen/Context.h>
-#include <ATen/ops/arange.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/full.h>
-#include <ATen/ops/searchsorted.h>
-#include <ATen/ops/sort.h>
-#include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -62,13 +57,7 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad_in, const at::Tensor& r
   if (at::globalContext().deterministicAlgorithms()) {
     at::Tensor grad_input = at::empty({N, C, H, W}, grad.options(), format_of(cl));
     if (grad_input.numel() == 0) return grad_input;
-    const at::Tensor batch = rois.select(1, 0);
-    const at::Tensor valid = batch.gt(-1).logical_and(batch.lt(N));
-    const at::Tensor keys =
-        at::where(valid, batch.to(at::kLong), at::full({}, N, grad.options().dtype(at::kLong)));
-    auto [sorted, order] = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
-    const at::Tensor offsets = at::searchsorted(sorted, at::arange(N + 1, keys.options())).contiguous();
-    const at::Tensor order_c = order.contiguous();
+    const auto [order_c, offsets] = rois_by_image(rois, N);
     DETOPS_CUDA_CHECK(backward_gather_cuda(to_dtype(dtype), grad.const_data_ptr(), argmax.const_data_ptr<int64_t>(),
                                            out_args(grad), rois.const_data_ptr(), spatial_scale,
                                            order_c.const_data_ptr<int64_t>(), offsets.const_data_ptr<int64_t>(),

@@ -95,8 +95,12 @@ class DetopsApi(Directive):
             if inspect.ismodule(obj):
                 continue
             qual = f"{module_name}.{name}"
+            # A name that detops' top level also exports (detops.nn.PSRoIAlign is
+            # detops.PSRoIAlign) is indexed once, under detops.
+            again = module_name != "detops" and getattr(importlib.import_module("detops"), name, None) is obj
             if inspect.isclass(obj):
                 lines += [f".. autoclass:: {qual}", "   :members:", "   :show-inheritance:"]
+                lines += ["   :no-index:"] if again else []
             elif callable(obj):
                 lines += [f".. autofunction:: {qual}"]
             else:

@@ -17,8 +17,11 @@ What is routed, and how:
    * ``nms`` -> ``detops::nms``
    * ``roi_align``, ``_roi_align_backward`` -> ``detops::roi_align``, ``detops::roi_align_backward``
    * ``roi_pool``, ``_roi_pool_backward`` -> ``detops::roi_pool``, ``detops::roi_pool_backward``
-   * ``ps_roi_align``, ``ps_roi_pool`` and their backward ops -> detops'
-     ops of the same name, when this build of detops has them
+   * ``ps_roi_align``, ``_ps_roi_align_backward`` -> ``detops::ps_roi_align``, ``detops::ps_roi_align_backward``
+   * ``ps_roi_pool``, ``_ps_roi_pool_backward`` -> ``detops::ps_roi_pool``, ``detops::ps_roi_pool_backward``
+     (torchvision's ps_roi_pool backward also sends gradient to the map's last
+     row and column, which its forward never reads; detops' is the forward's
+     gradient)
 
    for the CPU and CUDA dispatch keys, and for ``AutocastCPU``/``AutocastCUDA``
    where torchvision registers autocast (computing in float32, as torchvision's
@@ -150,29 +153,20 @@ def _autocast(kernel: Callable[..., Any], num_tensors: int, restore_dtype: bool)
     return wrapper
 
 
-def _detops_op(*names: str):
-    for name in names:
-        if hasattr(torch.ops.detops, name):
-            return getattr(torch.ops.detops, name)
-    return None
-
-
 def _kernel_routes() -> list[tuple[str, Callable[..., Any], int, bool, tuple[str, ...]]]:
     """(torchvision op, kernel, tensors cast under autocast, cast back, autocast keys)."""
-    routes = [
+    return [
         ("nms", _nms_kernel, 2, False, ("AutocastCPU", "AutocastCUDA")),
         ("roi_align", _roi_align_kernel, 2, True, ("AutocastCPU", "AutocastCUDA")),
         ("_roi_align_backward", _roi_align_backward_kernel, 0, False, ()),
         ("roi_pool", _roi_pool_kernel, 2, True, ("AutocastCUDA",)),
         ("_roi_pool_backward", _roi_pool_backward_kernel, 0, False, ()),
+        # The position-sensitive ops: detops' operators have torchvision's schemas.
+        ("ps_roi_align", torch.ops.detops.ps_roi_align, 2, True, ("AutocastCUDA",)),
+        ("_ps_roi_align_backward", torch.ops.detops.ps_roi_align_backward, 0, False, ()),
+        ("ps_roi_pool", torch.ops.detops.ps_roi_pool, 2, True, ("AutocastCUDA",)),
+        ("_ps_roi_pool_backward", torch.ops.detops.ps_roi_pool_backward, 0, False, ()),
     ]
-    # Position-sensitive RoI ops: detops' ops share torchvision's schemas.
-    for op in ("ps_roi_align", "ps_roi_pool"):
-        forward, backward = _detops_op(op), _detops_op(f"_{op}_backward", f"{op}_backward")
-        if forward is not None and backward is not None:
-            routes.append((op, forward, 2, True, ("AutocastCUDA",)))
-            routes.append((f"_{op}_backward", backward, 0, False, ()))
-    return routes
 
 
 def _register_kernels() -> torch.library.Library:

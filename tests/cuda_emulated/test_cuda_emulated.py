@@ -41,6 +41,10 @@ allocated with at::zeros, which drops the channels-last layout.)
   * conv_transpose2d: warp_sum's shuffle offset shifted (o -> o + 1) ->
     test_conv_transpose2d_depthwise fails (and the emulator reports the
     shuffle reading outside the warp);
+  * ps_roi (RUN, both caught): pool_backward_atomic_kernel's ``atomicAdd``
+    replaced by a plain store -> test_ps_roi_backward fails (it repeats
+    RoIs so that their bins add into the same pixels); the gather backward
+    without its ``/ count`` -> test_ps_roi_backward fails;
   * box_coder / anchor_generator: grid-stride index shifted by one
     (threadIdx.x + 1) -> their tests fail (ASan reports the write past the end).
 """
@@ -358,6 +362,37 @@ def test_roi_pool_backward(dtype, channels_last, det):
         out = check("roi_pool_backward", grad, rois, argmax, 0.5, 3, 2, N, C, H, W, channels_last, scale=10)
         assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
         check("roi_pool_backward", grad[:0], rois[:0], argmax[:0], 0.5, 3, 2, N, C, H, W, channels_last)
+
+
+# ------------------------------------------------------------------ position-sensitive RoI ops
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_ps_roi_forward(dtype, channels_last):
+    g = torch.Generator().manual_seed(53)
+    x = _map((2, 2 * 3 * 4, 13, 11), g, dtype, channels_last)
+    rois = _rois(17, 2, g, 50, dtype)
+    for sampling in (2, -1):
+        check("ps_roi_align", x, rois, 0.25, 3, 4, sampling, layout_of=None)
+    check("ps_roi_pool", x, rois, 0.25, 3, 4, exact=dtype in (torch.float32, torch.float64))
+    check("ps_roi_align", x, rois[:0], 0.25, 3, 4, 2)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("det", [False, True])
+def test_ps_roi_backward(dtype, det):
+    g = torch.Generator().manual_seed(59)
+    N, C, H, W = 2, 2 * 3 * 2, 13, 11
+    rois = _rois(21, N, g, 20, dtype)  # inside the map (scale 0.5), so bins overlap
+    rois = torch.cat([rois, rois[:4]])  # repeated RoIs: their bins add into the same pixels
+    grad = torch.randn(25, 2, 3, 2, generator=g).to(dtype)
+    mapping = torch.ops.detops.ps_roi_pool(torch.zeros(N, C, H, W, dtype=dtype), rois, 0.5, 3, 2)[1]
+    with deterministic(det):
+        for sampling in (2, -1):
+            check("ps_roi_align_backward", grad, rois, mapping, 0.5, 3, 2, sampling, N, C, H, W, scale=10)
+        check("ps_roi_pool_backward", grad, rois, mapping, 0.5, 3, 2, N, C, H, W, scale=10)
+        check("ps_roi_pool_backward", grad[:0], rois[:0], mapping[:0], 0.5, 3, 2, N, C, H, W)
 
 
 # ------------------------------------------------------------------ transposed convolution
