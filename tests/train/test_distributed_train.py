@@ -4,13 +4,13 @@ batches split over the ranks, flipped alike."""
 
 import os
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from detops.train import TrainConfig, train
-from detops.train.sync_bn import SyncBatchNorm, convert_sync_batchnorm
+from detops.train import SyncBatchNorm, TrainConfig, convert_sync_batchnorm, train
 from tests.helpers import assert_close, free_port
 
 BATCH = 6
@@ -30,27 +30,46 @@ def _batchnorm() -> nn.Module:
     return bn
 
 
-def _sync_bn_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _sync_bn_step(rank: int, world: int) -> dict:
+    bn = convert_sync_batchnorm(nn.Sequential(_batchnorm()))[0]
+    assert type(bn) is SyncBatchNorm
+    x, w = _data()
+    share = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
+    x = x[share].clone().requires_grad_()
+    y = bn(x)
+    (y * w[share]).sum().backward()
+    return {"y": y.detach(), "x_grad": x.grad, "weight_grad": bn.weight.grad, "bias_grad": bn.bias.grad,
+            "running_mean": bn.running_mean, "running_var": bn.running_var}
+
+
+def _config(out: str, sync_bn: bool = True) -> TrainConfig:
+    return TrainConfig(model="unet", out=out, max_steps=2, image_size=16, train_images=8, val_images=2,
+                       batch_size=4, progress=False, sync_bn=sync_bn, extra={"base_channels": 4, "depth": 2})
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    # one process group for everything (train() joins an initialised one): spawning is the slow part
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        bn = convert_sync_batchnorm(nn.Sequential(_batchnorm()))[0]
-        assert type(bn) is SyncBatchNorm
-        x, w = _data()
-        share = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
-        x = x[share].clone().requires_grad_()
-        y = bn(x)
-        (y * w[share]).sum().backward()
-        torch.save({"y": y.detach(), "x_grad": x.grad, "weight_grad": bn.weight.grad, "bias_grad": bn.bias.grad,
-                    "running_mean": bn.running_mean, "running_var": bn.running_var},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(_sync_bn_step(rank, world), os.path.join(out_dir, f"bn-rank{rank}.pt"))
+        for sync_bn in (True, False):
+            train(_config(os.path.join(out_dir, f"two-{sync_bn}"), sync_bn))
     finally:
         dist.destroy_process_group()
 
 
-def test_sync_batchnorm_on_cpu_equals_batchnorm_of_the_whole_batch(tmp_path):
-    mp.spawn(_sync_bn_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("two_processes")
+    mp.spawn(_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    return out
+
+
+def test_sync_batchnorm_on_cpu_equals_batchnorm_of_the_whole_batch(two_processes):
+    ranks = [torch.load(two_processes / f"bn-rank{r}.pt") for r in range(2)]
     bn = _batchnorm()
     x, w = _data()
     x.requires_grad_()
@@ -66,33 +85,14 @@ def test_sync_batchnorm_on_cpu_equals_batchnorm_of_the_whole_batch(tmp_path):
         assert_close(r["running_var"], bn.running_var, rtol=1e-5, atol=1e-6)
 
 
-def _config(out: str, sync_bn: bool = True) -> TrainConfig:
-    return TrainConfig(model="unet", out=out, max_steps=2, image_size=16, train_images=8, val_images=2,
-                       batch_size=4, progress=False, sync_bn=sync_bn, extra={"base_channels": 4, "depth": 2})
-
-
-def _train_worker(rank: int, world: int, port: int, out: str, sync_bn: bool) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    try:
-        train(_config(out, sync_bn))
-    finally:
-        dist.destroy_process_group()
-
-
 def _max_difference(a: dict, b: dict) -> float:
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
 
 
-def test_two_processes_train_the_one_process_model(tmp_path):
+def test_two_processes_train_the_one_process_model(two_processes, tmp_path):
     train(_config(str(tmp_path / "one")))
     one = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=False)["model"]
-    two = {}
-    for sync_bn in (True, False):
-        out = str(tmp_path / f"two-{sync_bn}")
-        mp.spawn(_train_worker, args=(2, free_port(), out, sync_bn), nprocs=2, join=True)
-        two[sync_bn] = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)["model"]
+    two = {s: torch.load(two_processes / f"two-{s}" / "checkpoint.pt", weights_only=False)["model"] for s in (True, False)}
     assert two[True].keys() == one.keys()
     synced, per_rank = _max_difference(two[True], one), _max_difference(two[False], one)
     assert synced < 1e-4, synced
