@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
@@ -27,3 +28,10 @@ def run_poisoning_cuda_call(code: str) -> subprocess.CompletedProcess:
     CUDA context unusable for the rest of the process."""
     script = f"import torch, detops\n{code}\ntorch.cuda.synchronize()\n"
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1, for a test's torch.distributed rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -4,7 +4,6 @@ DistributedSampler share (with its padding repeat, which image ids remove);
 the segmentation metrics, which sum pixel counts, an InferenceSampler share."""
 
 import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -12,6 +11,7 @@ import torch.multiprocessing as mp
 
 from detops.data import InferenceSampler
 from detops.eval import MeanAveragePrecision, SegmentationMetrics
+from tests.helpers import free_port
 
 NUM_IMAGES = 11  # odd, so DistributedSampler pads rank 1 with a repeat
 
@@ -53,14 +53,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_processes_equal_one_process(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     everything = list(range(NUM_IMAGES))
     single_map, single_seg = _evaluate(everything, everything)
     for rank in range(2):

@@ -78,3 +78,23 @@ def test_pictures_take_any_number_of_images(tmp_path):
     preds = [dict(boxes=t["boxes"], labels=t["labels"], scores=torch.ones(len(t["labels"]))) for _, t in items]
     draw_detections(images, preds, [t for _, t in items], tmp_path / "det.png")
     assert (tmp_path / "seg.png").stat().st_size > 1000 and (tmp_path / "det.png").stat().st_size > 1000
+
+
+def test_retinanet_cpu_recipe_and_its_model_args():
+    cfg = parse_args(["--model", "retinanet"])
+    spec = MODELS["retinanet"](cfg)
+    assert cfg.image_size is None and spec.image_size == 96  # the model's size when --image-size is not given
+
+    def shape(*model_args: str) -> tuple[list[tuple[int, ...]], int]:
+        c = parse_args(["--model", "retinanet", "--image-size", "96", *model_args])
+        model = spec.build(3, c).eval()
+        with torch.no_grad():
+            levels = [tuple(f.shape[1:]) for f in model.backbone(torch.zeros(1, 3, 96, 96)).values()]
+        return levels, len(model.head.classification_head.conv)
+
+    assert shape() == ([(64, 12, 12), (64, 6, 6), (64, 3, 3)], 2)
+    # torchvision's RetinaNet shape: five levels (C3-C5, P6, P7) of 256 channels, four convs per head
+    levels, convs = shape("--model-arg", "fpn_channels=256", "--model-arg", "levels=5", "--model-arg", "head_convs=4")
+    assert levels == [(256, 12, 12), (256, 6, 6), (256, 3, 3), (256, 2, 2), (256, 1, 1)] and convs == 4
+    with pytest.raises(ValueError, match="levels"):
+        shape("--model-arg", "levels=7")

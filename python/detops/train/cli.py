@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="global batch (split over ranks)")
     p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: the model's)")
     p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    p.add_argument("--image-size", type=int, default=defaults.image_size, help="synthetic image side and model input size")
+    p.add_argument("--image-size", type=int, default=defaults.image_size, help="synthetic image side and model input size (default: the model's, 96 for retinanet, else 128)")
     p.add_argument("--train-images", type=int, default=defaults.train_images, help="synthetic training set size")
     p.add_argument("--val-images", type=int, default=defaults.val_images, help="synthetic validation set size")
     p.add_argument("--num-classes", type=int, default=None, help="object classes (default: the data's)")
@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--eval-every", type=int, default=0, metavar="STEPS", help="also evaluate every N steps")
     p.add_argument("--workers", type=int, default=defaults.workers, help="DataLoader worker processes")
     p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--no-sync-bn", dest="sync_bn", action="store_false",
+                   help="under torchrun, BatchNorm uses each rank's own share of the batch (default: the global batch)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=JSON",
                    help="extra keyword for the model builder, e.g. --model-arg trainable_backbone_layers=5")

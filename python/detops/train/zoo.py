@@ -29,6 +29,7 @@ class ModelSpec:
     predict: Callable[[nn.Module, Any], Any]
     backbone: Callable[[nn.Module], nn.Module]
     lr: float = 1e-3
+    image_size: int = 128
     needs_masks: bool = False
     unused_parameters: bool = False
     num_classes: int = 0
@@ -44,14 +45,14 @@ def _unwrap(model: nn.Module) -> nn.Module:
 # ------------------------------------------------------------------ detection (torchvision's interface)
 
 
-def _small_anchors(image_size: int, octave_scales: bool) -> Any:
+def _small_anchors(image_size: int, octave_scales: bool, levels: int = 5) -> Any:
     """Anchors for small images: torchvision's defaults (32 to 512 px) are made
     for 800-px COCO images and would leave objects under ~25 px unmatched.
-    Five FPN levels, sizes from image_size / 8 doubling per level; RetinaNet
-    adds its three octave scales per level."""
+    ``levels`` FPN levels, sizes from image_size / 8 doubling per level;
+    RetinaNet adds its three octave scales per level."""
     from .. import AnchorGenerator
 
-    base = [max(image_size // 8, 8) * 2**k for k in range(5)]
+    base = [max(image_size // 8, 8) * 2**k for k in range(levels)]
     if octave_scales:
         sizes = tuple((b, int(b * 2 ** (1 / 3)), int(b * 2 ** (2 / 3))) for b in base)
     else:
@@ -60,17 +61,16 @@ def _small_anchors(image_size: int, octave_scales: bool) -> Any:
 
 
 def _rcnn_style(builder_name: str, default_backbone: str, masks: bool = False) -> Callable[["TrainConfig"], ModelSpec]:
-    """RetinaNet / Faster R-CNN / Mask R-CNN from detops.models.detection: the
-    model takes ``(images, targets)`` and returns a loss dict in train mode,
-    a list of per-image dicts in eval mode. Class 0 is the background."""
-    retina = builder_name.startswith("retinanet")
+    """Faster R-CNN / Mask R-CNN from detops.models.detection: the model takes
+    ``(images, targets)`` and returns a loss dict in train mode, a list of
+    per-image dicts in eval mode. Class 0 is the background."""
 
     def build(num_classes: int, cfg: "TrainConfig") -> nn.Module:
         from ..models import detection
 
         builder = getattr(detection, builder_name)
         size = cfg.image_size
-        kwargs: dict[str, Any] = {"anchor_generator" if retina else "rpn_anchor_generator": _small_anchors(size, retina)}
+        kwargs: dict[str, Any] = {"rpn_anchor_generator": _small_anchors(size, False)}
         kwargs.update(cfg.extra)
         return builder(weights=None, weights_backbone=None, num_classes=num_classes + 1,
                        backbone_name=cfg.backbone or default_backbone, min_size=size, max_size=size,
@@ -85,6 +85,60 @@ def _rcnn_style(builder_name: str, default_backbone: str, masks: bool = False) -
             lr=1e-3, needs_masks=masks, unused_parameters=False)
 
     return make
+
+
+# The CPU recipe of ``--model retinanet`` (each key overridable with --model-arg):
+# torchvision's RetinaNet spends ~90% of a small-image step in its 256-channel,
+# 4-conv heads over five levels. The synthetic shapes span 15-45% of the image
+# side, so three levels (strides 8, 16, 32: C3, C4 and a pooled P5, ResNet's
+# last stage skipped) with anchors from image_size / 8 cover them, and narrow
+# heads of two convs learn them.
+RETINANET_CPU = {"fpn_channels": 64, "head_convs": 2, "levels": 3}
+
+
+def _retinanet(cfg: "TrainConfig") -> ModelSpec:
+    """A small detops :class:`~detops.models.detection.RetinaNet`: a ResNet
+    trunk (``--backbone``, ResNet-18 by default) up to the stage of stride
+    ``2 ** (levels + 1)``, an FPN of ``fpn_channels`` with a max-pooled top
+    level, and classification and box heads of ``head_convs`` convolutions.
+    Other ``--model-arg`` keys go to ``RetinaNet`` (e.g. ``score_thresh``)."""
+
+    def build(num_classes: int, cfg: "TrainConfig") -> nn.Module:
+        import torchvision
+        from torchvision.models.detection.backbone_utils import BackboneWithFPN
+        from torchvision.models.detection.retinanet import RetinaNetHead
+        from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+        from ..models.detection import RetinaNet
+
+        opts = {**RETINANET_CPU, **cfg.extra}
+        channels, convs, levels = opts.pop("fpn_channels"), opts.pop("head_convs"), opts.pop("levels")
+        if not 2 <= levels <= 5 or not 0 <= convs <= 4 or channels < 1:
+            raise ValueError(f"--model-arg levels must be in [2, 5], head_convs in [0, 4], fpn_channels >= 1; "
+                             f"got levels={levels}, head_convs={convs}, fpn_channels={channels}")
+        body = torchvision.models.get_model(cfg.backbone or "resnet18", weights=None)
+        # levels - 1 ResNet stages from layer2 (stride 8), then P(last) pooled
+        stages = [f"layer{k}" for k in range(2, min(levels + 1, 5))]
+        extra = levels - len(stages)
+        backbone = BackboneWithFPN(body, {name: str(i) for i, name in enumerate(stages)},
+                                   [_out_channels(getattr(body, name)) for name in stages], channels,
+                                   extra_blocks=LastLevelMaxPool() if extra == 1 else None)
+        if extra > 1:  # five levels from ResNet: C3-C5 plus P6 and P7, as torchvision's RetinaNet
+            from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+            backbone.fpn.extra_blocks = LastLevelP6P7(channels, channels)
+        anchors = _small_anchors(cfg.image_size, True, levels)
+        head = RetinaNetHead(channels, anchors.num_anchors_per_location()[0], num_classes + 1)
+        for part in (head.classification_head, head.regression_head):
+            part.conv = part.conv[:convs]
+        return RetinaNet(backbone, num_classes + 1, anchor_generator=anchors, head=head,
+                         min_size=cfg.image_size, max_size=cfg.image_size, **opts)
+
+    return ModelSpec(
+        name="retinanet", task="detection", build=build,
+        losses=lambda model, images, targets: model(images, targets),
+        predict=lambda model, images: model(images),
+        backbone=lambda model: _unwrap(model).backbone.body, lr=2e-3, image_size=96)
 
 
 # ------------------------------------------------------------------ YOLO v1
@@ -184,7 +238,7 @@ def _unet(cfg: "TrainConfig") -> ModelSpec:
 
 
 MODELS: dict[str, Callable[["TrainConfig"], ModelSpec]] = {
-    "retinanet": _rcnn_style("retinanet_resnet50_fpn", "resnet18"),
+    "retinanet": _retinanet,
     "fasterrcnn": _rcnn_style("fasterrcnn_resnet50_fpn", "resnet18"),
     "maskrcnn": _rcnn_style("maskrcnn_resnet50_fpn", "resnet18", masks=True),
     "yolo": _yolo,
