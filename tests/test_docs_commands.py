@@ -61,6 +61,7 @@ def guide_commands() -> list[tuple[str, str]]:
 
 
 def test_the_parser_reads_blocks_continuations_and_comments():
+    assert _split_env(["A_B=1", "C=", "python", "X=2"]) == ({"A_B": "1", "C": ""}, ["python", "X=2"])
     text = ("Intro\n\n.. code-block:: bash\n\n   # a comment\n   python -m a --x 1   # why\n"
             "   torchrun --n=2 \\\n       -m b --y 2\n\nAfter the block.\n\n.. code-block:: python\n\n   skipped()\n")
     assert bash_commands(text) == ["python -m a --x 1", "torchrun --n=2 -m b --y 2"]
@@ -141,7 +142,18 @@ def _train_argv(args: list[str], tmp: Path, port: int) -> list[str]:
     return args if "--help" in args else [*args, *TOY_TRAIN]
 
 
+def _split_env(args: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Leading ``NAME=value`` assignments of a shell command, and the rest."""
+    env: dict[str, str] = {}
+    while args and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", args[0]):
+        name, value = args[0].split("=", 1)
+        env[name] = value
+        args = args[1:]
+    return env, args
+
+
 def _is_train(args: list[str]) -> bool:
+    args = _split_env(args)[1]
     return args[:3] == ["python", "-m", "detops.train"] or (args[0] == "torchrun" and "detops.train" in args)
 
 
@@ -167,14 +179,14 @@ def test_training_guide_commands_run(tmp_path):
     assert commands
     unknown = [shlex.join(c) for c in commands if not _is_train(c)]
     assert not unknown, f"training.rst: no test runner knows {unknown}"
-    env = {"OMP_NUM_THREADS": "1"}
     i = 0
     while i < len(commands):
-        args = commands[i]
+        env, args = _split_env(commands[i])
         nnodes = next((int(a.split("=")[1]) for a in args if a.startswith("--nnodes=")), 1)
         port = _free_port()
-        group = [_train_argv(c, tmp_path, port) for c in commands[i:i + nnodes]]
+        group = [_train_argv(_split_env(c)[1], tmp_path, port) for c in commands[i:i + nnodes]]
         assert len(group) == nnodes, f"a {nnodes}-node command needs one line per node: {shlex.join(args)}"
+        env = {"OMP_NUM_THREADS": "1", **env}
         procs = [subprocess.Popen(a, cwd=tmp_path, env={**os.environ, **env}, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True) for a in group]
         for argv, proc in zip(group, procs):
