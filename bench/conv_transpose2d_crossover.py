@@ -59,11 +59,61 @@ def _forced(variable: str, value: str, fn):
     return run
 
 
+def _kernel(x, w, b, act: int):
+    """detops' dense kernel itself, past :func:`detops.conv_transpose2d`'s size dispatch."""
+    size = [2 * x.shape[2], 2 * x.shape[3]]
+    return torch.ops.detops.conv_transpose2d(x, w, b, None, [2, 2], [0, 0], size, [0, 0], 1, act)
+
+
+def fp32_crossover(repeats: int) -> None:
+    """float32 dense layers: detops' kernel against torch's (oneDNN), by input pixels N*H*W."""
+    g = torch.Generator().manual_seed(0)
+    layers = {"unet 256->128": (256, 128, 0), "mask head 256->256+relu": (256, 256, 1)}
+    shapes = {"unet 256->128": [(1, 8), (1, 16), (2, 16), (1, 24), (1, 32), (2, 32), (1, 48)],
+              "mask head 256->256+relu": [(1, 14), (2, 14), (4, 14), (6, 14), (8, 14)]}
+    print("float32 dense: torch time / detops kernel time (above 1: the kernel wins)")
+    for layer, (cin, cout, act) in layers.items():
+        w = (torch.randn(cin, cout, 2, 2, generator=g) * 0.05).requires_grad_()
+        b = torch.randn(cout, generator=g).requires_grad_()
+
+        def ref(x, w_, b_, act=act):
+            out = F.conv_transpose2d(x, w_, b_, stride=2)
+            return F.relu(out) if act else out
+
+        for n, hw in shapes[layer]:
+            cells = []
+            for cl in (False, True):
+                x = torch.randn(n, cin, hw, hw, generator=g)
+                if cl:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                x.requires_grad_()
+
+                def step(fn, x=x):
+                    def run():
+                        out = fn(x, w, b)
+                        return torch.autograd.grad(out, (x, w, b), torch.ones_like(out))
+
+                    return run
+
+                with torch.no_grad():
+                    t = _median_times({"ours": lambda x=x: _kernel(x, w, b, act), "torch": lambda x=x: ref(x, w, b)},
+                                      repeats)
+                cells.append(f"fwd {t['torch'] / t['ours']:.2f}x")
+                t = _median_times({"ours": step(lambda a, w_, b_: _kernel(a, w_, b_, act)), "torch": step(ref)}, repeats)
+                cells.append(f"fwd+bwd {t['torch'] / t['ours']:.2f}x")
+            print(f"{layer:24s} {n}x{hw}x{hw} ({n * hw * hw:5d} px): NCHW {cells[0]} {cells[1]}  "
+                  f"channels-last {cells[2]} {cells[3]}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--sizes", default="4,8,16,32,64", help="U-Net input map sides")
+    parser.add_argument("--fp32", action="store_true", help="only the float32 crossover table")
     args = parser.parse_args()
+    if args.fp32:
+        fp32_crossover(args.repeats)
+        return
     g = torch.Generator().manual_seed(0)
     w = torch.randn(256, 128, 2, 2, generator=g) * 0.05
     b = torch.randn(128, generator=g)

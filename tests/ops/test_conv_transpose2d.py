@@ -301,6 +301,66 @@ def test_empty_batch_and_fallbacks(device):
                  F.conv_transpose2d(x, w, stride=2, groups=2, padding=1))
 
 
+def _ran_detops_kernel(fn) -> bool:
+    """Whether ``fn()`` ran detops' transposed-convolution kernel (else torch's)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return any(e.name.startswith("detops::conv_transpose2d") for e in prof.events())
+
+
+@pytest.mark.parametrize(
+    "shape,layout,act,grad,ours",
+    [
+        # Below 1024 input pixels N*H*W: torch's deconvolution; from 1024 on: ours.
+        ((1, 6, 31, 33), "nchw", 0, False, False),
+        ((1, 6, 32, 32), "nchw", 0, False, True),
+        ((3, 6, 13, 26), "nchw", 1, True, False),
+        ((2, 6, 16, 32), "nchw", 1, True, True),
+        ((1, 6, 31, 33), "channels_last", 0, True, False),
+        ((1, 6, 32, 32), "channels_last", 0, True, True),
+        # A channels-last forward without gradient or ReLU is oneDNN's either way: torch's call.
+        ((1, 6, 48, 48), "channels_last", 0, False, False),
+        ((1, 6, 48, 48), "channels_last", 1, False, True),
+    ],
+)
+def test_dense_cpu_size_dispatch(shape, layout, act, grad, ours):
+    """The float32 CPU crossover of ``_torch_is_faster``, on both sides: the
+    same results (and gradients) as torch wherever the layer runs."""
+    g = torch.Generator().manual_seed(sum(shape) + act)
+    x = torch.randn(*shape, generator=g)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(shape[1], 5, 2, 2, generator=g)
+    bias = torch.randn(5, generator=g)
+    activation = "relu" if act else None
+
+    def ref(a, w, b):
+        out = F.conv_transpose2d(a, w, b, stride=2)
+        return F.relu(out) if act else out
+
+    def run(a, w, b):
+        return detops.conv_transpose2d(a, w, b, stride=2, activation=activation)
+
+    if grad:
+        leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+        assert _ran_detops_kernel(lambda: run(*leaves)) == ours
+        grad_out = torch.randn(shape[0], 5, 2 * shape[2], 2 * shape[3], generator=g)
+        out, grads = _grads(run, (x, weight, bias), grad_out)
+        ref_out, ref_grads = _grads(ref, (x, weight, bias), grad_out)
+        for got, want in zip(grads, ref_grads):
+            assert_close(got, want, rtol=1e-4, atol=1e-4)
+    else:
+        with torch.no_grad():
+            assert _ran_detops_kernel(lambda: run(x, weight, bias)) == ours
+            out, ref_out = run(x, weight, bias), ref(x, weight, bias)
+    assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+    # float64, bfloat16 and float16 layers run ours at every size.
+    for dtype in (torch.float64, torch.bfloat16):
+        with torch.no_grad():
+            assert _ran_detops_kernel(lambda: run(x.to(dtype), weight.to(dtype), bias.to(dtype)))
+
+
 # ------------------------------------------------------------------ fused skip add
 
 

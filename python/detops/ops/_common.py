@@ -80,6 +80,14 @@ def check_boxes(boxes: Tensor, name: str, min_dim: int = 1, max_dim: int = -1) -
 
 
 def check_same_device(tensors: List[Tensor], names: List[str]) -> None:
+    # All on the CPU, the common case, without building a device object per tensor.
+    all_cpu = True
+    for t in tensors:
+        if not t.is_cpu:
+            all_cpu = False
+            break
+    if all_cpu:
+        return
     device = tensors[0].device
     for t in tensors:
         if t.device != device:

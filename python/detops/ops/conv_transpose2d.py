@@ -41,7 +41,11 @@ All index arithmetic is int64. Gradients are first order (no double backward).
 most 16 (input, output) channel pairs per group, and for dense layers with
 kernel == stride; every other configuration (dilation > 1, wide groups, dense
 layers with kernel != stride, integer or complex tensors) falls back to
-``torch.nn.functional.conv_transpose2d`` (plus ``relu`` when asked).
+``torch.nn.functional.conv_transpose2d`` (plus ``relu`` when asked). So do the
+float32 CPU dense layers that torch's oneDNN deconvolution serves faster: those
+with fewer than 1024 input pixels (``N * H * W``), and channels-last forwards
+that record no gradient and fuse no ReLU (the measured crossover is in
+``_torch_is_faster``).
 """
 
 
@@ -135,7 +139,9 @@ torch.library.register_autograd("detops::conv_transpose2d", _backward, setup_con
 
 def _pair(value: IntPair, name: str, minimum: int) -> List[int]:
     if isinstance(value, int):
-        pair = [value, value]
+        if value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        return [value, value]
     elif isinstance(value, list):
         pair = value
     elif torch.jit.is_scripting():
@@ -165,44 +171,85 @@ def _activation_code(activation: Optional[str]) -> int:
 def _check_inputs(input: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int) -> None:
     check_tensor(input, "input")
     check_tensor(weight, "weight")
-    if input.dim() != 4:
-        raise ShapeError(f"input must be [N, Cin, H, W] (or [Cin, H, W]), got {list(input.shape)}")
-    if weight.dim() != 4:
-        raise ShapeError(f"weight must be [Cin, Cout / groups, kH, kW], got {list(weight.shape)}")
+    in_shape, kernel_shape = input.shape, weight.shape
+    if len(in_shape) != 4:
+        raise ShapeError(f"input must be [N, Cin, H, W] (or [Cin, H, W]), got {list(in_shape)}")
+    if len(kernel_shape) != 4:
+        raise ShapeError(f"weight must be [Cin, Cout / groups, kH, kW], got {list(kernel_shape)}")
     if not torch.jit.is_scripting():
         if not isinstance(groups, int):
             raise ValueError(f"groups must be a positive int, got {type(groups).__name__} {groups}")
     if groups < 1:
         raise ValueError(f"groups must be a positive int, got {groups}")
-    if input.shape[1] != weight.shape[0]:
-        raise ValueError(
-            f"weight.shape[0] must equal the input channels {input.shape[1]}, got weight {list(weight.shape)}"
-        )
-    if input.shape[1] % groups != 0:
-        raise ValueError(f"input channels {input.shape[1]} must be divisible by groups {groups}")
-    tensors, names = [input, weight], ["input", "weight"]
-    if bias is not None:
+    cin = in_shape[1]
+    if cin != kernel_shape[0]:
+        raise ValueError(f"weight.shape[0] must equal the input channels {cin}, got weight {list(kernel_shape)}")
+    if cin % groups != 0:
+        raise ValueError(f"input channels {cin} must be divisible by groups {groups}")
+    dtype = input.dtype
+    if bias is None:
+        check_same_device([input, weight], ["input", "weight"])
+    else:
         check_tensor(bias, "bias")
-        if bias.dim() != 1 or bias.shape[0] != weight.shape[1] * groups:
-            raise ShapeError(f"bias must be [{weight.shape[1] * groups}], got {list(bias.shape)}")
-        tensors.append(bias)
-        names.append("bias")
-    check_same_device(tensors, names)
-    for i in range(1, len(tensors)):
-        if tensors[i].dtype != input.dtype:
-            raise DtypeError(f"{names[i]} must have the input's dtype {input.dtype}, got {tensors[i].dtype}")
+        if bias.dim() != 1 or bias.shape[0] != kernel_shape[1] * groups:
+            raise ShapeError(f"bias must be [{kernel_shape[1] * groups}], got {list(bias.shape)}")
+        check_same_device([input, weight, bias], ["input", "weight", "bias"])
+        if bias.dtype != dtype:
+            raise DtypeError(f"bias must have the input's dtype {dtype}, got {bias.dtype}")
+    if weight.dtype != dtype:
+        raise DtypeError(f"weight must have the input's dtype {dtype}, got {weight.dtype}")
 
 
 def _uses_kernels(input: Tensor, weight: Tensor, stride: List[int], groups: int) -> bool:
     """Whether our kernels serve this layer (else torch's conv_transpose2d does)."""
-    if not is_kernel_float(input.dtype) or (input.device.type != "cpu" and input.device.type != "cuda"):
+    if not is_kernel_float(input.dtype):
         return False
-    if input.device.type == "cuda" and not torch.jit.is_scripting():
-        if not _HAS_CUDA_KERNEL:  # (a scripted model is deployed with the CUDA build)
+    if not input.is_cpu:
+        if not input.is_cuda:
             return False
-    if groups == 1 and weight.shape[2] == stride[0] and weight.shape[3] == stride[1]:
+        if not torch.jit.is_scripting():
+            if not _HAS_CUDA_KERNEL:  # (a scripted model is deployed with the CUDA build)
+                return False
+    kernel_shape = weight.shape
+    if groups == 1 and kernel_shape[2] == stride[0] and kernel_shape[3] == stride[1]:
         return True
-    return (input.shape[1] // groups) * weight.shape[1] <= 16  # _MAX_GATHER_CHANNEL_PAIRS (TorchScript reads no globals)
+    return (input.shape[1] // groups) * kernel_shape[1] <= 16  # _MAX_GATHER_CHANNEL_PAIRS (TorchScript reads no globals)
+
+
+# Below this many input pixels (N * H * W) torch's oneDNN deconvolution beats the
+# dense kernel (1x1 product + shuffle) on CPU in float32; see _torch_is_faster.
+_DENSE_CPU_MIN_PIXELS = 1024
+
+
+def _torch_is_faster(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int], groups: int,
+                     act: int) -> bool:
+    """Whether torch's own conv_transpose2d serves this float32 CPU dense layer
+    (``kernel == stride``, one group) faster than detops' kernel.
+
+    Measured on the 2-core CPU (``bench/conv_transpose2d_crossover.py --fp32``
+    and the size sweep), U-Net's 256->128 and Mask R-CNN's 256->256 layers:
+    below 1024 input pixels (U-Net 16x16 and smaller, a mask head with fewer
+    than about 6 RoIs) torch's oneDNN deconvolution wins (our kernel 0.35-0.84x
+    at 4x4 to 16x16 and 0.86x for one RoI), from 32x32 (1024 px) up ours does
+    (1.05-1.83x). A channels-last forward that needs no gradient and fuses no
+    ReLU is oneDNN's deconvolution either way, so torch's call, with less
+    overhead, serves it at every size. bfloat16/float16 (ours at every size,
+    1.25-6.2x: torch takes its reference path on CPUs without AVX512-BF16) and
+    float64 (torch has no oneDNN path) always run ours.
+    """
+    if input.dtype != torch.float32 or not input.is_cpu or groups != 1:
+        return False
+    in_shape, kernel_shape = input.shape, weight.shape
+    if kernel_shape[2] != stride[0] or kernel_shape[3] != stride[1]:
+        return False
+    if in_shape[0] * in_shape[2] * in_shape[3] < 1024:  # _DENSE_CPU_MIN_PIXELS (TorchScript reads no globals)
+        return True
+    if act != 0 or not is_channels_last(input):
+        return False
+    # Our column backward wins from 1024 px, so a forward that records a gradient stays ours.
+    if not torch.is_grad_enabled():
+        return True
+    return not (input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
 
 
 def _natural_size(size: int, stride: int, kernel: int) -> int:
@@ -239,7 +286,9 @@ def conv_transpose2d(
 
     Depthwise/grouped layers (at most 16 channel pairs per group) and dense layers
     with ``kernel == stride`` run detops' kernels; any other configuration
-    (including ``dilation > 1``) falls back to torch's implementation.
+    (including ``dilation > 1``) falls back to torch's implementation, as do the
+    float32 CPU dense layers torch serves faster: fewer than 1024 input pixels
+    ``N * H * W``, or a channels-last forward with no gradient and no ReLU.
     """
     check_tensor(input, "input")
     unbatched = input.dim() == 3
@@ -251,23 +300,24 @@ def conv_transpose2d(
     padding_ = _pair(padding, "padding", 0)
     output_padding_ = _pair(output_padding, "output_padding", 0)
     dilation_ = _pair(dilation, "dilation", 1)
-    out_size: List[int] = []
     for i in range(2):
         if output_padding_[i] >= stride_[i] and output_padding_[i] >= dilation_[i]:
             raise ValueError(
                 f"output_padding must be smaller than stride or dilation, got output_padding={output_padding}, "
                 f"stride={stride}, dilation={dilation}"
             )
-        out_size.append(
-            (input.shape[2 + i] - 1) * stride_[i] - 2 * padding_[i] + dilation_[i] * (weight.shape[2 + i] - 1)
-            + output_padding_[i] + 1
-        )
-    if min(out_size) < 1:
+    in_shape, kernel_shape = input.shape, weight.shape
+    out_size = [
+        (in_shape[2] - 1) * stride_[0] - 2 * padding_[0] + dilation_[0] * (kernel_shape[2] - 1) + output_padding_[0] + 1,
+        (in_shape[3] - 1) * stride_[1] - 2 * padding_[1] + dilation_[1] * (kernel_shape[3] - 1) + output_padding_[1] + 1,
+    ]
+    if out_size[0] < 1 or out_size[1] < 1:
         raise ValueError(
             f"the output would be {out_size[0]}x{out_size[1]}: padding {padding} is too large for input "
             f"{list(input.shape)} and kernel {list(weight.shape[2:])}"
         )
-    if dilation_[0] != 1 or dilation_[1] != 1 or not _uses_kernels(input, weight, stride_, groups):
+    if (dilation_[0] != 1 or dilation_[1] != 1 or not _uses_kernels(input, weight, stride_, groups)
+            or _torch_is_faster(input, weight, bias, stride_, groups, act)):
         out = F.conv_transpose2d(input, weight, bias, stride_, padding_, output_padding_, groups, dilation_)
         if act == 1:
             out = F.relu(out)
