@@ -146,6 +146,20 @@ inline bool block_bin_max(const c10::BFloat16* base, int64_t sH, int64_t sW, int
 }
 #endif
 
+// Whether block_bin_max has a vector path for the dtype.
+template <typename scalar_t>
+constexpr bool has_block_bin_max() {
+#if defined(__SSE2__)
+  return std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, c10::BFloat16>;
+#else
+  return false;
+#endif
+}
+
+// NCHW forward: how many reads per map element (on average over the map) pay
+// for one channels-last copy of it; see roi_pool_cpu.
+constexpr double kRelayoutReads = 1.0;
+
 std::tuple<at::Tensor, at::Tensor> roi_pool_cpu(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
                                                 int64_t PH, int64_t PW) {
   check_forward_args(input, rois, spatial_scale, PH, PW);
@@ -157,11 +171,6 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_cpu(const at::Tensor& input, const a
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     const Plan<T> p = make_plan<T>(rois, N, spatial_scale, PH, PW);
-    const scalar_t* in = input.const_data_ptr<scalar_t>();
-    scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    int64_t* am = argmax.mutable_data_ptr<int64_t>();
-    const int64_t sN = input.stride(0), sC = input.stride(1), sH = input.stride(2), sW = input.stride(3);
-    const int64_t oK = out.stride(0), oC = out.stride(1), oH = out.stride(2), oW = out.stride(3);
     // Work estimate: every bin's pixels, per channel (bins tile the clamped RoI).
     double work = 1.0;
     for (int64_t r = 0; r < K; ++r) {
@@ -169,7 +178,19 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_cpu(const at::Tensor& input, const a
                         std::min(W, static_cast<int64_t>(std::ceil(double(p.geo[r].bin_w) * PW)) + 1)};
       work += static_cast<double>(all.hend) * static_cast<double>(all.wend) * static_cast<double>(C);
     }
-    if (!cl) {
+    // An NCHW map whose pixels the RoIs read more than kRelayoutReads times
+    // over (per channel, on average) is copied channels-last once and pooled
+    // by the channel-block scan, whose SSE2 lanes cover 16 channels per pixel
+    // (the output keeps the input's layout; argmax indexes the plane either way).
+    const bool relayout = !cl && C >= kChannelBlock && has_block_bin_max<scalar_t>() &&
+                          work >= kRelayoutReads * static_cast<double>(N) * C * H * W;
+    const at::Tensor scanned = relayout ? input.contiguous(at::MemoryFormat::ChannelsLast) : input;
+    const scalar_t* in = scanned.const_data_ptr<scalar_t>();
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    int64_t* am = argmax.mutable_data_ptr<int64_t>();
+    const int64_t sN = scanned.stride(0), sC = scanned.stride(1), sH = scanned.stride(2), sW = scanned.stride(3);
+    const int64_t oK = out.stride(0), oC = out.stride(1), oH = out.stride(2), oW = out.stride(3);
+    if (!cl && !relayout) {
       std::vector<int64_t> keys(p.batch);
       const RoiBuckets buckets(keys, N);
       // Every plane pools the same bins: work them out once, not once per channel.

@@ -16,6 +16,9 @@
 //   softmax_focal_loss(inputs [N, C], targets [N] int64) -> [N] or []
 //     -alpha (1 - p_k)^gamma log p_k with p = softmax(inputs[n]); rows whose
 //     target is `ignore_index` give 0 and are left out of the "mean".
+//   softmax_focal_loss_with_grad(inputs, targets, ..., reduction "mean"/"sum")
+//     -> (loss [], grad_inputs [N, C]): the reduced loss and its gradient for an
+//     upstream gradient of 1, from one softmax per row (CPU; training's path).
 #include "sigmoid_focal_loss/sigmoid_focal_loss.h"
 
 #include <torch/library.h>
@@ -87,4 +90,7 @@ TORCH_LIBRARY_FRAGMENT(detops, m) {
   m.def(
       "softmax_focal_loss_backward(Tensor grad, Tensor inputs, Tensor targets, float alpha, float gamma, "
       "str reduction, int ignore_index) -> Tensor");
+  m.def(
+      "softmax_focal_loss_with_grad(Tensor inputs, Tensor targets, float alpha, float gamma, str reduction, "
+      "int ignore_index) -> (Tensor, Tensor)");
 }

@@ -265,6 +265,29 @@ DETOPS_HD void softmax_rows_backward(const T* __restrict__ x, const int64_t* __r
   }
 }
 
+// The reduced loss and its gradient in one pass over each row (the softmax is
+// taken once): returns sum_r loss_r and writes the gradient of
+// g_scalar * sum_r loss_r, bit for bit softmax_rows_forward's sum and
+// softmax_rows_backward's gradient for a uniform g_scalar.
+template <GammaKind G, typename T>
+DETOPS_HD double softmax_rows_forward_backward(const T* __restrict__ x, const int64_t* __restrict__ k_of_row,
+                                               int64_t rows, int64_t cols, T g_scalar, T scale, T gamma,
+                                               T* __restrict__ grad) {
+  double total = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t k = k_of_row[r];
+    if (k < 0) {
+      std::fill(grad + r * cols, grad + (r + 1) * cols, T(0));
+      continue;
+    }
+    T* gr = grad + r * cols;
+    const SoftmaxAt<T> s = softmax_at<true>(x + r * cols, cols, k, gr);
+    total += static_cast<double>(softmax_focal_from_logp<G>(s.logp, s.omp, scale, gamma));
+    softmax_grad_row(k, s, g_scalar * softmax_focal_dlogp<G>(s.logp, s.p, s.omp, scale, gamma), gr, cols);
+  }
+  return total;
+}
+
 // The float entry points, one machine-code clone per instruction set.
 #define DETOPS_FOCAL_SWITCH(kind, CALL)                            \
   switch (kind) {                                                  \
@@ -346,6 +369,21 @@ DETOPS_FOCAL_CLONES void softmax_rows_backward_f32(const float* x, const int64_t
                                                    int64_t cols, const float* g, float g_scalar, float scale,
                                                    float gamma, float* grad, GammaKind kind) {
 #define CALL(G) softmax_rows_backward<G>(x, k_of_row, rows, cols, g, g_scalar, scale, gamma, grad)
+  DETOPS_FOCAL_SWITCH(kind, CALL)
+#undef CALL
+}
+
+DETOPS_FOCAL_CLONES double softmax_rows_forward_backward_f32(const float* x, const int64_t* k_of_row, int64_t rows,
+                                                             int64_t cols, float g_scalar, float scale, float gamma,
+                                                             float* grad, GammaKind kind) {
+#define CALL(G) softmax_rows_forward_backward<G>(x, k_of_row, rows, cols, g_scalar, scale, gamma, grad)
+  DETOPS_FOCAL_SWITCH(kind, CALL)
+#undef CALL
+}
+
+double softmax_rows_forward_backward_f64(const double* x, const int64_t* k_of_row, int64_t rows, int64_t cols,
+                                         double g_scalar, double scale, double gamma, double* grad, GammaKind kind) {
+#define CALL(G) softmax_rows_forward_backward<G>(x, k_of_row, rows, cols, g_scalar, scale, gamma, grad)
   DETOPS_FOCAL_SWITCH(kind, CALL)
 #undef CALL
 }
@@ -450,6 +488,14 @@ struct Kernels {
   static void softmax_rows_backward(const double* x, const int64_t* kr, int64_t rows, int64_t cols, const double* g,
                                     double gs, double scale, double gamma, double* gx, GammaKind k) {
     softmax_rows_backward_f64(x, kr, rows, cols, g, gs, scale, gamma, gx, k);
+  }
+  static double softmax_rows_forward_backward(const float* x, const int64_t* kr, int64_t rows, int64_t cols,
+                                              float gs, float scale, float gamma, float* gx, GammaKind k) {
+    return softmax_rows_forward_backward_f32(x, kr, rows, cols, gs, scale, gamma, gx, k);
+  }
+  static double softmax_rows_forward_backward(const double* x, const int64_t* kr, int64_t rows, int64_t cols,
+                                              double gs, double scale, double gamma, double* gx, GammaKind k) {
+    return softmax_rows_forward_backward_f64(x, kr, rows, cols, gs, scale, gamma, gx, k);
   }
 };
 
@@ -990,6 +1036,59 @@ at::Tensor softmax_backward_cpu(const at::Tensor& grad_in, const at::Tensor& inp
 }
 
 }  // namespace
+// softmax_focal_loss_with_grad: the reduced loss and d loss / d inputs (for an
+// upstream gradient of 1) in one pass, for training, where the backward then
+// only scales the saved gradient.
+std::tuple<at::Tensor, at::Tensor> softmax_forward_backward_cpu(const at::Tensor& inputs_in,
+                                                                const at::Tensor& targets_in, double alpha,
+                                                                double gamma, c10::string_view reduction_name,
+                                                                int64_t ignore_index) {
+  check_indexed_args(inputs_in, targets_in, "targets");
+  check_coeffs(alpha, gamma);
+  check_softmax_cols(inputs_in);
+  const Reduction reduction = parse_reduction(reduction_name);
+  TORCH_CHECK_VALUE(reduction != Reduction::kNone, "softmax_focal_loss_with_grad: reduction must be 'mean' or 'sum'");
+  const at::Tensor inputs = inputs_in.contiguous(), targets = targets_in.contiguous();
+  const int64_t rows = inputs.size(0), cols = inputs.size(1);
+  TORCH_CHECK(ignore_index < 0 || ignore_index >= cols, "ignore_index must not be a class index in [0, ", cols,
+              "), got ", ignore_index);
+  const LabelRule rule{cols, ignore_index, ignore_index};
+  const int64_t per_block = rows_per_block(cols), blocks = ceil_div(rows, per_block);
+  const GammaKind kind = gamma_kind(gamma);
+  const int64_t valid_rows = count_valid_rows(targets, ignore_index);
+  at::Tensor grad_inputs = at::empty_like(inputs);
+  std::vector<double> partials(blocks, 0.0);
+  std::atomic<int64_t> bad{0};
+  std::atomic<bool> seen{false};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, inputs.scalar_type(), "softmax_focal_loss_with_grad_cpu",
+                                  [&] {
+    using T = compute_t<scalar_t>;
+    const T scale = alpha >= 0 ? T(alpha) : T(1);
+    // The gradient of the mean is the sum's over the rows not ignored (as uniform_grad).
+    const T g_scalar = reduction == Reduction::kMean ? T(1) / static_cast<T>(valid_rows) : T(1);
+    const scalar_t* x = inputs.const_data_ptr<scalar_t>();
+    const int64_t* lab = targets.const_data_ptr<int64_t>();
+    scalar_t* gx = grad_inputs.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, blocks, row_grain(per_block, cols), [&](int64_t b0, int64_t b1) {
+      std::vector<int64_t> k_of_row(per_block);
+      std::vector<T> buf(std::is_same_v<T, scalar_t> ? 0 : 2 * per_block * cols);
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r0 = b * per_block, n = std::min(rows, r0 + per_block) - r0, off = r0 * cols;
+        resolve_softmax_rows(lab, r0, n, rule, k_of_row.data(), bad, seen);
+        const T* xb = load_block<T>(x + off, n * cols, buf.data());
+        T* ob = out_block<T>(gx + off, buf.data() + per_block * cols);
+        partials[b] =
+            Kernels::softmax_rows_forward_backward(xb, k_of_row.data(), n, cols, g_scalar, scale, T(gamma), ob, kind);
+        store_block(ob, n * cols, gx + off);
+      }
+    });
+  });
+  throw_bad_label(bad, seen, "targets", rule, false);
+  const double sum = ordered_sum(partials);
+  return {scalar_like(reduction == Reduction::kSum ? sum : sum / static_cast<double>(valid_rows), inputs),
+          grad_inputs};
+}
+
 }  // namespace focal
 }  // namespace detops
 
@@ -1001,4 +1100,5 @@ TORCH_LIBRARY_IMPL(detops, CPU, m) {
   m.impl("sigmoid_focal_loss_indexed_backward", &indexed_backward_cpu);
   m.impl("softmax_focal_loss", &softmax_forward_cpu);
   m.impl("softmax_focal_loss_backward", &softmax_backward_cpu);
+  m.impl("softmax_focal_loss_with_grad", &softmax_forward_backward_cpu);
 }

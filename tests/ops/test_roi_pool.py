@@ -219,7 +219,10 @@ def test_cpu_vector_blocks_and_widened_planes_bit_equal(dtype, channels_last):
     channels) and bfloat16 NCHW planes widened to float give torchvision's
     output bits and argmax on maps full of ties, signed zeros, -inf, -FLT_MAX
     and NaN; bfloat16 against torchvision on the float32 copy (a maximum of
-    bfloat16 values converts back exactly)."""
+    bfloat16 values converts back exactly). NCHW maps go both ways: the 42 RoIs
+    read each pixel more than once on average, so the map is copied
+    channels-last for the block scan; the 2 small RoIs read under a tenth of it,
+    so the planes are scanned in place."""
     g = torch.Generator().manual_seed(21)
     x = torch.randint(-3, 3, (2, 20, 17, 23), generator=g).float() / 2
     specials = torch.tensor([-0.0, 0.0, float("-inf"), float("nan"), -torch.finfo(torch.float32).max])
@@ -229,9 +232,16 @@ def test_cpu_vector_blocks_and_widened_planes_bit_equal(dtype, channels_last):
     x[0, 17] = -0.0
     x = x.to(dtype)
     rois = make_rois(40, 2, (17, 23), generator=g, dtype=torch.float32)
-    rois = torch.cat([rois, torch.tensor([[1.0, -5, -5, 40, 40], [0.0, 3, 3, 3, 3]])]).to(dtype)
-    out, argmax = torch.ops.detops.roi_pool(_layout(x, channels_last), rois, 1.0, 3, 4)
-    ref, ref_argmax = torch.ops.torchvision.roi_pool(x.float(), rois.float(), 1.0, 3, 4)
-    bits = torch.int32 if dtype == torch.float32 else torch.int16
-    assert torch.equal(out.contiguous().view(bits), ref.to(dtype).view(bits))
-    assert torch.equal(argmax.contiguous(), ref_argmax.to(torch.int64))
+    dense = torch.cat([rois, torch.tensor([[1.0, -5, -5, 40, 40], [0.0, 3, 3, 3, 3]])]).to(dtype)
+    sparse = torch.tensor([[1.0, 2, 3, 6, 8], [0.0, 10, 1, 13, 3]]).to(dtype)
+    for rois in (dense, sparse):
+        # Pixels read per map pixel (the C++ estimate: each RoI's extent + 1, clamped).
+        extent = (rois[:, 3:] - rois[:, 1:3]).float().round() + 1
+        reads = (extent[:, 0].clamp(1, 23) * extent[:, 1].clamp(1, 17)).sum() / (2 * 17 * 23)
+        assert (reads > 1) == (rois is dense)
+        out, argmax = torch.ops.detops.roi_pool(_layout(x, channels_last), rois, 1.0, 3, 4)
+        ref, ref_argmax = torch.ops.torchvision.roi_pool(x.float(), rois.float(), 1.0, 3, 4)
+        bits = torch.int32 if dtype == torch.float32 else torch.int16
+        assert torch.equal(out.contiguous().view(bits), ref.to(dtype).view(bits))
+        assert torch.equal(argmax.contiguous(), ref_argmax.to(torch.int64))
+        assert out.is_contiguous(memory_format=torch.channels_last) == channels_last

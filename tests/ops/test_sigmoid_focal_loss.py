@@ -403,6 +403,50 @@ def test_softmax_reduced_precision(dtype, device):
         assert_close(ours[1], ref[1].to(dtype), rtol=2 * eps, atol=1e-6)
 
 
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("gamma", [0.0, 1.0, 2.0, 1.5])
+def test_softmax_with_grad_equals_two_passes(reduction, dtype, gamma):
+    """Training's one-pass path (softmax_focal_loss_with_grad, taken on CPU when
+    the logits need a gradient) gives the forward op's loss bit for bit and the
+    backward op's gradient to rounding (the compiler contracts the products into
+    fused multiply-adds differently in the two loops)."""
+    g = torch.Generator().manual_seed(19)
+    x = (torch.randn(300, 11, generator=g) * 4).to(dtype)
+    targets = torch.randint(0, 11, (300,), generator=g)
+    targets[::5] = -100
+    loss, unit = torch.ops.detops.softmax_focal_loss_with_grad(x, targets, 0.25, gamma, reduction, -100)
+    assert torch.equal(loss, torch.ops.detops.softmax_focal_loss(x, targets, 0.25, gamma, reduction, -100))
+    tol = 1e-12 if dtype == torch.float64 else (1e-6 if dtype == torch.float32 else 1e-2)
+    one = torch.ones((), dtype=dtype)
+    assert_close(unit, torch.ops.detops.softmax_focal_loss_backward(one, x, targets, 0.25, gamma, reduction, -100),
+                 rtol=tol, atol=tol)
+    assert (unit[::5] == 0).all()
+
+    xg = x.clone().requires_grad_()
+    fused = detops.softmax_focal_loss(xg, targets, 0.25, gamma, reduction)
+    assert torch.equal(fused.detach(), loss)
+    upstream = torch.tensor(0.37, dtype=dtype)
+    (grad,) = torch.autograd.grad(fused, xg, upstream)
+    two_pass = torch.ops.detops.softmax_focal_loss_backward(upstream, x, targets, 0.25, gamma, reduction, -100)
+    assert_close(grad, two_pass, rtol=tol, atol=tol)
+    # create_graph records the backward op's graph, as the two-pass path does.
+    (grad_cg,) = torch.autograd.grad(detops.softmax_focal_loss(xg, targets, 0.25, gamma, reduction), xg, upstream,
+                                     create_graph=True)
+    assert torch.equal(grad_cg.detach(), two_pass)
+
+
+def test_softmax_with_grad_opcheck_and_errors():
+    x = torch.randn(8, 5, dtype=torch.float64)
+    sm = torch.tensor([0, 1, 4, -100, 2, 3, 3, 0])
+    for reduction in ("sum", "mean"):
+        torch.library.opcheck(torch.ops.detops.softmax_focal_loss_with_grad, (x, sm, 0.25, 2.0, reduction, -100))
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum'"):
+        torch.ops.detops.softmax_focal_loss_with_grad(x, sm, 0.25, 2.0, "none", -100)
+    with pytest.raises((ValueError, IndexError, RuntimeError), match="targets"):
+        torch.ops.detops.softmax_focal_loss_with_grad(x, torch.full((8,), 7), 0.25, 2.0, "sum", -100)
+
+
 # ------------------------------------------------------------------ gradcheck, opcheck, compile
 
 

@@ -84,6 +84,12 @@ def _softmax_backward_fake(grad, inputs, targets, alpha, gamma, reduction, ignor
     return inputs.new_empty(inputs.shape)
 
 
+@torch.library.register_fake("detops::softmax_focal_loss_with_grad")
+def _softmax_with_grad_fake(inputs, targets, alpha, gamma, reduction, ignore_index):
+    torch._check(inputs.dim() == 2 and targets.shape == inputs.shape[:1], lambda: "need inputs [N, C], targets [N]")
+    return inputs.new_empty(()), inputs.new_empty(inputs.shape)
+
+
 def _dense_setup(ctx, inputs, output) -> None:
     logits, targets, ctx.alpha, ctx.gamma, ctx.reduction = inputs
     ctx.save_for_backward(logits, targets)
@@ -124,9 +130,29 @@ def _softmax_backward(ctx, grad: Tensor):
     return grad_inputs, None, None, None, None, None
 
 
+def _softmax_with_grad_setup(ctx, inputs, output) -> None:
+    logits, targets, ctx.alpha, ctx.gamma, ctx.reduction, ctx.ignore_index = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(logits, targets, output[1])
+
+
+def _softmax_with_grad_backward(ctx, grad: Tensor, _grad_of_grad: Tensor):
+    logits, targets, unit_grad = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph: the backward op's graph, as the unfused path records it
+        grad_inputs = _ops.softmax_focal_loss_backward(
+            grad, logits, targets, ctx.alpha, ctx.gamma, ctx.reduction, ctx.ignore_index
+        )
+    else:
+        grad_inputs = unit_grad * grad
+    return grad_inputs, None, None, None, None, None
+
+
 torch.library.register_autograd("detops::sigmoid_focal_loss", _dense_backward, setup_context=_dense_setup)
 torch.library.register_autograd("detops::sigmoid_focal_loss_indexed", _indexed_backward, setup_context=_indexed_setup)
 torch.library.register_autograd("detops::softmax_focal_loss", _softmax_backward, setup_context=_softmax_setup)
+torch.library.register_autograd(
+    "detops::softmax_focal_loss_with_grad", _softmax_with_grad_backward, setup_context=_softmax_with_grad_setup
+)
 
 # GPU: Triton kernels, one pass each (elementwise, or one row per program).
 _triton_lib = torch.library.Library("detops", "IMPL")  # noqa: TOR901 (kept alive by the module)
@@ -331,6 +357,11 @@ def softmax_focal_loss(
         alpha: a constant weight in [0, 1]; negative disables it (weight 1).
         gamma: exponent of the modulating factor, >= 0.
         reduction: ``"none"`` (``[N]``), ``"mean"`` (over rows not ignored) or ``"sum"``.
+
+    On CPU a reduced loss whose ``inputs`` require a gradient is computed with
+    its gradient in the same pass over each row (``softmax_focal_loss_with_grad``),
+    which the backward then scales: one softmax per row instead of two, for an
+    extra ``[N, C]`` tensor held until the backward.
     """
     inputs = _check_logits(inputs, "inputs", True)
     targets = _check_labels(targets, "targets", inputs)
@@ -341,6 +372,10 @@ def softmax_focal_loss(
         raise ValueError(f"inputs must have at least one class, got shape {list(inputs.shape)}")
     ignore_index = _check_special(ignore_index, "ignore_index", num_classes)
     _check_label_values(targets, "targets", num_classes, (ignore_index,), f"ignore_index ({ignore_index})")
+    if reduction != "none" and inputs.is_cpu and inputs.requires_grad and torch.is_grad_enabled():
+        # Training: the gradient comes out of the forward's pass over each row
+        # (one softmax, not two); the backward scales it.
+        return _ops.softmax_focal_loss_with_grad(inputs, targets, alpha, gamma, reduction, ignore_index)[0]
     return _ops.softmax_focal_loss(inputs, targets, alpha, gamma, reduction, ignore_index)
 
 
