@@ -43,9 +43,12 @@ void accumulate(BoxGrad<A>& acc, const BoxGrad<T>& g) {
   acc.y2 += A(g.y2);
 }
 
+// The per-box quantities without CIoU's atan, which the CPU takes from torch
+// (ciou_atans) instead of the shared polynomial: only the fields the caller keeps.
 template <Variant V, BoxFormat F, typename T, typename scalar_t>
 DETOPS_HD BoxInfo<T> load_info(const scalar_t* p) {
-  return make_info_as<V, F>(T(p[0]), T(p[1]), T(p[2]), T(p[3]));
+  constexpr Variant kFields = V == Variant::kCIoU ? Variant::kDIoU : V;
+  return make_info_as<kFields, F>(T(p[0]), T(p[1]), T(p[2]), T(p[3]));
 }
 
 // atan of each element in place, by torch's own atan: torchvision's CIoU
@@ -83,13 +86,14 @@ struct BoxInfoArrays {
 
   template <Variant V, BoxFormat F, typename scalar_t>
   BoxInfoArrays(VariantTag<V>, FormatTag<F>, const scalar_t* boxes, int64_t n)
-      : x1(n), y1(n), x2(n), y2(n), area(n), cx(n), cy(n),
-        atan_ratio(V == Variant::kCIoU ? ciou_atans<V, F, T>(boxes, n) : std::vector<T>(n, T(0))) {
+      : x1(n), y1(n), x2(n), y2(n), area(n), cx(n), cy(n), atan_ratio(n, T(0)) {
     for (int64_t j = 0; j < n; ++j) {
       const BoxInfo<T> info = load_info<V, F, T>(boxes + 4 * j);
       x1[j] = info.x1; y1[j] = info.y1; x2[j] = info.x2; y2[j] = info.y2;
       area[j] = info.area; cx[j] = info.cx; cy[j] = info.cy;
+      if constexpr (V == Variant::kCIoU) atan_ratio[j] = aspect_ratio(Box<T>{info.x1, info.y1, info.x2, info.y2});
     }
+    if constexpr (V == Variant::kCIoU) torch_atan_(atan_ratio);  // as ciou_atans, in the same pass over the boxes
   }
 
   BoxInfo<T> at(int64_t j) const { return {x1[j], y1[j], x2[j], y2[j], area[j], cx[j], cy[j], atan_ratio[j]}; }
