@@ -23,30 +23,36 @@ compared element-wise, tolerances per dtype from ``tol``), covering its
 dtypes, layouts, empty input and every launch path (deterministic or not,
 each kernel variant the glue picks).
 
-Does it bite? scripts/cuda_emulated_mutations.sh applies one mutation per
-kernel family, rebuilds and expects the named test to fail. NOT YET RUN: the
-session that wrote it ran out of time on a loaded 2-core machine, so the
-list below is what it checks, not a recorded result. (One real catch is
-recorded: test_roi_align_backward failed when the atomic accumulator was
-allocated with at::zeros, which drops the channels-last layout.)
-  * nms: ``__syncthreads()`` removed from mask_kernel -> test_nms* fail
-    (rows read columns no thread has staged yet);
-  * roi_align: ``ph`` / ``pw`` swapped in forward_kernel's thread index
-    (e.h <-> e.w) -> test_roi_align_forward fails;
-  * roi_pool: backward_atomic_kernel's ``atomicAdd`` replaced by a plain
-    store -> test_roi_pool_backward fails (a non-atomic ``+=`` would pass:
-    fibers are not preempted, see cuda_emulator.h);
-  * box_iou: block_sum's ``__syncthreads()`` in the reduction loop removed ->
-    test_box_iou_matrix_backward fails;
-  * conv_transpose2d: warp_sum's shuffle offset shifted (o -> o + 1) ->
-    test_conv_transpose2d_depthwise fails (and the emulator reports the
-    shuffle reading outside the warp);
-  * ps_roi (RUN, both caught): pool_backward_atomic_kernel's ``atomicAdd``
-    replaced by a plain store -> test_ps_roi_backward fails (it repeats
-    RoIs so that their bins add into the same pixels); the gather backward
-    without its ``/ count`` -> test_ps_roi_backward fails;
-  * box_coder / anchor_generator: grid-stride index shifted by one
-    (threadIdx.x + 1) -> their tests fail (ASan reports the write past the end).
+Does it bite? scripts/cuda_emulated_mutations.sh applies one mutation at a
+time, rebuilds and expects the named tests to fail (a mutation that does not
+build counts as a failure of the script, not as caught). Run on 2026-12-02
+(2-core machine, 14 min for all eleven), one kernel of each family, each
+caught. Until then the script read only the first line of each entry, so
+the three multi-line mutations (nms, box_iou barrier, roi_align) had been
+deleting a line instead; they were re-run with the fix:
+  * nms (barrier removed): ``__syncthreads()`` after mask_kernel stages the
+    column boxes -> caught (test_nms fails: rows read columns no thread has
+    staged yet);
+  * box_iou (barrier removed): block_sum's ``__syncthreads()`` in the
+    reduction loop -> caught (test_box_iou_matrix_backward fails);
+  * box_iou (split sum): reduce_splits_kernel skips chunk 0 -> caught
+    (test_box_iou_matrix_backward_split fails);
+  * roi_align (thread index shifted): ``ph`` / ``pw`` taken from the other
+    axis in forward_kernel -> caught (test_roi_align_forward fails);
+  * roi_pool (atomic dropped): backward_atomic_kernel's ``atomicAdd`` as a
+    plain store -> caught (test_roi_pool_backward fails; a non-atomic ``+=``
+    would pass: fibers are not preempted, see cuda_emulator.h);
+  * ps_roi (atomic dropped, and the gather without its ``/ count``) -> both
+    caught (test_ps_roi_backward repeats RoIs, so their bins add into the same
+    pixels);
+  * conv_transpose2d (shuffle offset o -> o + 1 in warp_sum) -> caught
+    (test_conv_transpose2d_depthwise fails);
+  * box_coder, anchor_generator, corner_pool (thread index shifted: the
+    grid-stride start + 1) -> all three caught (test_box_coder,
+    test_grid_anchors, test_corner_pool fail).
+One earlier catch is recorded too: test_roi_align_backward failed when the
+atomic accumulator was allocated with at::zeros, which drops the
+channels-last layout.
 """
 
 from __future__ import annotations
