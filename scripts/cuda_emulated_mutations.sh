@@ -28,16 +28,21 @@ MUTATIONS=(
     }
     __syncthreads();|      for (int c = 0; c < 4; ++c) shared[c][tid] += shared[c][tid + stride];
     }|test_box_iou_matrix_backward"
+  "box_iou-split|csrc/box_iou/box_iou_cuda.cu|for (int64_t s = 0; s < splits; ++s)|for (int64_t s = 1; s < splits; ++s)|test_box_iou_matrix_backward_split"
   "conv_transpose2d-shuffle|csrc/conv_transpose2d/conv_transpose2d_cuda.cu|v += __shfl_down_sync(0xffffffffu, v, o);|v += __shfl_down_sync(0xffffffffu, v, o + 1);|test_conv_transpose2d_depthwise"
   "box_coder-index|csrc/box_coder/box_coder_cuda.cu|blockIdx.x * int64_t(blockDim.x) + threadIdx.x;|blockIdx.x * int64_t(blockDim.x) + threadIdx.x + 1;|test_box_coder"
   "anchor_generator-index|csrc/anchor_generator/anchor_generator_cuda.cu|blockIdx.x * int64_t(blockDim.x) + threadIdx.x;|blockIdx.x * int64_t(blockDim.x) + threadIdx.x + 1;|test_grid_anchors"
+  "corner_pool-index|csrc/corner_pool/corner_pool_cuda.cu|blockIdx.x * int64_t(blockDim.x) + threadIdx.x;|blockIdx.x * int64_t(blockDim.x) + threadIdx.x + 1;|test_corner_pool"
 )
 
 wanted=" $* "
 results=()
 status=0
 for m in "${MUTATIONS[@]}"; do
-  IFS='|' read -r name file old new sel <<<"$m"
+  # -d '': the whole entry (texts span lines; a plain read stops at the first
+  # newline, which silently turned multi-line mutations into deletions).
+  IFS='|' read -r -d '' name file old new sel <<<"$m" || true
+  sel=${sel%$'\n'}
   if [ $# -gt 0 ] && [[ "$wanted" != *" $name "* ]]; then continue; fi
   cp "$file" "$file.orig"
   trap 'mv -f "'"$file"'.orig" "'"$file"'"; exit 130' INT TERM
@@ -54,6 +59,8 @@ EOF
   fi
   if bash scripts/test_cuda_emulated.sh -x -q -k "$sel" >"build/mutation-$name.log" 2>&1; then
     results+=("$name: tests PASSED -- the mutation was NOT caught"); status=1
+  elif ! grep -q "== emulated CUDA tests" "build/mutation-$name.log"; then
+    results+=("$name: the mutated source did not BUILD (not a test result)"); status=1
   else
     results+=("$name: caught ($(grep -m1 -oE '[0-9]+ failed|Error|AddressSanitizer|runtime error' "build/mutation-$name.log" || echo failed))")
   fi

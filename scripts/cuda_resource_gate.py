@@ -95,9 +95,23 @@ def demangle(names: list[str]) -> dict[str, str]:
     return dict(zip(names, out))
 
 
+def without_params(pretty: str) -> str:
+    """Drops the parameter list: the first "(" outside template arguments (a
+    template argument such as "(detops::box_iou::Variant)0" has one inside)."""
+    depth = 0
+    for i, ch in enumerate(pretty):
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        elif ch == "(" and depth == 0:
+            return pretty[:i]
+    return pretty
+
+
 def base_name(pretty: str) -> str:
     """'void detops::nms::(anonymous namespace)::mask_kernel<float>(...)' -> 'nms::mask_kernel'."""
-    s = re.sub(r"^void ", "", pretty)
+    s = re.sub(r"^void ", "", pretty).replace("(anonymous namespace)::", "").replace("{anonymous}::", "")
     depth, cut = 0, len(s)
     for i, ch in enumerate(s):  # drop template arguments and the parameter list
         if ch in "<(" and depth == 0:
@@ -149,7 +163,7 @@ def main() -> int:
         pretty = demangle(list(kernels))
         for mangled, k in sorted(kernels.items(), key=lambda kv: pretty[kv[0]]):
             name = pretty[mangled]
-            short = re.sub(r"\(.*$", "", name.replace("void ", "").replace("(anonymous namespace)::", ""))
+            short = without_params(name.replace("void ", "").replace("(anonymous namespace)::", ""))
             short = short.replace("detops::", "")
             threads = sizes.get(base_name(name))
             fit = "-" if threads is None else ("yes" if regs_fit(k["regs"], threads) else "NO")

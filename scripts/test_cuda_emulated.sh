@@ -20,7 +20,12 @@ echo "== building the emulated CUDA kernels ($BUILD)"
 cmake -S tests/cuda_emulated -B "$BUILD" -G Ninja -DCMAKE_CXX_COMPILER="$CXX" \
   -DPython_EXECUTABLE="$PWD/$PY" "${launcher[@]}" >"$BUILD.configure.log" 2>&1 \
   || { cat "$BUILD.configure.log"; exit 1; }
-cmake --build "$BUILD"
+# One build at a time on a shared machine: the lock scripts/dev_build.sh takes.
+if command -v flock >/dev/null; then
+  flock "${TMPDIR:-/tmp}/detops-build.lock" cmake --build "$BUILD"
+else
+  cmake --build "$BUILD"
+fi
 
 # The sanitizer runtimes must be loaded before anything else in the process.
 preload="$($CXX -print-file-name=libasan.so) $($CXX -print-file-name=libubsan.so)"

@@ -41,10 +41,14 @@ std::tuple<at::Tensor, at::Tensor> matrix_backward_op(const at::Tensor& grad_in,
               "box_iou_matrix_backward (CUDA): at most 2^31 rows and 65535 batches, got B=", B, ", N=", N);
   const at::Tensor grad = grad_in.contiguous().to(compute_dtype(boxes1.scalar_type()));
   at::Tensor grad1 = at::empty_like(boxes1), grad2 = at::empty_like(boxes2);
+  // Partial sums of the split reductions (box_iou_cuda.h: BackwardSplit).
+  const BackwardSplit split = backward_split(B, N, M);
+  const int64_t ws = split.workspace(B, N, M);
+  const at::Tensor workspace = at::empty({ws}, grad.options());
   DETOPS_CUDA_CHECK(matrix_backward_cuda(to_dtype(boxes1.scalar_type()), parse_variant(variant),
                                          grad.const_data_ptr(), boxes1.const_data_ptr(), boxes2.const_data_ptr(),
-                                         grad1.mutable_data_ptr(), grad2.mutable_data_ptr(), B, N, M, eps,
-                                         current_stream(boxes1)));
+                                         grad1.mutable_data_ptr(), grad2.mutable_data_ptr(), B, N, M, eps, split,
+                                         ws > 0 ? workspace.mutable_data_ptr() : nullptr, current_stream(boxes1)));
   return {grad1, grad2};
 }
 

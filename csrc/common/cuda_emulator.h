@@ -392,15 +392,16 @@ inline std::mt19937_64& block_order_rng() {
 
 template <auto Kernel>
 const char* kernel_name() {
-  // "... [with auto Kernel = detops::nms::{anonymous}::mask_kernel<float>]"
-  static const std::string name = [] {
-    const std::string_view pretty = __PRETTY_FUNCTION__;
+  // "... [with auto Kernel = detops::nms::{anonymous}::mask_kernel<float>]".
+  // __PRETTY_FUNCTION__ is read here, not inside the lambda (whose own name,
+  // "kernel_name<...>()::<lambda()>", has no "Kernel = ").
+  static const std::string name = [](const std::string_view pretty) {
     const size_t at = pretty.find("Kernel = ");
     std::string_view n = at == std::string_view::npos ? pretty : pretty.substr(at + 9);
     const size_t end = n.rfind(']');
     if (end != std::string_view::npos) n = n.substr(0, end);
     return std::string(n);
-  }();
+  }(__PRETTY_FUNCTION__);
   return name.c_str();
 }
 

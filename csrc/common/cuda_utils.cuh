@@ -6,8 +6,10 @@
 #include <cuda_runtime.h>
 
 #include <cassert>
+#include <climits>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <utility>
 
 #include "common/dtype.h"
@@ -56,7 +58,11 @@ struct Index4 {
   int64_t n, c, h, w;
 };
 
-__device__ __forceinline__ Index4 unravel_nchw(int64_t p, int64_t C, int64_t H, int64_t W, bool channels_last) {
+// I: the index type of the launch (index_width below), int32_t when every
+// index fits, so that the divisions and remainders are 32-bit.
+template <typename I>
+__device__ __forceinline__ Index4 unravel_nchw(I p, int64_t C_, int64_t H_, int64_t W_, bool channels_last) {
+  const I C = static_cast<I>(C_), H = static_cast<I>(H_), W = static_cast<I>(W_);
   Index4 i;
   if (channels_last) {
     i.c = p % C;
@@ -74,6 +80,39 @@ __device__ __forceinline__ Index4 unravel_nchw(int64_t p, int64_t C, int64_t H, 
     i.n = p / C;
   }
   return i;
+}
+
+// The first index and the stride of a grid-stride loop, in the index type I.
+template <typename I>
+__device__ __forceinline__ I grid_first() {
+  return static_cast<I>(blockIdx.x) * static_cast<I>(blockDim.x) + static_cast<I>(threadIdx.x);
+}
+template <typename I>
+__device__ __forceinline__ I grid_stride() {
+  return static_cast<I>(gridDim.x) * static_cast<I>(blockDim.x);
+}
+
+// 32-bit index arithmetic when it cannot overflow: a 64-bit division or
+// remainder is a ~20-instruction sequence on the GPU, a 32-bit one far less.
+// A grid-stride loop over `total` elements with `blocks` x `threads` reaches
+// indices below total + blocks * threads. The emulated test build lowers the
+// limit through DETOPS_EMU_INDEX32_LIMIT, so that small cases run the 64-bit
+// kernels too.
+inline int64_t index32_limit() {
+#if defined(DETOPS_CUDA_EMULATED)
+  if (const char* s = std::getenv("DETOPS_EMU_INDEX32_LIMIT")) return std::strtoll(s, nullptr, 10);
+#endif
+  return INT32_MAX;
+}
+
+// Calls f(I{}) with I = int32_t when every index below `reach` fits, else int64_t.
+template <typename F>
+inline void dispatch_index(int64_t reach, F&& f) {
+  if (reach <= index32_limit()) {
+    f(int32_t{});
+  } else {
+    f(int64_t{});
+  }
 }
 
 // Every kernel launch goes through here: launch<kernel>(grid, block,

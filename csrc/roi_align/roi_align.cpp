@@ -55,51 +55,6 @@ void check_multi_args(at::TensorList features, const at::Tensor& rois, const at:
   TORCH_CHECK(levels.device() == first.device(), "levels and features must be on the same device");
 }
 
-TileLists make_tile_lists(const at::Tensor& rois_in, const at::Tensor& levels_in, at::ArrayRef<double> scales,
-                          int64_t N, int64_t max_height, int64_t max_width, bool aligned) {
-  const int64_t K = rois_in.size(0), L = static_cast<int64_t>(scales.size());
-  TileLists t;
-  t.tiles_y = std::max<int64_t>(1, (max_height + kTile - 1) / kTile);
-  t.tiles_x = std::max<int64_t>(1, (max_width + kTile - 1) / kTile);
-  const int64_t tiles = t.tiles_y * t.tiles_x, num_keys = L * N * tiles;
-  const at::Tensor rois = rois_in.to(at::kDouble);
-  const at::TensorOptions long_opts = rois.options().dtype(at::kLong);
-  const at::Tensor lv = levels_in.defined() ? levels_in : at::zeros({K}, long_opts);
-  const at::Tensor batch = rois.select(1, 0);
-  const at::Tensor valid = batch.gt(-1).logical_and(batch.lt(N)).logical_and(lv.ge(0)).logical_and(lv.lt(L));
-  at::Tensor scale = at::zeros({K}, rois.options());
-  for (int64_t l = 0; l < L; ++l) scale = at::where(lv.eq(l), at::full({}, scales[l], rois.options()), scale);
-  // Extent of the samples along one axis (roi_geometry's corners, in double,
-  // with a margin of 3 elements for the taps and any rounding), as tile indices.
-  const double offset = aligned ? 0.5 : 0.0;
-  const auto tile_range = [&](int64_t lo_col, int64_t hi_col, int64_t tiles) {
-    const at::Tensor start = rois.select(1, lo_col).mul(scale).sub(offset);
-    at::Tensor end = rois.select(1, hi_col).mul(scale).sub(offset);
-    if (!aligned) end = start.add(end.sub(start).clamp_min(1.0));
-    const double last = static_cast<double>(tiles * kTile - 1);
-    const at::Tensor lo = start.minimum(end).sub(3.0).clamp(0.0, last).div(double(kTile)).floor().to(at::kLong);
-    const at::Tensor hi = start.maximum(end).add(3.0).clamp(0.0, last).div(double(kTile)).floor().to(at::kLong);
-    return std::make_pair(lo, hi);
-  };
-  const auto [y0, y1] = tile_range(2, 4, t.tiles_y);
-  const auto [x0, x1] = tile_range(1, 3, t.tiles_x);
-  const at::Tensor ty = at::arange(t.tiles_y, long_opts).view({1, -1, 1});
-  const at::Tensor tx = at::arange(t.tiles_x, long_opts).view({1, 1, -1});
-  const at::Tensor hit = ty.ge(y0.view({-1, 1, 1}))
-                             .logical_and(ty.le(y1.view({-1, 1, 1})))
-                             .logical_and(tx.ge(x0.view({-1, 1, 1})))
-                             .logical_and(tx.le(x1.view({-1, 1, 1})))
-                             .logical_and(valid.view({-1, 1, 1}));
-  const at::Tensor base = lv.mul(N).add(batch.clamp(0.0, double(std::max<int64_t>(N - 1, 0))).to(at::kLong));
-  const at::Tensor keys = base.view({-1, 1, 1}).mul(t.tiles_y).add(ty).mul(t.tiles_x).add(tx);
-  const at::Tensor flat = at::where(hit, keys, at::full({}, num_keys, long_opts)).reshape({-1});
-  // Stable sort of the (RoI, tile) pairs, flattened RoI-major: RoI order is kept within each key.
-  auto [sorted, order] = at::sort(flat, /*stable=*/true, /*dim=*/0, /*descending=*/false);
-  t.rois = order.div(tiles, "floor").contiguous();
-  t.offsets = at::searchsorted(sorted, at::arange(num_keys + 1, long_opts)).contiguous();
-  return t;
-}
-
 }  // namespace roi_align
 }  // namespace detops
 

@@ -29,22 +29,8 @@ void check_pool_args(int64_t pooled_height, int64_t pooled_width, double spatial
 void check_multi_args(at::TensorList features, const at::Tensor& rois, const at::Tensor& levels,
                       at::ArrayRef<double> scales, int64_t pooled_height, int64_t pooled_width);
 
-// RoI lists per spatial tile, for the gather-form (deterministic) backward:
-// each map element visits only the RoIs whose samples may reach its tile.
-// Built with tensor ops on the RoIs' device (no host sync).
-constexpr int64_t kTile = 16;  // tile side in map elements (kTileSide in roi_align_cuda.h)
-
-struct TileLists {
-  at::Tensor rois;     // [P] int64: RoI indices, grouped by key, ascending RoI order within a key
-  at::Tensor offsets;  // [num_levels * N * tiles_y * tiles_x + 1] int64
-  int64_t tiles_y = 0, tiles_x = 0;
-};
-
-// key of element (level, n, y, x) = ((level * N + n) * tiles_y + y / kTile) * tiles_x + x / kTile.
-// rois: [K, 5] floating; levels: [K] int64 or undefined (all level 0). RoIs
-// with a batch index outside [0, N) or a bad level are left out.
-TileLists make_tile_lists(const at::Tensor& rois, const at::Tensor& levels, at::ArrayRef<double> scales, int64_t N,
-                          int64_t max_height, int64_t max_width, bool aligned);
+// make_tile_lists (RoI lists per spatial tile, for the gather-form backward):
+// common/roi_batch.h.
 
 }  // namespace roi_align
 }  // namespace detops

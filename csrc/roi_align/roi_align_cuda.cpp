@@ -101,9 +101,13 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad_in, const std::vect
     std::vector<at::Tensor> views(grads.begin(), grads.end());
     bool cl[kMaxLevels] = {};
     for (int64_t l = 0; l < L; ++l) cl[l] = metas[l].channels_last;
+    // Each RoI's separable sample weights, computed once (not per element).
+    const at::Tensor weights = at::empty({gather_weights(K, PH, PW, max_h, max_w)}, grad_t.options());
     DETOPS_CUDA_CHECK(backward_gather_cuda(to_dtype(dtype), maps_args(views, scales), cl, grad_t.const_data_ptr(), gts,
-                                           rois.const_data_ptr(), tl.rois.const_data_ptr<int64_t>(),
-                                           tl.offsets.const_data_ptr<int64_t>(), tl.tiles_y, tl.tiles_x, pool,
+                                           rois.const_data_ptr(),
+                                           levels.defined() ? levels.const_data_ptr<int64_t>() : nullptr,
+                                           tl.rois.const_data_ptr<int64_t>(), tl.offsets.const_data_ptr<int64_t>(),
+                                           tl.tiles_y, tl.tiles_x, pool, max_h, max_w, weights.mutable_data_ptr(),
                                            stream));
     return grads;
   }

@@ -52,15 +52,22 @@ cudaError_t backward_atomic_cuda(DType dtype, const MapsArgs& accum, const void*
                                  const void* rois, const int64_t* levels, const PoolArgs& pool, bool channel_fastest,
                                  cudaStream_t stream);
 
-// Gather form (deterministic): one thread per element of grad_inputs (given
-// in maps[l].data, the map's type) sums gather_roi_grad over the RoIs listed
-// for its tile, in RoI order. grad is in the compute type (float or double).
-// tile_rois / offsets: make_tile_lists (roi_align.h) with kTileSide tiles.
+// Gather form (deterministic): axis_weights_kernel computes each RoI's
+// separable sample weights once (weights: a workspace of gather_weights(...)
+// elements of the compute type), then one thread per element of grad_inputs
+// (given in maps[l].data, the map's type) sums gather_roi_grad's terms over
+// the RoIs listed for its tile, in RoI order. grad is in the compute type
+// (float or double). tile_rois / offsets: make_tile_lists (common/roi_batch.h)
+// with kTileSide tiles; max_h / max_w: the largest map's height and width.
 constexpr int64_t kTileSide = 16;
+inline int64_t gather_weights(int64_t K, int64_t PH, int64_t PW, int64_t max_h, int64_t max_w) {
+  return K * (PH * max_h + PW * max_w + 1);
+}
 cudaError_t backward_gather_cuda(DType dtype, const MapsArgs& grad_inputs, const bool* channels_last,
                                  const void* grad, const int64_t* grad_strides, const void* rois,
-                                 const int64_t* tile_rois, const int64_t* offsets, int64_t tiles_y,
-                                 int64_t tiles_x, const PoolArgs& pool, cudaStream_t stream);
+                                 const int64_t* levels, const int64_t* tile_rois, const int64_t* offsets,
+                                 int64_t tiles_y, int64_t tiles_x, const PoolArgs& pool, int64_t max_h,
+                                 int64_t max_w, void* weights, cudaStream_t stream);
 
 }  // namespace roi_align
 }  // namespace detops

@@ -12,6 +12,9 @@
 
 namespace detops {
 namespace roi_pool {
+
+static_assert(kTile == kTileSide, "the tile lists and the gather kernel must agree on the tile size");
+
 namespace {
 
 at::ScalarType opmath_of(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
@@ -57,11 +60,13 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad_in, const at::Tensor& r
   if (at::globalContext().deterministicAlgorithms()) {
     at::Tensor grad_input = at::empty({N, C, H, W}, grad.options(), format_of(cl));
     if (grad_input.numel() == 0) return grad_input;
-    const auto [order_c, offsets] = rois_by_image(rois, N);
+    // Each element visits the RoIs listed for its tile, not all of its image's.
+    const TileLists tl = make_tile_lists(rois, at::Tensor(), {spatial_scale}, N, H, W, /*aligned=*/false);
     DETOPS_CUDA_CHECK(backward_gather_cuda(to_dtype(dtype), grad.const_data_ptr(), argmax.const_data_ptr<int64_t>(),
                                            out_args(grad), rois.const_data_ptr(), spatial_scale,
-                                           order_c.const_data_ptr<int64_t>(), offsets.const_data_ptr<int64_t>(),
-                                           grad_input.mutable_data_ptr(), map_args(grad_input), cl, stream));
+                                           tl.rois.const_data_ptr<int64_t>(), tl.offsets.const_data_ptr<int64_t>(),
+                                           tl.tiles_y, tl.tiles_x, grad_input.mutable_data_ptr(),
+                                           map_args(grad_input), cl, stream));
     return grad_input;
   }
   const bool reduced = dtype == at::kHalf || dtype == at::kBFloat16;

@@ -18,12 +18,12 @@ __device__ __forceinline__ bool load_batch(const T* roi, int64_t N, int64_t& n) 
   return ok;
 }
 
-template <typename S>
+template <typename S, typename I>
 __global__ void forward_kernel(const S* __restrict__ input, MapArgs m, const opmath_t<S>* __restrict__ rois,
                                opmath_t<S> scale, S* __restrict__ out, int64_t* __restrict__ argmax, OutArgs o,
-                               bool channel_fastest, int64_t total) {
+                               bool channel_fastest, I total) {
   using T = opmath_t<S>;
-  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < total; p += int64_t(gridDim.x) * blockDim.x) {
+  for (I p = grid_first<I>(); p < total; p += grid_stride<I>()) {
     const Index4 e = unravel_nchw(p, m.C, o.PH, o.PW, channel_fastest);
     const int64_t r = e.n, c = e.c, ph = e.h, pw = e.w;
     int64_t n;
@@ -51,12 +51,12 @@ __global__ void forward_kernel(const S* __restrict__ input, MapArgs m, const opm
   }
 }
 
-template <typename S, typename A>
+template <typename S, typename A, typename I>
 __global__ void backward_atomic_kernel(const S* __restrict__ grad, const int64_t* __restrict__ argmax, OutArgs o,
                                        const opmath_t<S>* __restrict__ rois, A* __restrict__ accum, MapArgs m,
-                                       bool channel_fastest, int64_t total) {
+                                       bool channel_fastest, I total) {
   using T = opmath_t<S>;
-  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < total; p += int64_t(gridDim.x) * blockDim.x) {
+  for (I p = grid_first<I>(); p < total; p += grid_stride<I>()) {
     const Index4 e = unravel_nchw(p, m.C, o.PH, o.PW, channel_fastest);
     const int64_t r = e.n, c = e.c, ph = e.h, pw = e.w;
     int64_t n;
@@ -68,19 +68,21 @@ __global__ void backward_atomic_kernel(const S* __restrict__ grad, const int64_t
   }
 }
 
-template <typename S>
+template <typename S, typename I>
 __global__ void backward_gather_kernel(const S* __restrict__ grad, const int64_t* __restrict__ argmax, OutArgs o,
                                        const opmath_t<S>* __restrict__ rois, opmath_t<S> scale,
-                                       const int64_t* __restrict__ order, const int64_t* __restrict__ offsets,
-                                       S* __restrict__ grad_input, MapArgs m, bool channels_last, int64_t total) {
+                                       const int64_t* __restrict__ tile_rois, const int64_t* __restrict__ offsets,
+                                       int64_t tiles_y, int64_t tiles_x, S* __restrict__ grad_input, MapArgs m,
+                                       bool channels_last, I total) {
   using T = opmath_t<S>;
-  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < total; p += int64_t(gridDim.x) * blockDim.x) {
+  for (I p = grid_first<I>(); p < total; p += grid_stride<I>()) {
     const Index4 e = unravel_nchw(p, m.C, m.H, m.W, channels_last);
     const int64_t n = e.n, c = e.c, y = e.h, x = e.w;
     const int64_t idx = y * m.W + x;
+    const int64_t key = (n * tiles_y + y / kTileSide) * tiles_x + x / kTileSide;
     T acc = T(0);
-    for (int64_t j = offsets[n]; j < offsets[n + 1]; ++j) {
-      const int64_t r = order[j];
+    for (int64_t j = offsets[key]; j < offsets[key + 1]; ++j) {
+      const int64_t r = tile_rois[j];
       const T* b = rois + 5 * r;
       const PoolRoi<T> roi = pool_roi<T>(b[1], b[2], b[3], b[4], scale, o.PH, o.PW);
       // Only the few bins whose span can hold (y, x) are tested, not all PH x PW.
@@ -111,9 +113,13 @@ cudaError_t forward_cuda(DType dtype, const void* input, const MapArgs& map, con
   dispatch_dtype(dtype, [&](auto s) {
     using S = decltype(s);
     using T = opmath_t<S>;
-    launch<forward_kernel<S>>(blocks_for(total, kThreads), kThreads, 0, stream,
-        static_cast<const S*>(input), map, static_cast<const T*>(rois), T(spatial_scale), static_cast<S*>(out),
-        argmax, o, channel_fastest, total);
+    const unsigned int blocks = blocks_for(total, kThreads);
+    dispatch_index(total + int64_t(blocks) * kThreads, [&](auto index) {
+      using I = decltype(index);
+      launch<forward_kernel<S, I>>(blocks, kThreads, 0, stream,
+          static_cast<const S*>(input), map, static_cast<const T*>(rois), T(spatial_scale), static_cast<S*>(out),
+          argmax, o, channel_fastest, I(total));
+    });
   });
   return cudaGetLastError();
 }
@@ -126,25 +132,33 @@ cudaError_t backward_atomic_cuda(DType dtype, const void* grad, const int64_t* a
   dispatch_dtype(dtype, [&](auto s) {
     using S = decltype(s);
     using A = opmath_t<S>;
-    launch<backward_atomic_kernel<S, A>>(blocks_for(total, kThreads), kThreads, 0, stream,
-        static_cast<const S*>(grad), argmax, o, static_cast<const opmath_t<S>*>(rois), static_cast<A*>(accum), map,
-        channel_fastest, total);
+    const unsigned int blocks = blocks_for(total, kThreads);
+    dispatch_index(total + int64_t(blocks) * kThreads, [&](auto index) {
+      using I = decltype(index);
+      launch<backward_atomic_kernel<S, A, I>>(blocks, kThreads, 0, stream,
+          static_cast<const S*>(grad), argmax, o, static_cast<const opmath_t<S>*>(rois), static_cast<A*>(accum), map,
+          channel_fastest, I(total));
+    });
   });
   return cudaGetLastError();
 }
 
 cudaError_t backward_gather_cuda(DType dtype, const void* grad, const int64_t* argmax, const OutArgs& o,
-                                 const void* rois, double spatial_scale, const int64_t* order,
-                                 const int64_t* offsets, void* grad_input, const MapArgs& map, bool channels_last,
-                                 cudaStream_t stream) {
+                                 const void* rois, double spatial_scale, const int64_t* tile_rois,
+                                 const int64_t* offsets, int64_t tiles_y, int64_t tiles_x, void* grad_input,
+                                 const MapArgs& map, bool channels_last, cudaStream_t stream) {
   const int64_t total = map.N * map.C * map.H * map.W;
   if (total == 0) return cudaSuccess;
   dispatch_dtype(dtype, [&](auto s) {
     using S = decltype(s);
     using T = opmath_t<S>;
-    launch<backward_gather_kernel<S>>(blocks_for(total, kThreads), kThreads, 0, stream,
-        static_cast<const S*>(grad), argmax, o, static_cast<const T*>(rois), T(spatial_scale), order, offsets,
-        static_cast<S*>(grad_input), map, channels_last, total);
+    const unsigned int blocks = blocks_for(total, kThreads);
+    dispatch_index(total + int64_t(blocks) * kThreads, [&](auto index) {
+      using I = decltype(index);
+      launch<backward_gather_kernel<S, I>>(blocks, kThreads, 0, stream,
+          static_cast<const S*>(grad), argmax, o, static_cast<const T*>(rois), T(spatial_scale), tile_rois, offsets,
+          tiles_y, tiles_x, static_cast<S*>(grad_input), map, channels_last, I(total));
+    });
   });
   return cudaGetLastError();
 }

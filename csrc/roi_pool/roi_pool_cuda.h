@@ -33,12 +33,15 @@ cudaError_t backward_atomic_cuda(DType dtype, const void* grad, const int64_t* a
                                  cudaStream_t stream);
 
 // Gather form (deterministic): one thread per grad_input element, summing the
-// grads of the bins whose argmax is that element, over the RoIs of its image
-// in RoI order. order: RoIs stably sorted by batch index; offsets [N + 1].
+// grads of the bins whose argmax is that element, over the RoIs listed for its
+// kTileSide x kTileSide tile in RoI order (make_tile_lists, common/roi_batch.h,
+// one level, aligned = false): tile_rois, offsets [N * tiles_y * tiles_x + 1].
+constexpr int64_t kTileSide = 16;
+
 cudaError_t backward_gather_cuda(DType dtype, const void* grad, const int64_t* argmax, const OutArgs& o,
-                                 const void* rois, double spatial_scale, const int64_t* order,
-                                 const int64_t* offsets, void* grad_input, const MapArgs& map, bool channels_last,
-                                 cudaStream_t stream);
+                                 const void* rois, double spatial_scale, const int64_t* tile_rois,
+                                 const int64_t* offsets, int64_t tiles_y, int64_t tiles_x, void* grad_input,
+                                 const MapArgs& map, bool channels_last, cudaStream_t stream);
 
 }  // namespace roi_pool
 }  // namespace detops

@@ -64,8 +64,10 @@ int64_t detops_emu_selftest(const char* name, int64_t* out, int64_t* counter) {
     launch<noop_kernel>(dim3(1, 65536), 32, 0, nullptr);
   } else if (n == "shared_228k") {
     launch<noop_kernel>(1, 32, 228 * 1024, nullptr);
-  } else if (n == "limits_ok") {
-    launch<noop_kernel>(dim3(1, 65535, 1), dim3(1024), 227 * 1024, nullptr);
+  } else if (n == "grid_max_ok") {  // the largest grid.y: 65535 one-thread blocks
+    launch<noop_kernel>(dim3(1, 65535, 1), dim3(1), 0, nullptr);
+  } else if (n == "block_max_ok") {  // the largest block and shared memory (one block: 65535 x 1024 fibers take minutes)
+    launch<noop_kernel>(dim3(1), dim3(1024), 227 * 1024, nullptr);
   } else if (n == "warp_ops") {
     launch<warp_ops_kernel>(1, 64, 0, nullptr, out);
   } else if (n == "deadlock") {

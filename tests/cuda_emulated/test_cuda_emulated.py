@@ -23,30 +23,36 @@ compared element-wise, tolerances per dtype from ``tol``), covering its
 dtypes, layouts, empty input and every launch path (deterministic or not,
 each kernel variant the glue picks).
 
-Does it bite? scripts/cuda_emulated_mutations.sh applies one mutation per
-kernel family, rebuilds and expects the named test to fail. NOT YET RUN: the
-session that wrote it ran out of time on a loaded 2-core machine, so the
-list below is what it checks, not a recorded result. (One real catch is
-recorded: test_roi_align_backward failed when the atomic accumulator was
-allocated with at::zeros, which drops the channels-last layout.)
-  * nms: ``__syncthreads()`` removed from mask_kernel -> test_nms* fail
-    (rows read columns no thread has staged yet);
-  * roi_align: ``ph`` / ``pw`` swapped in forward_kernel's thread index
-    (e.h <-> e.w) -> test_roi_align_forward fails;
-  * roi_pool: backward_atomic_kernel's ``atomicAdd`` replaced by a plain
-    store -> test_roi_pool_backward fails (a non-atomic ``+=`` would pass:
-    fibers are not preempted, see cuda_emulator.h);
-  * box_iou: block_sum's ``__syncthreads()`` in the reduction loop removed ->
-    test_box_iou_matrix_backward fails;
-  * conv_transpose2d: warp_sum's shuffle offset shifted (o -> o + 1) ->
-    test_conv_transpose2d_depthwise fails (and the emulator reports the
-    shuffle reading outside the warp);
-  * ps_roi (RUN, both caught): pool_backward_atomic_kernel's ``atomicAdd``
-    replaced by a plain store -> test_ps_roi_backward fails (it repeats
-    RoIs so that their bins add into the same pixels); the gather backward
-    without its ``/ count`` -> test_ps_roi_backward fails;
-  * box_coder / anchor_generator: grid-stride index shifted by one
-    (threadIdx.x + 1) -> their tests fail (ASan reports the write past the end).
+Does it bite? scripts/cuda_emulated_mutations.sh applies one mutation at a
+time, rebuilds and expects the named tests to fail (a mutation that does not
+build counts as a failure of the script, not as caught). Run on 2026-12-02
+(2-core machine, 14 min for all eleven), one kernel of each family, each
+caught. Until then the script read only the first line of each entry, so
+the three multi-line mutations (nms, box_iou barrier, roi_align) had been
+deleting a line instead; they were re-run with the fix:
+  * nms (barrier removed): ``__syncthreads()`` after mask_kernel stages the
+    column boxes -> caught (test_nms fails: rows read columns no thread has
+    staged yet);
+  * box_iou (barrier removed): block_sum's ``__syncthreads()`` in the
+    reduction loop -> caught (test_box_iou_matrix_backward fails);
+  * box_iou (split sum): reduce_splits_kernel skips chunk 0 -> caught
+    (test_box_iou_matrix_backward_split fails);
+  * roi_align (thread index shifted): ``ph`` / ``pw`` taken from the other
+    axis in forward_kernel -> caught (test_roi_align_forward fails);
+  * roi_pool (atomic dropped): backward_atomic_kernel's ``atomicAdd`` as a
+    plain store -> caught (test_roi_pool_backward fails; a non-atomic ``+=``
+    would pass: fibers are not preempted, see cuda_emulator.h);
+  * ps_roi (atomic dropped, and the gather without its ``/ count``) -> both
+    caught (test_ps_roi_backward repeats RoIs, so their bins add into the same
+    pixels);
+  * conv_transpose2d (shuffle offset o -> o + 1 in warp_sum) -> caught
+    (test_conv_transpose2d_depthwise fails);
+  * box_coder, anchor_generator, corner_pool (thread index shifted: the
+    grid-stride start + 1) -> all three caught (test_box_coder,
+    test_grid_anchors, test_corner_pool fail).
+One earlier catch is recorded too: test_roi_align_backward failed when the
+atomic accumulator was allocated with at::zeros, which drops the
+channels-last layout.
 """
 
 from __future__ import annotations
@@ -242,6 +248,82 @@ def test_box_iou_aligned(dtype, variant):
         check("box_iou_aligned_backward", grad, b1, b2, variant, 1e-7, scale=10)
 
 
+def _launched(fn) -> list[str]:
+    """Runs fn and returns the kernels it launched (the emulator's launch log,
+    DETOPS_EMU_LAUNCH_LOG, which scripts/test_cuda_emulated.sh sets)."""
+    log = os.environ.get("DETOPS_EMU_LAUNCH_LOG")
+    if DEVICE != "cpu" or not log:
+        pytest.skip("needs the emulator's launch log")
+    start = os.path.getsize(log)
+    fn()
+    with open(log) as f:
+        f.seek(start)
+        return [line.split("\t")[0] for line in f.read().splitlines()]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_box_iou_matrix_backward_split(dtype, variant):
+    """Few rows or few columns: the reduced dimension is cut into chunks
+    (box_iou_cuda.h: BackwardSplit) whose partial sums a second kernel adds.
+    N = 2000 rows x 3 columns splits each column's sum in 8; 3 rows x 5000
+    columns splits each row's in 5; 2 x 600 x 40 splits the columns' sums in 3."""
+    g = torch.Generator().manual_seed(67)
+    for B, N, M in ((1, 2000, 3), (1, 3, 5000), (2, 600, 40)):
+        b1 = boxes(B * N, g, 50, dtype).reshape(B, N, 4)
+        b2 = boxes(B * M, g, 50, dtype).reshape(B, M, 4)
+        grad = torch.randn(B, N, M, generator=g).to(torch.float64 if dtype == torch.float64 else torch.float32)
+        names = _launched(lambda: check("box_iou_matrix_backward", grad, b1, b2, variant, 1e-7, scale=20))
+        assert sum("reduce_splits_kernel" in n for n in names) == 1, names
+
+
+@contextmanager
+def index32_limit(limit: int):
+    """The emulated launchers take the 32-bit index kernels when every index
+    stays <= the limit (INT32_MAX on a GPU); 0 forces the 64-bit kernels."""
+    prev = os.environ.get("DETOPS_EMU_INDEX32_LIMIT")
+    os.environ["DETOPS_EMU_INDEX32_LIMIT"] = str(limit)
+    try:
+        yield
+    finally:
+        if prev is None:
+            del os.environ["DETOPS_EMU_INDEX32_LIMIT"]
+        else:
+            os.environ["DETOPS_EMU_INDEX32_LIMIT"] = prev
+
+
+@pytest.mark.parametrize("bits", [32, 64])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_index_widths(bits, channels_last):
+    """box_iou's forward and the RoI kernels in both index widths: 32-bit when
+    every index fits (the default here), 64-bit forced by a zero limit. The
+    launch log shows which kernels ran."""
+    g = torch.Generator().manual_seed(71)
+    N, C, H, W = 2, 4, 13, 11
+    x = _map((N, C, H, W), g, torch.float32, channels_last)
+    rois = _rois(15, N, g, 50, torch.float32)
+    b1, b2 = boxes(37, g, 50).reshape(1, 37, 4), boxes(45, g, 50).reshape(1, 45, 4)
+    grad = torch.randn(15, C, 3, 2, generator=g)
+    _, argmax = torch.ops.detops.roi_pool(x, rois, 0.5, 3, 2)
+    if channels_last:
+        grad, argmax = (t.contiguous(memory_format=torch.channels_last) for t in (grad, argmax))
+
+    def run():
+        check("box_iou_matrix", b1, b2, "giou", 1e-7, "xyxy")
+        check("roi_align", x, rois, 0.25, 3, 2, 2, True, layout_of=0)
+        check("roi_pool", x, rois, 0.5, 3, 2, exact=True, layout_of=0)
+        for det in (False, True):
+            with deterministic(det):
+                check("roi_align_backward", grad, rois, 0.25, 3, 2, N, C, H, W, 2, True, channels_last, scale=10)
+                check("roi_pool_backward", grad, rois, argmax, 0.5, 3, 2, N, C, H, W, channels_last, scale=10)
+
+    with index32_limit(2**31 - 1 if bits == 32 else 0):
+        names = _launched(run)
+    wide = [n for n in names if n.endswith(", long int>")]
+    narrow = [n for n in names if n.endswith(", int>")]
+    # box_iou forward; roi_align forward, atomic, axis weights and gather; roi_pool forward, atomic and gather
+    assert len(wide if bits == 64 else narrow) == 8 and not (narrow if bits == 64 else wide), names
+
 # ------------------------------------------------------------------ box coder and anchors
 
 
@@ -433,6 +515,25 @@ def test_conv_transpose2d_dense(dtype, channels_last):
     check("conv_transpose2d_backward", grad, x, w, [2, 2], [0, 1], 1, [True, True, True], scale=50)
 
 
+# ------------------------------------------------------------------ corner pooling
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_corner_pool(dtype, channels_last):
+    """Every direction (lanes along H or W, scanned either way), NCHW and
+    channels-last, with ties (integer values) so that the backward's
+    took-the-max test matters. (An empty input is a ValueError in the shared
+    checks, before either kernel.)"""
+    g = torch.Generator().manual_seed(61)
+    x = _map((2, 3, 9, 13), g, torch.float32, channels_last)
+    x = (x * 2).round().to(dtype)  # ties
+    grad = torch.randn(x.shape, generator=g).to(dtype)
+    for direction in ("top", "left", "bottom", "right"):
+        out = check("corner_pool", x, direction, exact=True, layout_of=0)
+        check("corner_pool_backward", grad, x, out, direction)
+
+
 # ------------------------------------------------------------------ the emulator itself
 
 
@@ -445,7 +546,8 @@ def _selftest(name: str, size: int = 1) -> tuple[int, torch.Tensor]:
 
 @pytest.mark.parametrize(
     "name,code",
-    [("zero_grid", 9), ("block_1025", 9), ("block_z_65", 9), ("grid_y_65536", 9), ("shared_228k", 1), ("limits_ok", 0)],
+    [("zero_grid", 9), ("block_1025", 9), ("block_z_65", 9), ("grid_y_65536", 9), ("shared_228k", 1), ("grid_max_ok", 0),
+     ("block_max_ok", 0)],
 )
 def test_emulator_launch_limits(name, code):
     """sm_90's limits: cudaErrorInvalidConfiguration (9) for empty grids and
