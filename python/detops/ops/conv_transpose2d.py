@@ -230,8 +230,9 @@ def _torch_is_faster(input: Tensor, weight: Tensor, bias: Optional[Tensor], stri
     and the size sweep), U-Net's 256->128 and Mask R-CNN's 256->256 layers:
     below 1024 input pixels (U-Net 16x16 and smaller, a mask head with fewer
     than about 6 RoIs) torch's oneDNN deconvolution wins (our kernel 0.35-0.84x
-    at 4x4 to 16x16 and 0.86x for one RoI), from 32x32 (1024 px) up ours does
-    (1.05-1.83x). A channels-last forward that needs no gradient and fuses no
+    at 4x4 to 16x16 and 0.86x for one RoI); from 32x32 (1024 px) up ours does
+    (1.05-1.83x in one quiet sweep; at 32x32 itself a second read 0.83x
+    forward, so the crossover is known to within that size). A channels-last forward that needs no gradient and fuses no
     ReLU is oneDNN's deconvolution either way, so torch's call, with less
     overhead, serves it at every size. bfloat16/float16 (ours at every size,
     1.25-6.2x: torch takes its reference path on CPUs without AVX512-BF16) and
