@@ -436,6 +436,20 @@ def test_softmax_with_grad_equals_two_passes(reduction, dtype, gamma):
     assert torch.equal(grad_cg.detach(), two_pass)
 
 
+def test_softmax_with_grad_size_dispatch():
+    """The one-pass path serves up to 4M logits; past that the two passes run."""
+    g = torch.Generator().manual_seed(20)
+    for rows, fused in ((52428, True), (52429, False)):  # 80 classes: 4194240 and 4194320 logits
+        x = torch.randn(rows, 80, generator=g).requires_grad_()
+        targets = torch.randint(0, 80, (rows,), generator=g)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            loss = detops.softmax_focal_loss(x, targets, reduction="sum")
+        names = {e.name for e in prof.events()}
+        assert ("detops::softmax_focal_loss_with_grad" in names) == fused
+        assert torch.equal(loss.detach(), torch.ops.detops.softmax_focal_loss(x.detach(), targets, 0.25, 2.0, "sum",
+                                                                              -100))
+
+
 def test_softmax_with_grad_opcheck_and_errors():
     x = torch.randn(8, 5, dtype=torch.float64)
     sm = torch.tensor([0, 1, 4, -100, 2, 3, 3, 0])

@@ -358,10 +358,11 @@ def softmax_focal_loss(
         gamma: exponent of the modulating factor, >= 0.
         reduction: ``"none"`` (``[N]``), ``"mean"`` (over rows not ignored) or ``"sum"``.
 
-    On CPU a reduced loss whose ``inputs`` require a gradient is computed with
-    its gradient in the same pass over each row (``softmax_focal_loss_with_grad``),
-    which the backward then scales: one softmax per row instead of two, for an
-    extra ``[N, C]`` tensor held until the backward.
+    On CPU a reduced loss whose ``inputs`` require a gradient, up to 4M logits,
+    is computed with its gradient in the same pass over each row
+    (``softmax_focal_loss_with_grad``), which the backward then scales: one
+    softmax per row instead of two, for an extra ``[N, C]`` tensor held until
+    the backward. Larger losses are memory-bound and keep the two passes.
     """
     inputs = _check_logits(inputs, "inputs", True)
     targets = _check_labels(targets, "targets", inputs)
@@ -372,9 +373,13 @@ def softmax_focal_loss(
         raise ValueError(f"inputs must have at least one class, got shape {list(inputs.shape)}")
     ignore_index = _check_special(ignore_index, "ignore_index", num_classes)
     _check_label_values(targets, "targets", num_classes, (ignore_index,), f"ignore_index ({ignore_index})")
-    if reduction != "none" and inputs.is_cpu and inputs.requires_grad and torch.is_grad_enabled():
+    if (reduction != "none" and inputs.is_cpu and inputs.requires_grad and torch.is_grad_enabled()
+            and inputs.numel() <= 4194304):
         # Training: the gradient comes out of the forward's pass over each row
-        # (one softmax, not two); the backward scales it.
+        # (one softmax, not two); the backward scales it. Past 4M logits the
+        # saved gradient and the backward's product cost more memory traffic
+        # than the second softmax (size sweep, fp32 x 80 classes: 1.04x -> 1.47x
+        # at 4096 rows, 1.26x -> 1.52x at 32k, even at 100k, 2x slower at 240k).
         return _ops.softmax_focal_loss_with_grad(inputs, targets, alpha, gamma, reduction, ignore_index)[0]
     return _ops.softmax_focal_loss(inputs, targets, alpha, gamma, reduction, ignore_index)
 
