@@ -922,9 +922,17 @@ at::Tensor indexed_backward_cpu(const at::Tensor& grad_in, const at::Tensor& inp
 
 // ------------------------------------------------------------------ softmax focal loss
 
-void check_softmax_cols(const at::Tensor& inputs) {
-  TORCH_CHECK(inputs.size(1) > 0 || inputs.size(0) == 0, "inputs must have at least one class, got shape ",
-              inputs.sizes());
+// The checks every softmax entry point makes, and its label rule: no
+// background value, so every label that is not ignored must be a class.
+LabelRule check_softmax_args(const at::Tensor& inputs, const at::Tensor& targets, double alpha, double gamma,
+                             int64_t ignore_index) {
+  check_indexed_args(inputs, targets, "targets");
+  check_coeffs(alpha, gamma);
+  const int64_t cols = inputs.size(1);
+  TORCH_CHECK(cols > 0 || inputs.size(0) == 0, "inputs must have at least one class, got shape ", inputs.sizes());
+  TORCH_CHECK(ignore_index < 0 || ignore_index >= cols, "ignore_index must not be a class index in [0, ", cols,
+              "), got ", ignore_index);
+  return LabelRule{cols, ignore_index, ignore_index};
 }
 
 // Resolves the targets of rows [r0, r0 + n) into classes, -1 for ignored rows;
@@ -944,16 +952,10 @@ int64_t resolve_softmax_rows(const int64_t* lab, int64_t r0, int64_t n, const La
 
 at::Tensor softmax_forward_cpu(const at::Tensor& inputs_in, const at::Tensor& targets_in, double alpha,
                                double gamma, c10::string_view reduction_name, int64_t ignore_index) {
-  check_indexed_args(inputs_in, targets_in, "targets");
-  check_coeffs(alpha, gamma);
-  check_softmax_cols(inputs_in);
+  const LabelRule rule = check_softmax_args(inputs_in, targets_in, alpha, gamma, ignore_index);
   const Reduction reduction = parse_reduction(reduction_name);
   const at::Tensor inputs = inputs_in.contiguous(), targets = targets_in.contiguous();
   const int64_t rows = inputs.size(0), cols = inputs.size(1);
-  TORCH_CHECK(ignore_index < 0 || ignore_index >= cols, "ignore_index must not be a class index in [0, ", cols,
-              "), got ", ignore_index);
-  // No background value: every label that is not ignored must be a class.
-  const LabelRule rule{cols, ignore_index, ignore_index};
   const int64_t per_block = rows_per_block(cols), blocks = ceil_div(rows, per_block);
   const GammaKind kind = gamma_kind(gamma);
   at::Tensor out = at::empty({reduction == Reduction::kNone ? rows : 0}, inputs.options());
@@ -990,18 +992,13 @@ at::Tensor softmax_forward_cpu(const at::Tensor& inputs_in, const at::Tensor& ta
 
 at::Tensor softmax_backward_cpu(const at::Tensor& grad_in, const at::Tensor& inputs_in, const at::Tensor& targets_in,
                                 double alpha, double gamma, c10::string_view reduction_name, int64_t ignore_index) {
-  check_indexed_args(inputs_in, targets_in, "targets");
-  check_coeffs(alpha, gamma);
-  check_softmax_cols(inputs_in);
+  const LabelRule rule = check_softmax_args(inputs_in, targets_in, alpha, gamma, ignore_index);
   const Reduction reduction = parse_reduction(reduction_name);
   check_grad(grad_in, {inputs_in.size(0)}, reduction);
   const at::Tensor inputs = inputs_in.contiguous(), targets = targets_in.contiguous();
   bool uniform = false;
   const at::Tensor grad = prepare_grad(grad_in, inputs.scalar_type(), reduction, uniform);
   const int64_t rows = inputs.size(0), cols = inputs.size(1);
-  TORCH_CHECK(ignore_index < 0 || ignore_index >= cols, "ignore_index must not be a class index in [0, ", cols,
-              "), got ", ignore_index);
-  const LabelRule rule{cols, ignore_index, ignore_index};
   const int64_t per_block = rows_per_block(cols), blocks = ceil_div(rows, per_block);
   const GammaKind kind = gamma_kind(gamma);
   const int64_t valid_rows = reduction == Reduction::kMean ? count_valid_rows(targets, ignore_index) : 0;
@@ -1043,16 +1040,11 @@ std::tuple<at::Tensor, at::Tensor> softmax_forward_backward_cpu(const at::Tensor
                                                                 const at::Tensor& targets_in, double alpha,
                                                                 double gamma, c10::string_view reduction_name,
                                                                 int64_t ignore_index) {
-  check_indexed_args(inputs_in, targets_in, "targets");
-  check_coeffs(alpha, gamma);
-  check_softmax_cols(inputs_in);
+  const LabelRule rule = check_softmax_args(inputs_in, targets_in, alpha, gamma, ignore_index);
   const Reduction reduction = parse_reduction(reduction_name);
   TORCH_CHECK_VALUE(reduction != Reduction::kNone, "softmax_focal_loss_with_grad: reduction must be 'mean' or 'sum'");
   const at::Tensor inputs = inputs_in.contiguous(), targets = targets_in.contiguous();
   const int64_t rows = inputs.size(0), cols = inputs.size(1);
-  TORCH_CHECK(ignore_index < 0 || ignore_index >= cols, "ignore_index must not be a class index in [0, ", cols,
-              "), got ", ignore_index);
-  const LabelRule rule{cols, ignore_index, ignore_index};
   const int64_t per_block = rows_per_block(cols), blocks = ceil_div(rows, per_block);
   const GammaKind kind = gamma_kind(gamma);
   const int64_t valid_rows = count_valid_rows(targets, ignore_index);
