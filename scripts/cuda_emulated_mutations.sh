@@ -31,8 +31,8 @@ MUTATIONS=(
   "box_iou-split|csrc/box_iou/box_iou_cuda.cu|for (int64_t s = 0; s < splits; ++s)|for (int64_t s = 1; s < splits; ++s)|test_box_iou_matrix_backward_split"
   "conv_transpose2d-shuffle|csrc/conv_transpose2d/conv_transpose2d_cuda.cu|v += __shfl_down_sync(0xffffffffu, v, o);|v += __shfl_down_sync(0xffffffffu, v, o + 1);|test_conv_transpose2d_depthwise"
   "box_coder-index|csrc/box_coder/box_coder_cuda.cu|blockIdx.x * int64_t(blockDim.x) + threadIdx.x;|blockIdx.x * int64_t(blockDim.x) + threadIdx.x + 1;|test_box_coder"
-  "anchor_generator-index|csrc/anchor_generator/anchor_generator_cuda.cu|blockIdx.x * int64_t(blockDim.x) + threadIdx.x;|blockIdx.x * int64_t(blockDim.x) + threadIdx.x + 1;|test_grid_anchors"
-  "corner_pool-index|csrc/corner_pool/corner_pool_cuda.cu|blockIdx.x * int64_t(blockDim.x) + threadIdx.x;|blockIdx.x * int64_t(blockDim.x) + threadIdx.x + 1;|test_corner_pool"
+  "anchor_generator-index|csrc/anchor_generator/anchor_generator_cuda.cu|grid_first<I>();|grid_first<I>() + 1;|test_grid_anchors"
+  "corner_pool-index|csrc/corner_pool/corner_pool_cuda.cu|grid_first<I>();|grid_first<I>() + 1;|test_corner_pool"
 )
 
 wanted=" $* "

@@ -11,17 +11,17 @@ namespace {
 
 constexpr int kThreads = 256;
 
-template <typename S>
+template <typename S, typename I>
 __global__ void grid_anchors_kernel(const LevelTable table, const S* __restrict__ cell_anchors, S* __restrict__ out,
-                                    int64_t total) {
+                                    I total) {
   using T = opmath_t<S>;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const AnchorSite site = locate(table, i % table.anchors_per_image);
+  for (I i = grid_first<I>(); i < total; i += grid_stride<I>()) {
+    const AnchorSite site = locate(table, i % static_cast<I>(table.anchors_per_image));
     // torch converts the integer shifts to the anchors' dtype before the add.
     const T shift_x = convert<T>(convert<S>(T(site.x * table.stride_w[site.level])));
     const T shift_y = convert<T>(convert<S>(T(site.y * table.stride_h[site.level])));
     const S* cell = cell_anchors + 4 * site.cell;
-    S* dst = out + 4 * i;
+    S* dst = out + 4 * int64_t(i);
     dst[0] = convert<S>(shifted(shift_x, convert<T>(cell[0])));
     dst[1] = convert<S>(shifted(shift_y, convert<T>(cell[1])));
     dst[2] = convert<S>(shifted(shift_x, convert<T>(cell[2])));
@@ -37,8 +37,11 @@ cudaError_t grid_anchors_cuda(DType dtype, const LevelTable& table, const void* 
   if (total == 0) return cudaSuccess;
   dispatch_dtype(dtype, [&](auto s) {
     using S = decltype(s);
-    launch<grid_anchors_kernel<S>>(blocks_for(total, kThreads), kThreads, 0, stream,
-        table, static_cast<const S*>(cell_anchors), static_cast<S*>(out), total);
+    dispatch_grid(total, kThreads, [&](auto index, unsigned int blocks) {
+      using I = decltype(index);
+      launch<grid_anchors_kernel<S, I>>(blocks, kThreads, 0, stream,
+          table, static_cast<const S*>(cell_anchors), static_cast<S*>(out), I(total));
+    });
   });
   return cudaGetLastError();
 }

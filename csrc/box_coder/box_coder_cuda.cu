@@ -29,13 +29,13 @@ CoderParams<T> cast(const CoderParams<double>& p) {
 }
 
 // One thread per code: consecutive threads read consecutive 4-value codes.
-template <typename S>
+template <typename S, typename I>
 __global__ void decode_forward_kernel(const S* __restrict__ rel, const S* __restrict__ boxes, S* __restrict__ out,
-                                      int64_t total, int64_t K, CoderParams<opmath_t<S>> p) {
+                                      I total, I K, CoderParams<opmath_t<S>> p) {
   using T = opmath_t<S>;
-  for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < total; c += int64_t(gridDim.x) * blockDim.x) {
-    const Box4<T> box = load<T>(boxes + (c / K) * 4);
-    store(out + c * 4, decode_forward(box, load<T>(rel + c * 4), p));
+  for (I c = grid_first<I>(); c < total; c += grid_stride<I>()) {
+    const Box4<T> box = load<T>(boxes + int64_t(c / K) * 4);
+    store(out + int64_t(c) * 4, decode_forward(box, load<T>(rel + int64_t(c) * 4), p));
   }
 }
 
@@ -89,9 +89,12 @@ cudaError_t decode_forward_cuda(DType dtype, const CoderParams<double>& params, 
   if (total == 0) return cudaSuccess;
   dispatch_dtype(dtype, [&](auto s) {
     using S = decltype(s);
-    launch<decode_forward_kernel<S>>(blocks_for(total, kThreads), kThreads, 0, stream,
-        static_cast<const S*>(rel_codes), static_cast<const S*>(boxes), static_cast<S*>(out), total, K,
-        cast<opmath_t<S>>(params));
+    dispatch_grid(total, kThreads, [&](auto index, unsigned int blocks) {
+      using I = decltype(index);
+      launch<decode_forward_kernel<S, I>>(blocks, kThreads, 0, stream,
+          static_cast<const S*>(rel_codes), static_cast<const S*>(boxes), static_cast<S*>(out), I(total), I(K),
+          cast<opmath_t<S>>(params));
+    });
   });
   return cudaGetLastError();
 }

@@ -32,8 +32,9 @@ __device__ __forceinline__ BoxInfo<T> load_info(const S* p) {
   return make_info_as<V, F>(convert<T>(p[0]), convert<T>(p[1]), convert<T>(p[2]), convert<T>(p[3]));
 }
 
-// One thread per (row, column) pair; consecutive threads take consecutive
-// columns so the output stores coalesce. I: int32_t when B * N * M (plus one
+// Narrow matrices (M < kTiledMinColumns, such as anchors x ground truth): one
+// thread per (row, column) pair over the flat output; consecutive threads
+// take consecutive columns so the output stores coalesce. I: int32_t when B * N * M (plus one
 // grid's stride) fits, so that the two divisions are 32-bit.
 template <Variant V, BoxFormat F, typename S, typename I>
 __global__ void matrix_forward_kernel(const S* __restrict__ boxes1, const S* __restrict__ boxes2,
@@ -46,6 +47,28 @@ __global__ void matrix_forward_kernel(const S* __restrict__ boxes1, const S* __r
     out[p] = matrix_forward<V>(load_info<V, F, T>(boxes1 + int64_t(row) * 4),
                                load_info<V, F, T>(boxes2 + (int64_t(b) * M + j) * 4), eps);
   }
+}
+
+// Wide matrices: a block covers kColTile columns x kRowLanes rows of one
+// batch, and takes the batch (blockIdx.z), the row (blockIdx.x, threadIdx.y)
+// and the column (blockIdx.y, threadIdx.x) from its indices, so no thread
+// divides. Each warp stores 32 consecutive columns. Chosen for M >=
+// kTiledMinColumns, where a partial column tile wastes under a fifth of a block.
+constexpr int kRowLanes = 8;
+constexpr int64_t kTiledMinColumns = 4 * kColTile;
+
+template <Variant V, BoxFormat F, typename S>
+__global__ void __launch_bounds__(kColTile * kRowLanes)
+    matrix_forward_tiled_kernel(const S* __restrict__ boxes1, const S* __restrict__ boxes2,
+                                opmath_t<S>* __restrict__ out, int64_t N, int64_t M, opmath_t<S> eps) {
+  using T = opmath_t<S>;
+  const int64_t b = blockIdx.z;
+  const int64_t i = int64_t(blockIdx.x) * kRowLanes + threadIdx.y;
+  const int64_t j = int64_t(blockIdx.y) * kColTile + threadIdx.x;
+  if (i >= N || j >= M) return;
+  const int64_t row = b * N + i;
+  out[row * M + j] = matrix_forward<V>(load_info<V, F, T>(boxes1 + row * 4),
+                                       load_info<V, F, T>(boxes2 + (b * M + j) * 4), eps);
 }
 
 // Sums a BoxGrad over the block's threads; the result is valid in thread 0.
@@ -101,7 +124,6 @@ __global__ void matrix_backward_rows_kernel(const opmath_t<S>* __restrict__ grad
 // d/d boxes2: a block takes 32 columns of one batch and one chunk of rows
 // (blockIdx.z); its 8 thread rows stride over the chunk, so each warp reads
 // 32 consecutive grad entries.
-constexpr int kRowLanes = 8;
 
 template <Variant V, typename S>
 __global__ void matrix_backward_cols_kernel(const opmath_t<S>* __restrict__ grad, const S* __restrict__ boxes1,
@@ -198,8 +220,16 @@ cudaError_t matrix_forward_cuda(DType dtype, Variant v, BoxFormat fmt, const voi
   return dispatch_with_format(dtype, v, fmt, [&](auto tag, auto ftag, auto s) {
     using S = decltype(s);
     using T = opmath_t<S>;
-    const unsigned int blocks = blocks_for(total, kThreads);
-    dispatch_index(total + int64_t(blocks) * kThreads, [&](auto index) {
+    const int64_t col_tiles = (M + kColTile - 1) / kColTile, row_tiles = (N + kRowLanes - 1) / kRowLanes;
+    if (M >= kTiledMinColumns && col_tiles <= 65535 && B <= 65535 && row_tiles <= INT32_MAX) {
+      const dim3 grid(static_cast<unsigned int>(row_tiles), static_cast<unsigned int>(col_tiles),
+                      static_cast<unsigned int>(B));
+      launch<matrix_forward_tiled_kernel<decltype(tag)::value, decltype(ftag)::value, S>>(grid,
+          dim3(kColTile, kRowLanes), 0, stream, static_cast<const S*>(boxes1), static_cast<const S*>(boxes2),
+          static_cast<T*>(out), N, M, T(eps));
+      return;
+    }
+    dispatch_grid(total, kThreads, [&](auto index, unsigned int blocks) {
       using I = decltype(index);
       launch<matrix_forward_kernel<decltype(tag)::value, decltype(ftag)::value, S, I>>(blocks, kThreads, 0, stream,
           static_cast<const S*>(boxes1), static_cast<const S*>(boxes2), static_cast<T*>(out), I(N), I(M), I(total),

@@ -136,4 +136,15 @@ inline unsigned int blocks_for(int64_t n, int threads, int64_t max_blocks = 6553
   return static_cast<unsigned int>(blocks < 1 ? 1 : blocks);
 }
 
+// A grid-stride launch over `total` elements: calls f(I{}, blocks) with the
+// block count and the index type every index fits (see dispatch_index).
+// `extra_reach` covers other indices the kernel computes in I (a map the
+// kernel decodes into), `lanes_per_element` a warp per element.
+template <typename F>
+inline void dispatch_grid(int64_t total, int threads, F&& f, int64_t extra_reach = 0, int lanes_per_element = 1) {
+  const unsigned int blocks = blocks_for(total * lanes_per_element, threads);
+  const int64_t reach = (total > extra_reach ? total : extra_reach) + int64_t(blocks) * threads;
+  dispatch_index(reach, [&](auto index) { f(index, blocks); });
+}
+
 }  // namespace detops

@@ -35,18 +35,17 @@ __device__ __forceinline__ T block_sum(T v) {
 }
 
 // One thread per output element; consecutive threads take consecutive columns.
-template <typename S>
+// I: the index type of the element decode (32-bit when every index fits).
+template <typename S, typename I>
 __global__ void gather_forward_kernel(Geometry g, const S* __restrict__ in, const S* __restrict__ w,
                                       const S* __restrict__ bias, const S* __restrict__ skip, S* __restrict__ out,
-                                      Activation act, int64_t total) {
+                                      Activation act, I total) {
   using T = opmath_t<S>;
   const int64_t cin_g = g.cin_g(), cout_g = g.cout_g();
-  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < total; p += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t ox = p % g.OW;
-    const int64_t oy = (p / g.OW) % g.OH;
-    const int64_t oc = (p / (g.OW * g.OH)) % g.Cout;
-    const int64_t n = p / (g.OW * g.OH * g.Cout);
-    const int64_t grp = oc / cout_g, ocl = oc % cout_g;
+  for (I p = grid_first<I>(); p < total; p += grid_stride<I>()) {
+    const Index4 e = unravel_nchw(p, g.Cout, g.OH, g.OW, false);
+    const int64_t ox = e.w, oy = e.h, oc = e.c, n = e.n;
+    const int64_t grp = I(oc) / I(cout_g), ocl = I(oc) % I(cout_g);
     const TapRange ty = gather_taps(oy, g.offH, g.sH, g.kH, g.H);
     const TapRange tx = gather_taps(ox, g.offW, g.sW, g.kW, g.W);
     T acc = bias ? convert<T>(bias[oc]) : T(0);
@@ -68,11 +67,11 @@ __global__ void gather_forward_kernel(Geometry g, const S* __restrict__ in, cons
 }
 
 // The gradient of one input element: the taps its outputs reach, times the weight.
-template <typename S, typename T>
+// The tap decode is in I (the launcher's reach covers cout_g * kH * kW).
+template <typename S, typename T, typename I>
 __device__ __forceinline__ T input_grad_term(const Geometry& g, const S* grad, const S* w, int64_t n, int64_t ic,
-                                             int64_t iy, int64_t ix, int64_t tap_index, const Span& sy,
-                                             const Span& sx) {
-  const int64_t wy = sy.hi - sy.lo, wx = sx.hi - sx.lo;
+                                             int64_t iy, int64_t ix, I tap_index, const Span& sy, const Span& sx) {
+  const I wy = static_cast<I>(sy.hi - sy.lo), wx = static_cast<I>(sx.hi - sx.lo);
   const int64_t ocl = tap_index / (wy * wx);
   const int64_t ky = sy.lo + (tap_index / wx) % wy;
   const int64_t kx = sx.lo + tap_index % wx;
@@ -83,42 +82,46 @@ __device__ __forceinline__ T input_grad_term(const Geometry& g, const S* grad, c
 }
 
 // Small windows: one thread per input element.
-template <typename S>
+template <typename S, typename I>
 __global__ void backward_input_thread_kernel(Geometry g, const S* __restrict__ grad, const S* __restrict__ w,
-                                             S* __restrict__ grad_in, int64_t total) {
+                                             S* __restrict__ grad_in, I total) {
   using T = opmath_t<S>;
-  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < total; p += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t ix = p % g.W, iy = (p / g.W) % g.H, ic = (p / (g.W * g.H)) % g.Cin, n = p / (g.W * g.H * g.Cin);
+  for (I p = grid_first<I>(); p < total; p += grid_stride<I>()) {
+    const Index4 e = unravel_nchw(p, g.Cin, g.H, g.W, false);
+    const int64_t ix = e.w, iy = e.h, ic = e.c, n = e.n;
     const Span sy = scatter_taps(iy, g.offH, g.sH, g.kH, g.OH);
     const Span sx = scatter_taps(ix, g.offW, g.sW, g.kW, g.OW);
-    const int64_t taps = g.cout_g() * (sy.hi - sy.lo) * (sx.hi - sx.lo);
+    const I taps = static_cast<I>(g.cout_g() * (sy.hi - sy.lo) * (sx.hi - sx.lo));
     T acc = T(0);
-    for (int64_t t = 0; t < taps; ++t) acc += input_grad_term<S, T>(g, grad, w, n, ic, iy, ix, t, sy, sx);
+    for (I t = 0; t < taps; ++t) acc += input_grad_term<S, T>(g, grad, w, n, ic, iy, ix, t, sy, sx);
     grad_in[p] = convert<S>(acc);
   }
 }
 
 // Large windows (FCN's 64x64 kernels): one warp per input element, lanes split the window.
-template <typename S>
+template <typename S, typename I>
 __global__ void backward_input_warp_kernel(Geometry g, const S* __restrict__ grad, const S* __restrict__ w,
-                                           S* __restrict__ grad_in, int64_t total) {
+                                           S* __restrict__ grad_in, I total) {
   using T = opmath_t<S>;
   const int lane = threadIdx.x % kWarp;
-  const int64_t warps_per_grid = int64_t(gridDim.x) * (blockDim.x / kWarp);
-  for (int64_t p = blockIdx.x * int64_t(blockDim.x / kWarp) + threadIdx.x / kWarp; p < total; p += warps_per_grid) {
-    const int64_t ix = p % g.W, iy = (p / g.W) % g.H, ic = (p / (g.W * g.H)) % g.Cin, n = p / (g.W * g.H * g.Cin);
+  const I warps_per_grid = static_cast<I>(gridDim.x) * static_cast<I>(blockDim.x / kWarp);
+  for (I p = static_cast<I>(blockIdx.x) * static_cast<I>(blockDim.x / kWarp) + static_cast<I>(threadIdx.x / kWarp);
+       p < total; p += warps_per_grid) {
+    const Index4 e = unravel_nchw(p, g.Cin, g.H, g.W, false);
+    const int64_t ix = e.w, iy = e.h, ic = e.c, n = e.n;
     const Span sy = scatter_taps(iy, g.offH, g.sH, g.kH, g.OH);
     const Span sx = scatter_taps(ix, g.offW, g.sW, g.kW, g.OW);
-    const int64_t taps = g.cout_g() * (sy.hi - sy.lo) * (sx.hi - sx.lo);
+    const I taps = static_cast<I>(g.cout_g() * (sy.hi - sy.lo) * (sx.hi - sx.lo));
     T acc = T(0);
-    for (int64_t t = lane; t < taps; t += kWarp) acc += input_grad_term<S, T>(g, grad, w, n, ic, iy, ix, t, sy, sx);
+    for (I t = lane; t < taps; t += kWarp) acc += input_grad_term<S, T>(g, grad, w, n, ic, iy, ix, t, sy, sx);
     acc = warp_sum(acc);
     if (lane == 0) grad_in[p] = convert<S>(acc);
   }
 }
 
-// One block per weight element (ic, ocl, ky, kx): sums input * grad over images and inputs.
-template <typename S>
+// One block per weight element (ic, ocl, ky, kx): sums input * grad over
+// images and inputs. I: the inner decode's type (the reach covers N * H * W).
+template <typename S, typename I>
 __global__ void backward_weight_kernel(Geometry g, const S* __restrict__ grad, const S* __restrict__ in,
                                        S* __restrict__ grad_w, int64_t total) {
   using T = opmath_t<S>;
@@ -128,10 +131,10 @@ __global__ void backward_weight_kernel(Geometry g, const S* __restrict__ grad, c
     const int64_t oc = (ic / g.cin_g()) * g.cout_g() + ocl;
     const Span iys = inputs_of_tap(ky, g.offH, g.sH, g.H, g.OH);
     const Span ixs = inputs_of_tap(kx, g.offW, g.sW, g.W, g.OW);
-    const int64_t ny = iys.hi - iys.lo, nx = ixs.hi - ixs.lo;
-    const int64_t count = g.N * ny * nx;
+    const I ny = static_cast<I>(iys.hi - iys.lo), nx = static_cast<I>(ixs.hi - ixs.lo);
+    const I count = static_cast<I>(g.N) * ny * nx;
     T acc = T(0);
-    for (int64_t q = threadIdx.x; q < count; q += blockDim.x) {
+    for (I q = threadIdx.x; q < count; q += static_cast<I>(blockDim.x)) {
       const int64_t ix = ixs.lo + q % nx, iy = iys.lo + (q / nx) % ny, n = q / (nx * ny);
       const int64_t oy = iy * g.sH - g.offH + ky, ox = ix * g.sW - g.offW + kx;
       acc += convert<T>(in[((n * g.Cin + ic) * g.H + iy) * g.W + ix]) *
@@ -143,13 +146,13 @@ __global__ void backward_weight_kernel(Geometry g, const S* __restrict__ grad, c
   }
 }
 
-template <typename S>
+template <typename S, typename I>
 __global__ void dense_shuffle_kernel(Geometry g, const S* __restrict__ y, DenseStrides st, int64_t n0,
                                      const S* __restrict__ bias, const S* __restrict__ skip, Strides4 skip_st,
                                      S* __restrict__ out, Strides4 out_st, bool channels_last, Activation act,
-                                     int64_t total) {
+                                     I total) {
   using T = opmath_t<S>;
-  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < total; p += int64_t(gridDim.x) * blockDim.x) {
+  for (I p = grid_first<I>(); p < total; p += grid_stride<I>()) {
     // Threads walk the output in its memory order so that stores coalesce.
     const Index4 e = unravel_nchw(p, g.Cout, g.OH, g.OW, channels_last);
     const int64_t oc = e.c, oy = e.h, ox = e.w, nl = e.n;
@@ -167,16 +170,17 @@ __global__ void dense_shuffle_kernel(Geometry g, const S* __restrict__ y, DenseS
 }
 
 // One thread per column-buffer element, in (row r, image, pixel) order.
-template <typename S>
+template <typename S, typename I>
 __global__ void dense_unshuffle_kernel(Geometry g, const S* __restrict__ grad, Strides4 gs, int64_t n0, int64_t nb,
-                                       S* __restrict__ cols, DenseStrides st, int64_t total) {
-  const int64_t HW = g.H * g.W;
-  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < total; p += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t pix = p % HW;
-    const int64_t nl = (p / HW) % nb;
-    const int64_t r = p / (HW * nb);
-    const int64_t kx = r % g.kW, ky = (r / g.kW) % g.kH, oc = r / (g.kW * g.kH);
-    const int64_t iy = pix / g.W, ix = pix % g.W;
+                                       S* __restrict__ cols, DenseStrides st, I total) {
+  const I W = static_cast<I>(g.W), HW = static_cast<I>(g.H) * W, NB = static_cast<I>(nb);
+  const I kW = static_cast<I>(g.kW), kH = static_cast<I>(g.kH);
+  for (I p = grid_first<I>(); p < total; p += grid_stride<I>()) {
+    const I pix = p % HW;
+    const int64_t nl = (p / HW) % NB;
+    const I r = p / (HW * NB);
+    const int64_t kx = r % kW, ky = (r / kW) % kH, oc = r / (kW * kH);
+    const int64_t iy = pix / W, ix = pix % W;
     const int64_t oy = iy * g.sH + ky - g.offH, ox = ix * g.sW + kx - g.offW;
     const bool inside = oy >= 0 && oy < g.OH && ox >= 0 && ox < g.OW;
     cols[r * st.rs + nl * st.ns + pix * st.ps] =
@@ -192,9 +196,12 @@ cudaError_t gather_forward_cuda(DType dtype, const Geometry& g, const void* inpu
   if (total == 0) return cudaSuccess;
   dispatch_dtype(dtype, [&](auto tag) {
     using S = decltype(tag);
-    launch<gather_forward_kernel<S>>(blocks_for(total, kThreads), kThreads, 0, stream,
-        g, static_cast<const S*>(input), static_cast<const S*>(weight), static_cast<const S*>(bias),
-        static_cast<const S*>(skip), static_cast<S*>(out), act, total);
+    dispatch_grid(total, kThreads, [&](auto index, unsigned int blocks) {
+      using I = decltype(index);
+      launch<gather_forward_kernel<S, I>>(blocks, kThreads, 0, stream,
+          g, static_cast<const S*>(input), static_cast<const S*>(weight), static_cast<const S*>(bias),
+          static_cast<const S*>(skip), static_cast<S*>(out), act, I(total));
+    });
   });
   return cudaGetLastError();
 }
@@ -206,12 +213,19 @@ cudaError_t gather_backward_input_cuda(DType dtype, const Geometry& g, const voi
   const int64_t window = g.cout_g() * (g.kH < g.OH ? g.kH : g.OH) * (g.kW < g.OW ? g.kW : g.OW);
   dispatch_dtype(dtype, [&](auto tag) {
     using S = decltype(tag);
+    const int64_t taps = g.cout_g() * g.kH * g.kW;  // the tap decode's reach
     if (window >= 2 * kWarp) {
-      launch<backward_input_warp_kernel<S>>(blocks_for(total * kWarp, kThreads), kThreads, 0, stream,
-          g, static_cast<const S*>(grad), static_cast<const S*>(weight), static_cast<S*>(grad_input), total);
+      dispatch_grid(total, kThreads, [&](auto index, unsigned int blocks) {
+        using I = decltype(index);
+        launch<backward_input_warp_kernel<S, I>>(blocks, kThreads, 0, stream,
+            g, static_cast<const S*>(grad), static_cast<const S*>(weight), static_cast<S*>(grad_input), I(total));
+      }, taps, kWarp);
     } else {
-      launch<backward_input_thread_kernel<S>>(blocks_for(total, kThreads), kThreads, 0, stream,
-          g, static_cast<const S*>(grad), static_cast<const S*>(weight), static_cast<S*>(grad_input), total);
+      dispatch_grid(total, kThreads, [&](auto index, unsigned int blocks) {
+        using I = decltype(index);
+        launch<backward_input_thread_kernel<S, I>>(blocks, kThreads, 0, stream,
+            g, static_cast<const S*>(grad), static_cast<const S*>(weight), static_cast<S*>(grad_input), I(total));
+      }, taps);
     }
   });
   return cudaGetLastError();
@@ -224,8 +238,12 @@ cudaError_t gather_backward_weight_cuda(DType dtype, const Geometry& g, const vo
   const unsigned int blocks = static_cast<unsigned int>(total < 65535LL * 16 ? total : 65535LL * 16);
   dispatch_dtype(dtype, [&](auto tag) {
     using S = decltype(tag);
-    launch<backward_weight_kernel<S>>(blocks, kThreads, 0, stream,
-        g, static_cast<const S*>(grad), static_cast<const S*>(input), static_cast<S*>(grad_weight), total);
+    // Each block's inner loop indexes the N * H * W inputs of its tap.
+    dispatch_index(g.N * g.H * g.W + kThreads, [&](auto index) {
+      using I = decltype(index);
+      launch<backward_weight_kernel<S, I>>(blocks, kThreads, 0, stream,
+          g, static_cast<const S*>(grad), static_cast<const S*>(input), static_cast<S*>(grad_weight), total);
+    });
   });
   return cudaGetLastError();
 }
@@ -237,9 +255,12 @@ cudaError_t dense_shuffle_cuda(DType dtype, const Geometry& g, const void* y, De
   if (total == 0) return cudaSuccess;
   dispatch_dtype(dtype, [&](auto tag) {
     using S = decltype(tag);
-    launch<dense_shuffle_kernel<S>>(blocks_for(total, kThreads), kThreads, 0, stream,
-        g, static_cast<const S*>(y), st, n0, static_cast<const S*>(bias), static_cast<const S*>(skip), skip_st,
-        static_cast<S*>(out), out_st, channels_last, act, total);
+    dispatch_grid(total, kThreads, [&](auto index, unsigned int blocks) {
+      using I = decltype(index);
+      launch<dense_shuffle_kernel<S, I>>(blocks, kThreads, 0, stream,
+          g, static_cast<const S*>(y), st, n0, static_cast<const S*>(bias), static_cast<const S*>(skip), skip_st,
+          static_cast<S*>(out), out_st, channels_last, act, I(total));
+    });
   });
   return cudaGetLastError();
 }
@@ -250,8 +271,11 @@ cudaError_t dense_unshuffle_cuda(DType dtype, const Geometry& g, const void* gra
   if (total == 0) return cudaSuccess;
   dispatch_dtype(dtype, [&](auto tag) {
     using S = decltype(tag);
-    launch<dense_unshuffle_kernel<S>>(blocks_for(total, kThreads), kThreads, 0, stream,
-        g, static_cast<const S*>(grad), gs, n0, nb, static_cast<S*>(cols), st, total);
+    dispatch_grid(total, kThreads, [&](auto index, unsigned int blocks) {
+      using I = decltype(index);
+      launch<dense_unshuffle_kernel<S, I>>(blocks, kThreads, 0, stream,
+          g, static_cast<const S*>(grad), gs, n0, nb, static_cast<S*>(cols), st, I(total));
+    });
   });
   return cudaGetLastError();
 }

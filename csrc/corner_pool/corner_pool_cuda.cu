@@ -11,11 +11,18 @@ namespace {
 
 constexpr int kThreads = 256;
 
-template <typename S>
-__global__ void forward_kernel(const S* __restrict__ input, S* __restrict__ output, ScanGeometry g, int64_t lanes) {
+// The first element of lane t; the division in I (32-bit when the lanes fit).
+template <typename I>
+__device__ __forceinline__ int64_t lane_start(const ScanGeometry& g, I t) {
+  const I inner = static_cast<I>(g.inner);
+  return int64_t(t / inner) * g.s_outer + g.start + int64_t(t % inner) * g.s_inner;
+}
+
+template <typename S, typename I>
+__global__ void forward_kernel(const S* __restrict__ input, S* __restrict__ output, ScanGeometry g, I lanes) {
   using T = opmath_t<S>;
-  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < lanes; t += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t p0 = (t / g.inner) * g.s_outer + g.start + (t % g.inner) * g.s_inner;
+  for (I t = grid_first<I>(); t < lanes; t += grid_stride<I>()) {
+    const int64_t p0 = lane_start(g, t);
     T best = convert<T>(input[p0]);
     output[p0] = input[p0];
     for (int64_t l = 1; l < g.L; ++l) {
@@ -27,12 +34,12 @@ __global__ void forward_kernel(const S* __restrict__ input, S* __restrict__ outp
   }
 }
 
-template <typename S>
+template <typename S, typename I>
 __global__ void backward_kernel(const S* __restrict__ grad, const S* __restrict__ input, const S* __restrict__ output,
-                                S* __restrict__ grad_input, ScanGeometry g, int64_t lanes) {
+                                S* __restrict__ grad_input, ScanGeometry g, I lanes) {
   using T = opmath_t<S>;
-  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < lanes; t += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t p0 = (t / g.inner) * g.s_outer + g.start + (t % g.inner) * g.s_inner;
+  for (I t = grid_first<I>(); t < lanes; t += grid_stride<I>()) {
+    const int64_t p0 = lane_start(g, t);
     T acc = T(0);
     for (int64_t l = g.L - 1; l >= 0; --l) {
       const int64_t p = p0 + l * g.step;
@@ -51,8 +58,11 @@ cudaError_t forward_cuda(DType dtype, const void* input, void* output, const Sca
   if (lanes == 0 || g.L == 0) return cudaSuccess;
   dispatch_dtype(dtype, [&](auto s) {
     using S = decltype(s);
-    launch<forward_kernel<S>>(blocks_for(lanes, kThreads), kThreads, 0, stream,
-                              static_cast<const S*>(input), static_cast<S*>(output), g, lanes);
+    dispatch_grid(lanes, kThreads, [&](auto index, unsigned int blocks) {
+      using I = decltype(index);
+      launch<forward_kernel<S, I>>(blocks, kThreads, 0, stream, static_cast<const S*>(input),
+                                   static_cast<S*>(output), g, I(lanes));
+    });
   });
   return cudaGetLastError();
 }
@@ -63,9 +73,12 @@ cudaError_t backward_cuda(DType dtype, const void* grad, const void* input, cons
   if (lanes == 0 || g.L == 0) return cudaSuccess;
   dispatch_dtype(dtype, [&](auto s) {
     using S = decltype(s);
-    launch<backward_kernel<S>>(blocks_for(lanes, kThreads), kThreads, 0, stream, static_cast<const S*>(grad),
-                               static_cast<const S*>(input), static_cast<const S*>(output), static_cast<S*>(grad_input),
-                               g, lanes);
+    dispatch_grid(lanes, kThreads, [&](auto index, unsigned int blocks) {
+      using I = decltype(index);
+      launch<backward_kernel<S, I>>(blocks, kThreads, 0, stream, static_cast<const S*>(grad),
+                                    static_cast<const S*>(input), static_cast<const S*>(output),
+                                    static_cast<S*>(grad_input), g, I(lanes));
+    });
   });
   return cudaGetLastError();
 }

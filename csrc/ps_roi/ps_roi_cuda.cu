@@ -19,17 +19,19 @@ __device__ __forceinline__ bool load_batch(const T* roi, int64_t N, int64_t& n) 
   return ok;
 }
 
-// Output element p of [K, C_out, PH, PW] (contiguous).
+// Output element p of [K, C_out, PH, PW] (contiguous), decoded in I.
 struct OutIndex {
   int64_t r, c, ph, pw, c_in;
 };
 
-__device__ __forceinline__ OutIndex out_index(int64_t p, const PoolArgs& a) {
+template <typename I>
+__device__ __forceinline__ OutIndex out_index(I p, const PoolArgs& a) {
+  const Index4 e = unravel_nchw(p, a.C_out, a.PH, a.PW, false);
   OutIndex i;
-  i.pw = p % a.PW;
-  i.ph = (p / a.PW) % a.PH;
-  i.c = (p / (a.PW * a.PH)) % a.C_out;
-  i.r = p / (a.PW * a.PH * a.C_out);
+  i.pw = e.w;
+  i.ph = e.h;
+  i.c = e.c;
+  i.r = e.n;
   i.c_in = input_channel(i.c, i.ph, i.pw, a.PH, a.PW);
   return i;
 }
@@ -49,11 +51,11 @@ __device__ __forceinline__ void for_samples(const RoiGeometry<T>& g, int64_t ph,
   }
 }
 
-template <typename S>
+template <typename S, typename I>
 __global__ void align_forward_kernel(const S* __restrict__ input, MapArgs m, const opmath_t<S>* __restrict__ rois,
-                                     PoolArgs a, S* __restrict__ out, int32_t* __restrict__ mapping, int64_t total) {
+                                     PoolArgs a, S* __restrict__ out, int32_t* __restrict__ mapping, I total) {
   using T = opmath_t<S>;
-  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < total; p += int64_t(gridDim.x) * blockDim.x) {
+  for (I p = grid_first<I>(); p < total; p += grid_stride<I>()) {
     const OutIndex e = out_index(p, a);
     const T* b = rois + 5 * e.r;
     int64_t n;
@@ -77,11 +79,11 @@ __global__ void align_forward_kernel(const S* __restrict__ input, MapArgs m, con
   }
 }
 
-template <typename S>
+template <typename S, typename I>
 __global__ void pool_forward_kernel(const S* __restrict__ input, MapArgs m, const opmath_t<S>* __restrict__ rois,
-                                    PoolArgs a, S* __restrict__ out, int32_t* __restrict__ mapping, int64_t total) {
+                                    PoolArgs a, S* __restrict__ out, int32_t* __restrict__ mapping, I total) {
   using T = opmath_t<S>;
-  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < total; p += int64_t(gridDim.x) * blockDim.x) {
+  for (I p = grid_first<I>(); p < total; p += grid_stride<I>()) {
     const OutIndex e = out_index(p, a);
     const T* b = rois + 5 * e.r;
     int64_t n;
@@ -102,11 +104,11 @@ __global__ void pool_forward_kernel(const S* __restrict__ input, MapArgs m, cons
   }
 }
 
-template <typename S, typename A>
+template <typename S, typename A, typename I>
 __global__ void align_backward_atomic_kernel(const S* __restrict__ grad, const opmath_t<S>* __restrict__ rois,
-                                             PoolArgs a, A* __restrict__ accum, MapArgs m, int64_t total) {
+                                             PoolArgs a, A* __restrict__ accum, MapArgs m, I total) {
   using T = opmath_t<S>;
-  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < total; p += int64_t(gridDim.x) * blockDim.x) {
+  for (I p = grid_first<I>(); p < total; p += grid_stride<I>()) {
     const OutIndex e = out_index(p, a);
     const T* b = rois + 5 * e.r;
     int64_t n;
@@ -125,11 +127,11 @@ __global__ void align_backward_atomic_kernel(const S* __restrict__ grad, const o
   }
 }
 
-template <typename S, typename A>
+template <typename S, typename A, typename I>
 __global__ void pool_backward_atomic_kernel(const S* __restrict__ grad, const opmath_t<S>* __restrict__ rois,
-                                            PoolArgs a, A* __restrict__ accum, MapArgs m, int64_t total) {
+                                            PoolArgs a, A* __restrict__ accum, MapArgs m, I total) {
   using T = opmath_t<S>;
-  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < total; p += int64_t(gridDim.x) * blockDim.x) {
+  for (I p = grid_first<I>(); p < total; p += grid_stride<I>()) {
     const OutIndex e = out_index(p, a);
     const T* b = rois + 5 * e.r;
     int64_t n;
@@ -150,25 +152,28 @@ struct InIndex {
   int64_t n, c_in, y, x, c, ph, pw;
 };
 
-__device__ __forceinline__ InIndex in_index(int64_t p, const MapArgs& m, const PoolArgs& a) {
+template <typename I>
+__device__ __forceinline__ InIndex in_index(I p, const MapArgs& m, const PoolArgs& a) {
+  const Index4 e = unravel_nchw(p, m.C, m.H, m.W, false);
+  const I c_in = static_cast<I>(e.c), PH = static_cast<I>(a.PH), PW = static_cast<I>(a.PW);
   InIndex i;
-  i.x = p % m.W;
-  i.y = (p / m.W) % m.H;
-  i.c_in = (p / (m.W * m.H)) % m.C;
-  i.n = p / (m.W * m.H * m.C);
-  i.c = i.c_in / (a.PH * a.PW);
-  i.ph = (i.c_in / a.PW) % a.PH;
-  i.pw = i.c_in % a.PW;
+  i.x = e.w;
+  i.y = e.h;
+  i.c_in = c_in;
+  i.n = e.n;
+  i.c = c_in / (PH * PW);
+  i.ph = (c_in / PW) % PH;
+  i.pw = c_in % PW;
   return i;
 }
 
-template <typename S>
+template <typename S, typename I>
 __global__ void align_backward_gather_kernel(const S* __restrict__ grad, const opmath_t<S>* __restrict__ rois,
                                              PoolArgs a, const int64_t* __restrict__ order,
                                              const int64_t* __restrict__ offsets, S* __restrict__ grad_input,
-                                             MapArgs m, int64_t total) {
+                                             MapArgs m, I total) {
   using T = opmath_t<S>;
-  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < total; p += int64_t(gridDim.x) * blockDim.x) {
+  for (I p = grid_first<I>(); p < total; p += grid_stride<I>()) {
     const InIndex e = in_index(p, m, a);
     T acc = T(0);
     for (int64_t j = offsets[e.n]; j < offsets[e.n + 1]; ++j) {
@@ -188,13 +193,13 @@ __global__ void align_backward_gather_kernel(const S* __restrict__ grad, const o
   }
 }
 
-template <typename S>
+template <typename S, typename I>
 __global__ void pool_backward_gather_kernel(const S* __restrict__ grad, const opmath_t<S>* __restrict__ rois,
                                             PoolArgs a, const int64_t* __restrict__ order,
                                             const int64_t* __restrict__ offsets, S* __restrict__ grad_input,
-                                            MapArgs m, int64_t total) {
+                                            MapArgs m, I total) {
   using T = opmath_t<S>;
-  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < total; p += int64_t(gridDim.x) * blockDim.x) {
+  for (I p = grid_first<I>(); p < total; p += grid_stride<I>()) {
     const InIndex e = in_index(p, m, a);
     T acc = T(0);
     for (int64_t j = offsets[e.n]; j < offsets[e.n + 1]; ++j) {
@@ -221,12 +226,17 @@ cudaError_t forward_cuda(bool align, DType dtype, const void* input, const MapAr
     const auto* in = static_cast<const S*>(input);
     const auto* r = static_cast<const T*>(rois);
     auto* o = static_cast<S*>(out);
-    if (align)
-      launch<align_forward_kernel<S>>(blocks_for(total, kThreads), kThreads, 0, stream, in, map, r, pool, o,
-                                      channel_mapping, total);
-    else
-      launch<pool_forward_kernel<S>>(blocks_for(total, kThreads), kThreads, 0, stream, in, map, r, pool, o,
-                                     channel_mapping, total);
+    if (align) {
+      dispatch_grid(total, kThreads, [&](auto index, unsigned int blocks) {
+        using I = decltype(index);
+        launch<align_forward_kernel<S, I>>(blocks, kThreads, 0, stream, in, map, r, pool, o, channel_mapping, I(total));
+      });
+    } else {
+      dispatch_grid(total, kThreads, [&](auto index, unsigned int blocks) {
+        using I = decltype(index);
+        launch<pool_forward_kernel<S, I>>(blocks, kThreads, 0, stream, in, map, r, pool, o, channel_mapping, I(total));
+      });
+    }
   });
   return cudaGetLastError();
 }
@@ -241,12 +251,17 @@ cudaError_t backward_atomic_cuda(bool align, DType dtype, const void* grad, cons
     const auto* g = static_cast<const S*>(grad);
     const auto* r = static_cast<const A*>(rois);
     auto* acc = static_cast<A*>(accum);
-    if (align)
-      launch<align_backward_atomic_kernel<S, A>>(blocks_for(total, kThreads), kThreads, 0, stream, g, r, pool, acc,
-                                                 map, total);
-    else
-      launch<pool_backward_atomic_kernel<S, A>>(blocks_for(total, kThreads), kThreads, 0, stream, g, r, pool, acc,
-                                                map, total);
+    if (align) {
+      dispatch_grid(total, kThreads, [&](auto index, unsigned int blocks) {
+        using I = decltype(index);
+        launch<align_backward_atomic_kernel<S, A, I>>(blocks, kThreads, 0, stream, g, r, pool, acc, map, I(total));
+      });
+    } else {
+      dispatch_grid(total, kThreads, [&](auto index, unsigned int blocks) {
+        using I = decltype(index);
+        launch<pool_backward_atomic_kernel<S, A, I>>(blocks, kThreads, 0, stream, g, r, pool, acc, map, I(total));
+      });
+    }
   });
   return cudaGetLastError();
 }
@@ -262,12 +277,17 @@ cudaError_t backward_gather_cuda(bool align, DType dtype, const void* grad, cons
     const auto* g = static_cast<const S*>(grad);
     const auto* r = static_cast<const T*>(rois);
     auto* gi = static_cast<S*>(grad_input);
-    if (align)
-      launch<align_backward_gather_kernel<S>>(blocks_for(total, kThreads), kThreads, 0, stream, g, r, pool, order,
-                                              offsets, gi, map, total);
-    else
-      launch<pool_backward_gather_kernel<S>>(blocks_for(total, kThreads), kThreads, 0, stream, g, r, pool, order,
-                                             offsets, gi, map, total);
+    if (align) {
+      dispatch_grid(total, kThreads, [&](auto index, unsigned int blocks) {
+        using I = decltype(index);
+        launch<align_backward_gather_kernel<S, I>>(blocks, kThreads, 0, stream, g, r, pool, order, offsets, gi, map, I(total));
+      });
+    } else {
+      dispatch_grid(total, kThreads, [&](auto index, unsigned int blocks) {
+        using I = decltype(index);
+        launch<pool_backward_gather_kernel<S, I>>(blocks, kThreads, 0, stream, g, r, pool, order, offsets, gi, map, I(total));
+      });
+    }
   });
   return cudaGetLastError();
 }

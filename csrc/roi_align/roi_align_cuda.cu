@@ -193,8 +193,7 @@ cudaError_t forward_cuda(DType dtype, const MapsArgs& maps, const void* rois, co
   if (total == 0) return cudaSuccess;
   dispatch_dtype(dtype, [&](auto s) {
     using S = decltype(s);
-    const unsigned int blocks = blocks_for(total, kThreads);
-    dispatch_index(total + int64_t(blocks) * kThreads, [&](auto index) {
+    dispatch_grid(total, kThreads, [&](auto index, unsigned int blocks) {
       using I = decltype(index);
       launch<forward_kernel<S, I>>(blocks, kThreads, 0, stream,
           maps, static_cast<const opmath_t<S>*>(rois), levels, pool, static_cast<S*>(out), os[0], os[1], os[2], os[3],
@@ -211,8 +210,7 @@ cudaError_t backward_atomic_cuda(DType dtype, const MapsArgs& accum, const void*
   if (total == 0) return cudaSuccess;
   dispatch_dtype(dtype, [&](auto s) {
     using S = decltype(s);
-    const unsigned int blocks = blocks_for(total, kThreads);
-    dispatch_index(total + int64_t(blocks) * kThreads, [&](auto index) {
+    dispatch_grid(total, kThreads, [&](auto index, unsigned int blocks) {
       using I = decltype(index);
       launch<backward_atomic_kernel<S, opmath_t<S>, I>>(blocks, kThreads, 0, stream,
           accum, static_cast<const S*>(grad), gs[0], gs[1], gs[2], gs[3], static_cast<const opmath_t<S>*>(rois),
@@ -234,8 +232,7 @@ cudaError_t backward_gather_cuda(DType dtype, const MapsArgs& gis, const bool* c
     T* wx = wy + pool.K * pool.PH * max_h;
     T* count = wy + table;
     if (table > 0) {
-      const unsigned int blocks = blocks_for(table, kThreads);
-      dispatch_index(table + int64_t(blocks) * kThreads, [&](auto index) {
+      dispatch_grid(table, kThreads, [&](auto index, unsigned int blocks) {
         using I = decltype(index);
         launch<axis_weights_kernel<T, I>>(blocks, kThreads, 0, stream, gis, static_cast<const T*>(rois), levels, pool,
                                           max_h, max_w, wy, wx, count, I(table));
@@ -244,8 +241,7 @@ cudaError_t backward_gather_cuda(DType dtype, const MapsArgs& gis, const bool* c
     for (int l = 0; l < gis.num_levels; ++l) {
       const int64_t total = gis.N * gis.C * gis.maps[l].H * gis.maps[l].W;
       if (total == 0) continue;
-      const unsigned int blocks = blocks_for(total, kThreads);
-      dispatch_index(total + int64_t(blocks) * kThreads, [&](auto index) {
+      dispatch_grid(total, kThreads, [&](auto index, unsigned int blocks) {
         using I = decltype(index);
         launch<backward_gather_kernel<S, I>>(blocks, kThreads, 0, stream,
             gis, l, channels_last[l], static_cast<const T*>(grad), gs[0], gs[1], gs[2], gs[3], tile_rois, offsets,

@@ -63,7 +63,9 @@ __global__ void backward_atomic_kernel(const S* __restrict__ grad, const int64_t
     const int64_t off = r * o.sK + c * o.sC + ph * o.sH + pw * o.sW;
     const int64_t idx = argmax[off];
     if (idx < 0 || idx >= m.H * m.W || !load_batch(rois + 5 * r, m.N, n)) continue;
-    const int64_t h = idx / m.W, w = idx % m.W;
+    // In I: the launcher's reach covers the map too, so H * W fits.
+    const I W = static_cast<I>(m.W);
+    const int64_t h = static_cast<I>(idx) / W, w = static_cast<I>(idx) % W;
     atomicAdd(accum + n * m.sN + c * m.sC + h * m.sH + w * m.sW, A(convert<T>(grad[off])));
   }
 }
@@ -113,8 +115,7 @@ cudaError_t forward_cuda(DType dtype, const void* input, const MapArgs& map, con
   dispatch_dtype(dtype, [&](auto s) {
     using S = decltype(s);
     using T = opmath_t<S>;
-    const unsigned int blocks = blocks_for(total, kThreads);
-    dispatch_index(total + int64_t(blocks) * kThreads, [&](auto index) {
+    dispatch_grid(total, kThreads, [&](auto index, unsigned int blocks) {
       using I = decltype(index);
       launch<forward_kernel<S, I>>(blocks, kThreads, 0, stream,
           static_cast<const S*>(input), map, static_cast<const T*>(rois), T(spatial_scale), static_cast<S*>(out),
@@ -132,13 +133,13 @@ cudaError_t backward_atomic_cuda(DType dtype, const void* grad, const int64_t* a
   dispatch_dtype(dtype, [&](auto s) {
     using S = decltype(s);
     using A = opmath_t<S>;
-    const unsigned int blocks = blocks_for(total, kThreads);
-    dispatch_index(total + int64_t(blocks) * kThreads, [&](auto index) {
+    const int64_t map_size = map.N * map.C * map.H * map.W;  // the argmax decode's reach
+    dispatch_grid(total, kThreads, [&](auto index, unsigned int blocks) {
       using I = decltype(index);
       launch<backward_atomic_kernel<S, A, I>>(blocks, kThreads, 0, stream,
           static_cast<const S*>(grad), argmax, o, static_cast<const opmath_t<S>*>(rois), static_cast<A*>(accum), map,
           channel_fastest, I(total));
-    });
+    }, map_size);
   });
   return cudaGetLastError();
 }
@@ -152,8 +153,7 @@ cudaError_t backward_gather_cuda(DType dtype, const void* grad, const int64_t* a
   dispatch_dtype(dtype, [&](auto s) {
     using S = decltype(s);
     using T = opmath_t<S>;
-    const unsigned int blocks = blocks_for(total, kThreads);
-    dispatch_index(total + int64_t(blocks) * kThreads, [&](auto index) {
+    dispatch_grid(total, kThreads, [&](auto index, unsigned int blocks) {
       using I = decltype(index);
       launch<backward_gather_kernel<S, I>>(blocks, kThreads, 0, stream,
           static_cast<const S*>(grad), argmax, o, static_cast<const T*>(rois), T(spatial_scale), tile_rois, offsets,

@@ -277,6 +277,22 @@ def test_box_iou_matrix_backward_split(dtype, variant):
         assert sum("reduce_splits_kernel" in n for n in names) == 1, names
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_box_iou_matrix_tiled_forward(dtype, variant):
+    """From 128 columns the forward takes batch, row and column from the block
+    index (matrix_forward_tiled_kernel: no division); narrower matrices, such
+    as anchors x ground truth, keep the flat grid-stride kernel. Row counts
+    that are not multiples of the 8-row tile, partial column tiles, batch 2."""
+    g = torch.Generator().manual_seed(73)
+    for B, N, M, kernel in ((2, 37, 300, "matrix_forward_tiled_kernel"), (1, 9, 128, "matrix_forward_tiled_kernel"),
+                            (2, 50, 127, "matrix_forward_kernel")):
+        b1 = boxes(B * N, g, 50, dtype).reshape(B, N, 4)
+        b2 = boxes(B * M, g, 50, dtype).reshape(B, M, 4)
+        names = _launched(lambda: check("box_iou_matrix", b1, b2, variant, 1e-7, "xyxy"))
+        assert [n.split("<")[0].rsplit("::", 1)[1] for n in names] == [kernel], names
+
+
 @contextmanager
 def index32_limit(limit: int):
     """The emulated launchers take the 32-bit index kernels when every index
@@ -292,12 +308,41 @@ def index32_limit(limit: int):
             os.environ["DETOPS_EMU_INDEX32_LIMIT"] = prev
 
 
+# Every kernel with a 32-bit index path (the kernel's last template argument).
+INDEXED_KERNELS = {
+    "anchor_generator::{anonymous}::grid_anchors_kernel",
+    "box_coder::{anonymous}::decode_forward_kernel",
+    "box_iou::{anonymous}::matrix_forward_kernel",
+    "conv_transpose2d::{anonymous}::backward_input_thread_kernel",
+    "conv_transpose2d::{anonymous}::backward_input_warp_kernel",
+    "conv_transpose2d::{anonymous}::backward_weight_kernel",
+    "conv_transpose2d::{anonymous}::dense_shuffle_kernel",
+    "conv_transpose2d::{anonymous}::dense_unshuffle_kernel",
+    "conv_transpose2d::{anonymous}::gather_forward_kernel",
+    "corner_pool::{anonymous}::backward_kernel",
+    "corner_pool::{anonymous}::forward_kernel",
+    "ps_roi::{anonymous}::align_backward_atomic_kernel",
+    "ps_roi::{anonymous}::align_backward_gather_kernel",
+    "ps_roi::{anonymous}::align_forward_kernel",
+    "ps_roi::{anonymous}::pool_backward_atomic_kernel",
+    "ps_roi::{anonymous}::pool_backward_gather_kernel",
+    "ps_roi::{anonymous}::pool_forward_kernel",
+    "roi_align::{anonymous}::axis_weights_kernel",
+    "roi_align::{anonymous}::backward_atomic_kernel",
+    "roi_align::{anonymous}::backward_gather_kernel",
+    "roi_align::{anonymous}::forward_kernel",
+    "roi_pool::{anonymous}::backward_atomic_kernel",
+    "roi_pool::{anonymous}::backward_gather_kernel",
+    "roi_pool::{anonymous}::forward_kernel",
+}
+
+
 @pytest.mark.parametrize("bits", [32, 64])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_index_widths(bits, channels_last):
-    """box_iou's forward and the RoI kernels in both index widths: 32-bit when
-    every index fits (the default here), 64-bit forced by a zero limit. The
-    launch log shows which kernels ran."""
+    """Every kernel with an index type runs in both widths: 32-bit when every
+    index fits (the default here), 64-bit forced by a zero limit. The launch
+    log shows which kernels ran, and in which width."""
     g = torch.Generator().manual_seed(71)
     N, C, H, W = 2, 4, 13, 11
     x = _map((N, C, H, W), g, torch.float32, channels_last)
@@ -307,22 +352,48 @@ def test_index_widths(bits, channels_last):
     _, argmax = torch.ops.detops.roi_pool(x, rois, 0.5, 3, 2)
     if channels_last:
         grad, argmax = (t.contiguous(memory_format=torch.channels_last) for t in (grad, argmax))
+    ps_x = _map((N, 2 * 3 * 2, H, W), g, torch.float32, False)
+    ps_grad = torch.randn(15, 2, 3, 2, generator=g)
+    mapping = torch.ops.detops.ps_roi_pool(ps_x, rois, 0.5, 3, 2)[1]
+    rel, prop = torch.randn(9, 8, generator=g) * 0.5, boxes(9, g, 80)
+    cells = torch.tensor([[-8.0, -8.0, 8.0, 8.0], [-16.0, -8.0, 16.0, 8.0], [-32.0, -32.0, 32.0, 32.0]])
 
     def run():
         check("box_iou_matrix", b1, b2, "giou", 1e-7, "xyxy")
+        check("box_decode", rel, prop, [10.0, 10.0, 5.0, 5.0], 4.135)
+        check("grid_anchors", cells, [2, 1], [7, 5, 3, 4], [8, 8, 16, 16], 2, exact=True)
+        out = check("corner_pool", x, "left", exact=True)
+        check("corner_pool_backward", torch.ones_like(x), x, out, "left")
         check("roi_align", x, rois, 0.25, 3, 2, 2, True, layout_of=0)
         check("roi_pool", x, rois, 0.5, 3, 2, exact=True, layout_of=0)
+        check("ps_roi_align", ps_x, rois, 0.5, 3, 2, 2)
+        check("ps_roi_pool", ps_x, rois, 0.5, 3, 2)
         for det in (False, True):
             with deterministic(det):
                 check("roi_align_backward", grad, rois, 0.25, 3, 2, N, C, H, W, 2, True, channels_last, scale=10)
                 check("roi_pool_backward", grad, rois, argmax, 0.5, 3, 2, N, C, H, W, channels_last, scale=10)
+                check("ps_roi_align_backward", ps_grad, rois, mapping, 0.5, 3, 2, 2, N, 12, H, W, scale=10)
+                check("ps_roi_pool_backward", ps_grad, rois, mapping, 0.5, 3, 2, N, 12, H, W, scale=10)
+        for k, s in ((4, 2), (16, 8)):  # thread- and warp-per-input backward
+            cx, cw, cb, (oh, ow) = _conv_case(g, torch.float32, 2, 3, 3, 3, k, s, (5, 4), channels_last)
+            co = check("conv_transpose2d", cx, cw, cb, None, [s, s], [1, 1], [oh - 2, ow - 2], [0, 0], 3, 1, scale=10)
+            check("conv_transpose2d_backward", torch.ones_like(co), cx, cw, [s, s], [1, 1], 3, [True, True, False],
+                  scale=50)
+        dx, dw, db, (oh, ow) = _conv_case(g, torch.float32, 2, 6, 4, 1, 2, 2, (5, 7), channels_last)
+        do = check("conv_transpose2d", dx, dw, db, None, [2, 2], [0, 0], [oh, ow], [0, 0], 1, 0, scale=10)
+        check("conv_transpose2d_backward", torch.ones_like(do), dx, dw, [2, 2], [0, 0], 1, [True, True, True],
+              scale=50)
 
     with index32_limit(2**31 - 1 if bits == 32 else 0):
         names = _launched(run)
-    wide = [n for n in names if n.endswith(", long int>")]
-    narrow = [n for n in names if n.endswith(", int>")]
-    # box_iou forward; roi_align forward, atomic, axis weights and gather; roi_pool forward, atomic and gather
-    assert len(wide if bits == 64 else narrow) == 8 and not (narrow if bits == 64 else wide), names
+
+    def kernels(suffix: str) -> set[str]:
+        return {n.split("<")[0].split("::", 1)[1] for n in names if n.endswith(suffix)}  # without the top namespace
+
+    wide, narrow = kernels(", long int>"), kernels(", int>")
+    assert (wide if bits == 64 else narrow) == INDEXED_KERNELS
+    assert not (narrow if bits == 64 else wide), names
+
 
 # ------------------------------------------------------------------ box coder and anchors
 
