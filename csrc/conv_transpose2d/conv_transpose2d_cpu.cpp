@@ -375,7 +375,14 @@ void unshuffle_cpu(const at::Tensor& grad, int64_t n0, int64_t nb, at::Tensor& c
 //  * Backward: the column form pays off only while one image's columns stay in
 //    the core's cache (the Mask R-CNN head with many RoIs); otherwise oneDNN's
 //    own backward, channels-last when the input is.
+//  * Forward, NCHW, up to kDenseMatmulColumns columns in all (N * Cout * kH *
+//    kW * H * W): one matrix product [R, Cin] @ [N, Cin, H * W] before the
+//    shuffle beats the 1x1 convolution, whose oneDNN call and channels-last
+//    reorder cost more than the product saves at these sizes (U-Net 256 ->
+//    128 at 32x32: 3.6 vs 6.1 ms; a one-RoI mask head 1.5 vs 2.2 ms). Past
+//    it the 1x1 convolution wins (64x64: 17.7 vs 19.9 ms).
 constexpr int64_t kDenseCacheColumns = int64_t(1) << 18;
+constexpr int64_t kDenseMatmulColumns = int64_t(1) << 20;
 constexpr int64_t kDenseSmallOutput = int64_t(1) << 22;  // 16 MB of float32: half the L3 here
 
 // The torch output_padding of a dense window, or -1 when the window is not one
@@ -400,6 +407,18 @@ bool forward_via_onednn(const Geometry& g, const at::Tensor& input) {
   if (torch_output_padding(g)[0] < 0) return false;
   const int forced = forced_algorithm("DETOPS_CT_DENSE_FORWARD");
   return forced >= 0 ? forced == 1 : is_channels_last(input);
+}
+
+// DETOPS_CT_DENSE_GEMM = "matmul" or "conv1x1" forces the forward's product.
+DenseGemm forward_gemm(const Geometry& g, const at::Tensor& input) {
+  if (const char* forced = std::getenv("DETOPS_CT_DENSE_GEMM")) {
+    return std::string(forced) == "matmul" ? DenseGemm::kMatmul : DenseGemm::kConv1x1;
+  }
+  // float32 only: bfloat16 matrix products take a slow reference path on CPUs
+  // without AVX512-BF16 (U-Net 8x8: 0.88x torch, against oneDNN's 1x1 convolution).
+  const bool small = g.N * g.Cout * g.kH * g.kW * g.H * g.W <= kDenseMatmulColumns;
+  const bool matmul = small && input.scalar_type() == at::kFloat && !is_channels_last(input);
+  return matmul ? DenseGemm::kMatmul : DenseGemm::kConv1x1;
 }
 
 bool backward_via_onednn(const Geometry& g, const at::Tensor& input) {
@@ -479,7 +498,7 @@ at::Tensor forward_cpu(const at::Tensor& input, const at::Tensor& weight, const 
   const Activation act = parse_activation(activation);
   if (is_dense(g) && forward_via_onednn(g, input)) return dense_forward_onednn(input, weight, bias, skip, g, act);
   if (is_dense(g)) {
-    return dense_forward(input, weight, bias, skip, g, act, &shuffle_cpu, DenseGemm::kConv1x1, &relayout_cpu);
+    return dense_forward(input, weight, bias, skip, g, act, &shuffle_cpu, forward_gemm(g, input), &relayout_cpu);
   }
   const at::Tensor x = input.contiguous(), w = weight.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();

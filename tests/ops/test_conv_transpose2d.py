@@ -309,29 +309,32 @@ def _ran_detops_kernel(fn) -> bool:
 
 
 @pytest.mark.parametrize(
-    "shape,layout,act,grad,ours",
+    "shape,cout,layout,act,grad,ours",
     [
-        # Below 1024 input pixels N*H*W: torch's deconvolution; from 1024 on: ours.
-        ((1, 6, 31, 33), "nchw", 0, False, False),
-        ((1, 6, 32, 32), "nchw", 0, False, True),
-        ((3, 6, 13, 26), "nchw", 1, True, False),
-        ((2, 6, 16, 32), "nchw", 1, True, True),
-        ((1, 6, 31, 33), "channels_last", 0, True, False),
-        ((1, 6, 32, 32), "channels_last", 0, True, True),
+        # NCHW without a gradient: torch's deconvolution below 2**24 multiply-adds
+        # N*H*W*Cin*Cout*kH*kW, ours from there (64 -> 64 channels: at 1024 px).
+        ((1, 64, 31, 33), 64, "nchw", 0, False, False),
+        ((1, 64, 32, 32), 64, "nchw", 0, False, True),
+        ((1, 6, 32, 32), 5, "nchw", 0, False, False),  # 1024 px, but 1.2e5 multiply-adds
+        # Recording a gradient: below 1024 input pixels N*H*W torch's, from 1024 on ours.
+        ((3, 6, 13, 26), 5, "nchw", 1, True, False),
+        ((2, 6, 16, 32), 5, "nchw", 1, True, True),
+        ((1, 6, 31, 33), 5, "channels_last", 0, True, False),
+        ((1, 6, 32, 32), 5, "channels_last", 0, True, True),
         # A channels-last forward without gradient or ReLU is oneDNN's either way: torch's call.
-        ((1, 6, 48, 48), "channels_last", 0, False, False),
-        ((1, 6, 48, 48), "channels_last", 1, False, True),
+        ((1, 6, 48, 48), 5, "channels_last", 0, False, False),
+        ((1, 6, 48, 48), 5, "channels_last", 1, False, True),
     ],
 )
-def test_dense_cpu_size_dispatch(shape, layout, act, grad, ours):
-    """The float32 CPU crossover of ``_torch_is_faster``, on both sides: the
+def test_dense_cpu_size_dispatch(shape, cout, layout, act, grad, ours):
+    """The float32 CPU crossovers of ``_torch_is_faster``, on both sides: the
     same results (and gradients) as torch wherever the layer runs."""
     g = torch.Generator().manual_seed(sum(shape) + act)
     x = torch.randn(*shape, generator=g)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
-    weight = torch.randn(shape[1], 5, 2, 2, generator=g)
-    bias = torch.randn(5, generator=g)
+    weight = torch.randn(shape[1], cout, 2, 2, generator=g) / shape[1] ** 0.5
+    bias = torch.randn(cout, generator=g)
     activation = "relu" if act else None
 
     def ref(a, w, b):
@@ -344,7 +347,7 @@ def test_dense_cpu_size_dispatch(shape, layout, act, grad, ours):
     if grad:
         leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
         assert _ran_detops_kernel(lambda: run(*leaves)) == ours
-        grad_out = torch.randn(shape[0], 5, 2 * shape[2], 2 * shape[3], generator=g)
+        grad_out = torch.randn(shape[0], cout, 2 * shape[2], 2 * shape[3], generator=g)
         out, grads = _grads(run, (x, weight, bias), grad_out)
         ref_out, ref_grads = _grads(ref, (x, weight, bias), grad_out)
         for got, want in zip(grads, ref_grads):
@@ -359,6 +362,32 @@ def test_dense_cpu_size_dispatch(shape, layout, act, grad, ours):
     for dtype in (torch.float64, torch.bfloat16):
         with torch.no_grad():
             assert _ran_detops_kernel(lambda: run(x.to(dtype), weight.to(dtype), bias.to(dtype)))
+
+
+@pytest.mark.parametrize(
+    "shape,dtype,conv1x1",
+    [
+        ((1, 16, 64, 64), torch.float32, False),  # 64 * 2 * 2 * 64 * 64 = 2**20 columns: one matrix product
+        ((1, 16, 64, 65), torch.float32, True),  # past 2**20: the 1x1 convolution
+        ((1, 16, 8, 8), torch.bfloat16, True),  # bfloat16: the 1x1 convolution at every size
+    ],
+)
+def test_dense_cpu_forward_gemm(shape, dtype, conv1x1):
+    """The CPU dense forward's product on both sides of its crossover (a matrix
+    product up to 2**20 columns N*Cout*kH*kW*H*W in float32 NCHW, else a 1x1
+    convolution); the profiler shows which ran. Same result as torch's either way."""
+    g = torch.Generator().manual_seed(shape[3])
+    x = torch.randn(*shape, generator=g).to(dtype)
+    weight = (torch.randn(16, 64, 2, 2, generator=g) / 4).to(dtype)
+    bias = torch.randn(64, generator=g).to(dtype)
+    out_size = [2 * shape[2], 2 * shape[3]]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = torch.ops.detops.conv_transpose2d(x, weight, bias, None, [2, 2], [0, 0], out_size, [0, 0], 1, 0)
+    names = {e.name for e in prof.events()}
+    assert ("aten::matmul" in names) != conv1x1, sorted(n for n in names if n.startswith("aten::"))
+    ref = F.conv_transpose2d(x.double(), weight.double(), bias.double(), stride=2)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert_close(out.double(), ref, rtol=tol, atol=tol)
 
 
 # ------------------------------------------------------------------ fused skip add

@@ -436,18 +436,42 @@ def test_softmax_with_grad_equals_two_passes(reduction, dtype, gamma):
     assert torch.equal(grad_cg.detach(), two_pass)
 
 
+@pytest.mark.parametrize("retain_graph", [False, True])
+def test_softmax_with_grad_unit_seed(retain_graph):
+    """loss.backward() seeds 1: the one-pass path hands its saved gradient back
+    as it is. It must equal the backward op's gradient, and the saved tensor
+    must not alias inputs.grad while the graph keeps it: an in-place change of
+    .grad between two backward calls of a retained graph leaves the second
+    gradient intact (aliasing would give 3 * g + 3 * g)."""
+    g = torch.Generator().manual_seed(23)
+    x = (torch.randn(64, 9, generator=g) * 3).requires_grad_()
+    targets = torch.randint(0, 9, (64,), generator=g)
+    loss = detops.softmax_focal_loss(x, targets, reduction="sum")
+    expected = torch.ops.detops.softmax_focal_loss_backward(torch.ones(()), x.detach(), targets, 0.25, 2.0, "sum",
+                                                            -100)
+    loss.backward(retain_graph=retain_graph)
+    assert_close(x.grad, expected, rtol=1e-6, atol=1e-6)
+    if retain_graph:
+        first = x.grad.clone()
+        x.grad.mul_(3)
+        loss.backward()
+        assert_close(x.grad, 4 * first, rtol=1e-6, atol=1e-6)
+
+
 def test_softmax_with_grad_size_dispatch():
-    """The one-pass path serves up to 4M logits; past that the two passes run."""
+    """The one-pass path serves up to 32 MiB of logits; past that the two passes run."""
     g = torch.Generator().manual_seed(20)
-    for rows, fused in ((52428, True), (52429, False)):  # 80 classes: 4194240 and 4194320 logits
-        x = torch.randn(rows, 80, generator=g).requires_grad_()
+    # 80 classes: 8388560 and 8388640 float32 logits; 16777120 and 16777280 bfloat16 ones
+    for rows, dtype, fused in ((104857, torch.float32, True), (104858, torch.float32, False),
+                               (209714, torch.bfloat16, True), (209716, torch.bfloat16, False)):
+        x = torch.randn(rows, 80, generator=g).to(dtype).requires_grad_()
         targets = torch.randint(0, 80, (rows,), generator=g)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             loss = detops.softmax_focal_loss(x, targets, reduction="sum")
         names = {e.name for e in prof.events()}
         assert ("detops::softmax_focal_loss_with_grad" in names) == fused
         assert torch.equal(loss.detach(), torch.ops.detops.softmax_focal_loss(x.detach(), targets, 0.25, 2.0, "sum",
-                                                                              -100))
+                                                                              -100)), (rows, dtype)
 
 
 def test_softmax_with_grad_opcheck_and_errors():

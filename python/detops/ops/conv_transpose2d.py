@@ -42,9 +42,10 @@ most 16 (input, output) channel pairs per group, and for dense layers with
 kernel == stride; every other configuration (dilation > 1, wide groups, dense
 layers with kernel != stride, integer or complex tensors) falls back to
 ``torch.nn.functional.conv_transpose2d`` (plus ``relu`` when asked). So do the
-float32 CPU dense layers that torch's oneDNN deconvolution serves faster: those
-with fewer than 1024 input pixels (``N * H * W``), and channels-last forwards
-that record no gradient and fuse no ReLU (the measured crossover is in
+float32 CPU dense layers that torch's oneDNN deconvolution serves faster: NCHW
+forwards without a gradient below 2**24 multiply-adds, other layers with fewer
+than 1024 input pixels (``N * H * W``), and channels-last forwards that record
+no gradient and fuse no ReLU (the measured crossovers are in
 ``_torch_is_faster``).
 """
 
@@ -216,9 +217,10 @@ def _uses_kernels(input: Tensor, weight: Tensor, stride: List[int], groups: int)
     return (input.shape[1] // groups) * kernel_shape[1] <= 16  # _MAX_GATHER_CHANNEL_PAIRS (TorchScript reads no globals)
 
 
-# Below this many input pixels (N * H * W) torch's oneDNN deconvolution beats the
-# dense kernel (1x1 product + shuffle) on CPU in float32; see _torch_is_faster.
-_DENSE_CPU_MIN_PIXELS = 1024
+# torch's oneDNN deconvolution serves float32 CPU dense layers below these
+# sizes faster than detops' kernels; see _torch_is_faster.
+_DENSE_CPU_MIN_PIXELS = 1024  # N * H * W: layers that record a gradient, channels-last
+_DENSE_CPU_MIN_MACS = 1 << 24  # N * H * W * Cin * Cout * kH * kW: NCHW forwards without one
 
 
 def _torch_is_faster(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int], groups: int,
@@ -228,29 +230,39 @@ def _torch_is_faster(input: Tensor, weight: Tensor, bias: Optional[Tensor], stri
 
     Measured on the 2-core CPU (``bench/conv_transpose2d_crossover.py --fp32``
     and the size sweep), U-Net's 256->128 and Mask R-CNN's 256->256 layers:
-    below 1024 input pixels (U-Net 16x16 and smaller, a mask head with fewer
-    than about 6 RoIs) torch's oneDNN deconvolution wins (our kernel 0.35-0.84x
-    at 4x4 to 16x16 and 0.86x for one RoI); from 32x32 (1024 px) up ours does
-    (1.05-1.83x in one quiet sweep; at 32x32 itself a second read 0.83x
-    forward, so the crossover is known to within that size). A channels-last forward that needs no gradient and fuses no
-    ReLU is oneDNN's deconvolution either way, so torch's call, with less
-    overhead, serves it at every size. bfloat16/float16 (ours at every size,
-    1.25-6.2x: torch takes its reference path on CPUs without AVX512-BF16) and
-    float64 (torch has no oneDNN path) always run ours.
+
+    * an NCHW forward that records no gradient runs ours (one matrix product
+      and the shuffle) from 2**24 multiply-adds: U-Net 16x16 (3.4e7) 1.24-1.46x,
+      a one-RoI mask head (5.1e7) 1.06-1.41x; below, torch's wins (U-Net 8x8,
+      8.4e6: ours 0.93x);
+    * a layer that records a gradient, or a channels-last one, runs ours from
+      1024 input pixels ``N * H * W``; below, torch's forward and backward win
+      (U-Net 16x16 forward+backward: ours 0.89x);
+    * a channels-last forward that needs no gradient and fuses no ReLU is
+      oneDNN's deconvolution either way, so torch's call, with less overhead,
+      serves it at every size.
+
+    bfloat16/float16 (ours at every size, 1.25-6.2x: torch takes its reference
+    path on CPUs without AVX512-BF16) and float64 (torch has no oneDNN path)
+    always run ours.
     """
     if input.dtype != torch.float32 or not input.is_cpu or groups != 1:
         return False
     in_shape, kernel_shape = input.shape, weight.shape
     if kernel_shape[2] != stride[0] or kernel_shape[3] != stride[1]:
         return False
-    if in_shape[0] * in_shape[2] * in_shape[3] < 1024:  # _DENSE_CPU_MIN_PIXELS (TorchScript reads no globals)
+    records_grad = torch.is_grad_enabled() and (
+        input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
+    channels_last = is_channels_last(input)
+    pixels = in_shape[0] * in_shape[2] * in_shape[3]
+    # TorchScript reads no globals: the literals are _DENSE_CPU_MIN_PIXELS and _DENSE_CPU_MIN_MACS.
+    if records_grad or channels_last:
+        if pixels < 1024:
+            return True
+    elif pixels * in_shape[1] * kernel_shape[1] * kernel_shape[2] * kernel_shape[3] < 16777216:
         return True
-    if act != 0 or not is_channels_last(input):
-        return False
-    # Our column backward wins from 1024 px, so a forward that records a gradient stays ours.
-    if not torch.is_grad_enabled():
-        return True
-    return not (input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
+    # Channels-last: our column backward wins from 1024 px, so a forward that records a gradient stays ours.
+    return channels_last and act == 0 and not records_grad
 
 
 def _natural_size(size: int, stride: int, kernel: int) -> int:
@@ -288,7 +300,8 @@ def conv_transpose2d(
     Depthwise/grouped layers (at most 16 channel pairs per group) and dense layers
     with ``kernel == stride`` run detops' kernels; any other configuration
     (including ``dilation > 1``) falls back to torch's implementation, as do the
-    float32 CPU dense layers torch serves faster: fewer than 1024 input pixels
+    float32 CPU dense layers torch serves faster: an NCHW forward without a
+    gradient below 2**24 multiply-adds, another layer below 1024 input pixels
     ``N * H * W``, or a channels-last forward with no gradient and no ReLU.
     """
     check_tensor(input, "input")

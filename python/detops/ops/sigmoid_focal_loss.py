@@ -142,6 +142,12 @@ def _softmax_with_grad_backward(ctx, grad: Tensor, _grad_of_grad: Tensor):
         grad_inputs = _ops.softmax_focal_loss_backward(
             grad, logits, targets, ctx.alpha, ctx.gamma, ctx.reduction, ctx.ignore_index
         )
+    elif type(grad) is Tensor and grad.is_cpu and not torch.compiler.is_compiling() and bool(grad == 1):
+        # loss.backward() seeds 1, so the saved gradient is the answer. Handed back
+        # as it is, it becomes inputs.grad without a copy once the graph frees it
+        # (with retain_graph=True autograd copies it instead): no [N, C] product
+        # and no fresh [N, C] allocation, a third of the path's memory traffic.
+        grad_inputs = unit_grad
     else:
         grad_inputs = unit_grad * grad
     return grad_inputs, None, None, None, None, None
@@ -358,11 +364,11 @@ def softmax_focal_loss(
         gamma: exponent of the modulating factor, >= 0.
         reduction: ``"none"`` (``[N]``), ``"mean"`` (over rows not ignored) or ``"sum"``.
 
-    On CPU a reduced loss whose ``inputs`` require a gradient, up to 4M logits,
-    is computed with its gradient in the same pass over each row
-    (``softmax_focal_loss_with_grad``), which the backward then scales: one
-    softmax per row instead of two, for an extra ``[N, C]`` tensor held until
-    the backward. Larger losses are memory-bound and keep the two passes.
+    On CPU a reduced loss whose ``inputs`` require a gradient, up to 32 MiB of
+    logits (8M in float32), is computed with its gradient in the same pass over
+    each row (``softmax_focal_loss_with_grad``), which the backward hands back
+    (a seed of 1) or scales: one softmax per row instead of two, for an extra
+    ``[N, C]`` tensor held until the backward. Larger losses keep the two passes.
     """
     inputs = _check_logits(inputs, "inputs", True)
     targets = _check_labels(targets, "targets", inputs)
@@ -374,12 +380,14 @@ def softmax_focal_loss(
     ignore_index = _check_special(ignore_index, "ignore_index", num_classes)
     _check_label_values(targets, "targets", num_classes, (ignore_index,), f"ignore_index ({ignore_index})")
     if (reduction != "none" and inputs.is_cpu and inputs.requires_grad and torch.is_grad_enabled()
-            and inputs.numel() <= 4194304):
+            and inputs.numel() * inputs.element_size() <= 33554432):
         # Training: the gradient comes out of the forward's pass over each row
-        # (one softmax, not two); the backward scales it. Past 4M logits the
-        # saved gradient and the backward's product cost more memory traffic
-        # than the second softmax (size sweep, fp32 x 80 classes: 1.04x -> 1.47x
-        # at 4096 rows, 1.26x -> 1.52x at 32k, even at 100k, 2x slower at 240k).
+        # (one softmax, not two) and is the backward's answer for a seed of 1.
+        # Up to 32 MiB of logits (glibc's largest mmap threshold: bigger buffers
+        # are fresh pages on every call, faulted in by the forward's pass), 80
+        # classes, fwd+bwd against torch's log_softmax form: fp32 100k rows 2.72x
+        # (two passes 1.60x); past it the two passes win (fp32 115k 1.53x vs
+        # 1.93x, 240k 1.53x vs 1.92x).
         return _ops.softmax_focal_loss_with_grad(inputs, targets, alpha, gamma, reduction, ignore_index)[0]
     return _ops.softmax_focal_loss(inputs, targets, alpha, gamma, reduction, ignore_index)
 
