@@ -1,11 +1,14 @@
 """Where detops' dense transposed convolution (kernel == stride: U-Net, Mask
 R-CNN) should hand a layer to oneDNN's deconvolution (torch's own kernel):
-times each side of the two size dispatches in ``csrc/conv_transpose2d`` with
+times each side of the size dispatches in ``csrc/conv_transpose2d`` with
 the algorithm forced (``DETOPS_CT_DENSE_FORWARD`` / ``DETOPS_CT_DENSE_BACKWARD``
-= ``columns`` or ``onednn``) against ``torch.nn.functional.conv_transpose2d``,
-over the sweep's U-Net ladder::
+= ``columns`` or ``onednn``; ``DETOPS_CT_DENSE_GEMM`` = ``matmul`` or
+``conv1x1`` for the float32 forward's product) against
+``torch.nn.functional.conv_transpose2d``, over the sweep's U-Net ladder::
 
     .venv/bin/python bench/conv_transpose2d_crossover.py [--repeats 9]
+    .venv/bin/python bench/conv_transpose2d_crossover.py --fp32   # detops.conv_transpose2d's routing
+    .venv/bin/python bench/conv_transpose2d_crossover.py --gemm   # the NCHW forward's product
 
 Prints, per size, the median time of each algorithm and of torch (alternating
 samples, so machine load hits them alike); the crossovers written in the op's
@@ -105,14 +108,39 @@ def fp32_crossover(repeats: int) -> None:
                   f"channels-last {cells[2]} {cells[3]}", flush=True)
 
 
+def gemm_crossover(repeats: int) -> None:
+    """float32 NCHW forward: one matrix product or the 1x1 convolution before the
+    shuffle, by columns N * Cout * kH * kW * H * W (the op switches at 2**20)."""
+    g = torch.Generator().manual_seed(0)
+    print("float32 NCHW forward: torch time / detops time with each product (above 1: detops wins)")
+    for (n, cin, cout, hw) in [(1, 256, 128, 16), (1, 256, 128, 32), (1, 256, 128, 45), (1, 256, 128, 64),
+                               (1, 256, 256, 14), (4, 256, 256, 14), (8, 256, 256, 14)]:
+        x = torch.randn(n, cin, hw, hw, generator=g)
+        w = torch.randn(cin, cout, 2, 2, generator=g) * 0.05
+        b = torch.randn(cout, generator=g)
+        with torch.no_grad():
+            t = _median_times({
+                "matmul": _forced("DETOPS_CT_DENSE_GEMM", "matmul", lambda: _kernel(x, w, b, 0)),
+                "conv1x1": _forced("DETOPS_CT_DENSE_GEMM", "conv1x1", lambda: _kernel(x, w, b, 0)),
+                "torch": lambda: F.conv_transpose2d(x, w, b, stride=2),
+            }, repeats)
+        columns = n * cout * 4 * hw * hw
+        print(f"{n}x{cin}x{hw}x{hw} -> {cout} ({columns:8d} columns): matmul {t['torch'] / t['matmul']:.2f}x  "
+              f"conv1x1 {t['torch'] / t['conv1x1']:.2f}x", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--sizes", default="4,8,16,32,64", help="U-Net input map sides")
     parser.add_argument("--fp32", action="store_true", help="only the float32 crossover table")
+    parser.add_argument("--gemm", action="store_true", help="only the float32 NCHW forward's product table")
     args = parser.parse_args()
     if args.fp32:
         fp32_crossover(args.repeats)
+        return
+    if args.gemm:
+        gemm_crossover(args.repeats)
         return
     g = torch.Generator().manual_seed(0)
     w = torch.randn(256, 128, 2, 2, generator=g) * 0.05

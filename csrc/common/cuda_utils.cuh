@@ -51,6 +51,18 @@ inline void dispatch_dtype(DType dtype, F&& f) {
     if (!(cond)) __assert_fail(msg, __FILE__, __LINE__, __func__); \
   } while (0)
 
+// A RoI's batch index rois[r, 0] into n, truncated toward zero as torchvision
+// does. Outside (-1, N) it is a device-side assertion (`message` says which
+// op) and n is 0: the caller skips the RoI on a false return, so that no load
+// goes out of bounds before the trap lands. Shared by the RoI kernels.
+template <typename T>
+__device__ __forceinline__ bool load_roi_batch(const T* roi, int64_t N, int64_t& n, const char* message) {
+  const bool ok = roi[0] > T(-1) && roi[0] < T(N);
+  DETOPS_KERNEL_CHECK(ok, message);
+  n = ok ? static_cast<int64_t>(roi[0]) : 0;
+  return ok;
+}
+
 // Element p of a [N, C, H, W] walk in memory order: NCHW (w fastest) or
 // channels-last (c fastest), so that neighbouring threads touch neighbouring
 // memory in either layout.

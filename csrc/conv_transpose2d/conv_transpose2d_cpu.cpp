@@ -375,12 +375,16 @@ void unshuffle_cpu(const at::Tensor& grad, int64_t n0, int64_t nb, at::Tensor& c
 //  * Backward: the column form pays off only while one image's columns stay in
 //    the core's cache (the Mask R-CNN head with many RoIs); otherwise oneDNN's
 //    own backward, channels-last when the input is.
-//  * Forward, NCHW, up to kDenseMatmulColumns columns in all (N * Cout * kH *
-//    kW * H * W): one matrix product [R, Cin] @ [N, Cin, H * W] before the
-//    shuffle beats the 1x1 convolution, whose oneDNN call and channels-last
-//    reorder cost more than the product saves at these sizes (U-Net 256 ->
-//    128 at 32x32: 3.6 vs 6.1 ms; a one-RoI mask head 1.5 vs 2.2 ms). Past
-//    it the 1x1 convolution wins (64x64: 17.7 vs 19.9 ms).
+//  * Forward, NCHW, float32, up to kDenseMatmulColumns columns in all (N *
+//    Cout * kH * kW * H * W): one matrix product [R, Cin] @ [N, Cin, H * W]
+//    before the shuffle beats the 1x1 convolution, whose oneDNN call and
+//    channels-last reorder cost more than the product saves at these sizes
+//    (`bench/conv_transpose2d_crossover.py --gemm`, torch time / ours with
+//    each: U-Net 256 -> 128 at 16x16 1.39x vs 0.66x, 32x32 1.97x vs 1.39x,
+//    40x40 1.23x vs 0.96x; mask head 256 -> 256, 1 RoI 1.29x vs 0.77x, 5 RoIs
+//    1.49x vs 1.24x). Past it the 1x1 convolution wins (U-Net 64x64 1.21x vs
+//    1.16x). One odd shape near the limit reads the other way: U-Net 45x45
+//    (H * W = 2025) 0.91-1.08x vs 1.27-1.55x.
 constexpr int64_t kDenseCacheColumns = int64_t(1) << 18;
 constexpr int64_t kDenseMatmulColumns = int64_t(1) << 20;
 constexpr int64_t kDenseSmallOutput = int64_t(1) << 22;  // 16 MB of float32: half the L3 here

@@ -13,10 +13,7 @@ constexpr int kThreads = 256;
 
 template <typename T>
 __device__ __forceinline__ bool load_batch(const T* roi, int64_t N, int64_t& n) {
-  const bool ok = roi[0] > T(-1) && roi[0] < T(N);
-  DETOPS_KERNEL_CHECK(ok, "detops.ps_roi: rois[:, 0] (the batch index) must be in [0, N)");
-  n = ok ? static_cast<int64_t>(roi[0]) : 0;
-  return ok;
+  return load_roi_batch(roi, N, n, "detops.ps_roi: rois[:, 0] (the batch index) must be in [0, N)");
 }
 
 // Output element p of [K, C_out, PH, PW] (contiguous), decoded in I.

@@ -23,11 +23,11 @@ __device__ __forceinline__ Roi<T> load_roi(const T* rois, const int64_t* levels,
   Roi<T> roi;
   const T* b = rois + 5 * r;
   roi.level = levels ? levels[r] : 0;
-  const T bi = b[0];
-  const bool batch_ok = bi > T(-1) && bi < T(maps.N);
-  DETOPS_KERNEL_CHECK(batch_ok, "detops.roi_align: rois[:, 0] (the batch index) must be in [0, N)");
+  int64_t batch;
+  const bool batch_ok =
+      load_roi_batch(b, maps.N, batch, "detops.roi_align: rois[:, 0] (the batch index) must be in [0, N)");
   roi.valid = batch_ok && roi.level >= 0 && roi.level < maps.num_levels;
-  roi.batch = roi.valid ? static_cast<int64_t>(bi) : 0;
+  roi.batch = roi.valid ? batch : 0;
   if (!roi.valid) roi.level = 0;
   roi.g = roi_geometry<T>(b[1], b[2], b[3], b[4], T(maps.maps[roi.level].scale), pool.PH, pool.PW,
                           pool.sampling_ratio, pool.aligned);

@@ -12,10 +12,7 @@ constexpr int kThreads = 256;
 
 template <typename T>
 __device__ __forceinline__ bool load_batch(const T* roi, int64_t N, int64_t& n) {
-  const bool ok = roi[0] > T(-1) && roi[0] < T(N);
-  DETOPS_KERNEL_CHECK(ok, "detops.roi_pool: rois[:, 0] (the batch index) must be in [0, N)");
-  n = ok ? static_cast<int64_t>(roi[0]) : 0;
-  return ok;
+  return load_roi_batch(roi, N, n, "detops.roi_pool: rois[:, 0] (the batch index) must be in [0, N)");
 }
 
 template <typename S, typename I>
