@@ -21,7 +21,9 @@ picked up by tests/cuda_emulated/CMakeLists.txt automatically; add a test
 here that builds the inputs and calls ``check("<op>", *args)`` (outputs
 compared element-wise, tolerances per dtype from ``tol``), covering its
 dtypes, layouts, empty input and every launch path (deterministic or not,
-each kernel variant the glue picks).
+each kernel variant the glue picks). A kernel launched through
+``dispatch_grid`` (an index type ``I``) also goes into test_index_widths'
+``run`` and ``INDEXED_KERNELS``, so that both widths run.
 
 Does it bite? scripts/cuda_emulated_mutations.sh applies one mutation at a
 time, rebuilds and expects the named tests to fail (a mutation that does not
