@@ -205,9 +205,8 @@ def _check_inputs(input: Tensor, weight: Tensor, bias: Optional[Tensor], groups:
 
 def _uses_kernels(input: Tensor, weight: Tensor, stride: List[int], groups: int) -> bool:
     """Whether our kernels serve this layer (else torch's conv_transpose2d does)."""
-    dtype = input.dtype
-    if not (dtype == torch.float32 or dtype == torch.float64 or dtype == torch.float16 or dtype == torch.bfloat16):
-        return False  # is_kernel_float, inlined: this runs on every call
+    if not is_kernel_float(input.dtype):
+        return False
     if not input.is_cpu:
         if not input.is_cuda:
             return False
@@ -254,8 +253,7 @@ def _torch_is_faster(input: Tensor, weight: Tensor, bias: Optional[Tensor], stri
     in_shape, kernel_shape = input.shape, weight.shape
     if kernel_shape[2] != stride[0] or kernel_shape[3] != stride[1]:
         return False
-    # is_channels_last, inlined (this runs on every call; tensor methods cost ~0.2-0.6 us each)
-    channels_last = not input.is_contiguous() and in_shape[1] > 1 and input.stride(1) == 1
+    channels_last = is_channels_last(input)
     pixels = in_shape[0] * in_shape[2] * in_shape[3]
     # TorchScript reads no globals: the literals are _DENSE_CPU_MIN_PIXELS and _DENSE_CPU_MIN_MACS.
     if channels_last:
