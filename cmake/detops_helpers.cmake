@@ -31,7 +31,8 @@ function(detops_link_torch target)
     ${TORCH_DIR}/include/torch/csrc/api/include)
   target_link_libraries(${target} PRIVATE
     ${TORCH_DIR}/lib/libc10.so
-    ${TORCH_DIR}/lib/libtorch_cpu.so)
+    ${TORCH_DIR}/lib/libtorch_cpu.so
+    ${TORCH_DIR}/lib/libtorch_python.so)   # the eager entries take Python tensors (THPVariable)
   target_compile_definitions(${target} PRIVATE
     _GLIBCXX_USE_CXX11_ABI=${TORCH_CXX11_ABI}
     TORCH_EXTENSION_NAME=_C)

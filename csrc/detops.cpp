@@ -4,6 +4,8 @@
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
+#include "conv_transpose2d/conv_transpose2d_eager.h"
+
 TORCH_LIBRARY(detops, m) {}
 
 namespace {
@@ -34,4 +36,6 @@ pybind11::dict build_info() {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "detops compiled kernels (ops are reached through torch.ops.detops)";
   m.def("build_info", &build_info, "What this build of detops._C compiled");
+  m.def("conv_transpose2d_eager", &detops::conv_transpose2d::eager_forward,
+        "detops.conv_transpose2d's CPU fast path: the output, or None where the Python function must run");
 }

@@ -3,6 +3,7 @@ torch.nn.functional.conv_transpose2d (the reference: torchvision has no such op)
 
 from __future__ import annotations
 
+import functools
 import random
 
 import numpy as np
@@ -301,6 +302,59 @@ def test_empty_batch_and_fallbacks(device):
                  F.conv_transpose2d(x, w, stride=2, groups=2, padding=1))
 
 
+@functools.lru_cache(maxsize=None)
+def _scripted_conv_transpose2d():
+    return torch.jit.script(detops.conv_transpose2d)
+
+
+def test_eager_entry_serves_plain_cpu_calls_only():
+    """The C++ eager entry serves plain CPU tensors with valid arguments and
+    declines (None) everything else, which the Python function then handles."""
+    entry = detops._C.conv_transpose2d_eager
+    g = torch.Generator().manual_seed(7)
+    x, w, b = torch.randn(2, 4, 3, 5, generator=g), torch.randn(4, 3, 2, 2, generator=g), torch.randn(3, generator=g)
+    args = dict(input=x, weight=w, bias=b, stride=2, padding=0, output_padding=0, groups=1, dilation=1,
+                activation=None)
+
+    def call(**changes):
+        return entry(*{**args, **changes}.values())
+
+    assert_close(call(), F.conv_transpose2d(x, w, b, stride=2), rtol=1e-5, atol=1e-5)
+    assert_close(call(input=x[0], stride=(2,), activation="relu"),
+                 F.relu(F.conv_transpose2d(x[0], w, b, stride=2)), rtol=1e-5, atol=1e-5)
+    assert_close(call(padding=[1, 0], output_padding=[1, 1], dilation=2, bias=None),
+                 F.conv_transpose2d(x, w, None, 2, [1, 0], 1, 1, 2), rtol=1e-5, atol=1e-5)
+
+    class Tagged(torch.Tensor):
+        pass
+
+    declined = [
+        dict(input=x.to(torch.int32), weight=w.to(torch.int32), bias=None),  # not a kernel dtype
+        dict(input=x.as_subclass(Tagged)),  # a subclass has __torch_function__
+        dict(groups=True),  # a bool (the Python function reads it as 1)
+        dict(input=x[0, 0]),  # 2-D
+        dict(weight=w[:3]),  # channel mismatch
+        dict(bias=b[:2]),
+        dict(bias=b.double()),
+        dict(groups=3),  # 4 channels are not divisible
+        dict(stride=0),
+        dict(stride=[2, 2, 2]),
+        dict(stride=2.0),
+        dict(padding=-1),
+        dict(output_padding=2),  # not below stride or dilation
+        dict(padding=5),  # empty output
+        dict(activation="gelu"),
+        dict(input=x[:0]),  # empty: the Python function handles it
+    ]
+    for change in declined:
+        assert call(**change) is None, change
+    with torch.overrides.TorchFunctionMode():
+        assert call() is None  # a mode must see the call
+    for change in declined[3:-1]:  # the Python function raises for these, with detops' error types
+        with pytest.raises((ValueError, TypeError)):
+            detops.conv_transpose2d(*{**args, **change}.values())
+
+
 def _ran_detops_kernel(fn) -> bool:
     """Whether ``fn()`` ran detops' transposed-convolution kernel (else torch's)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -319,16 +373,23 @@ def _ran_detops_kernel(fn) -> bool:
         # Recording a gradient: below 1024 input pixels N*H*W torch's, from 1024 on ours.
         ((3, 6, 13, 26), 5, "nchw", 1, True, False),
         ((2, 6, 16, 32), 5, "nchw", 1, True, True),
-        ((1, 6, 31, 33), 5, "channels_last", 0, True, False),
-        ((1, 6, 32, 32), 5, "channels_last", 0, True, True),
-        # A channels-last forward without gradient or ReLU is oneDNN's either way: torch's call.
+        # Channels-last, recording a gradient: below 4096 input pixels torch's, from 4096 on ours.
+        ((1, 6, 63, 65), 5, "channels_last", 0, True, False),
+        ((1, 6, 64, 64), 5, "channels_last", 0, True, True),
+        # A channels-last forward without gradient or ReLU is oneDNN's either way: torch's call;
+        # with a ReLU, ours from 1024 pixels.
         ((1, 6, 48, 48), 5, "channels_last", 0, False, False),
         ((1, 6, 48, 48), 5, "channels_last", 1, False, True),
+        ((1, 6, 31, 33), 5, "channels_last", 1, False, False),
     ],
 )
-def test_dense_cpu_size_dispatch(shape, cout, layout, act, grad, ours):
-    """The float32 CPU crossovers of ``_torch_is_faster``, on both sides: the
-    same results (and gradients) as torch wherever the layer runs."""
+@pytest.mark.parametrize("entry", ["eager", "script"])
+def test_dense_cpu_size_dispatch(shape, cout, layout, act, grad, ours, entry):
+    """The float32 CPU crossovers, on both sides: the same results (and
+    gradients) as torch wherever the layer runs. Eager calls route in C++
+    (``_C.conv_transpose2d_eager``), scripted ones in Python
+    (``_torch_is_faster``): both must take the same side."""
+    conv = detops.conv_transpose2d if entry == "eager" else _scripted_conv_transpose2d()
     g = torch.Generator().manual_seed(sum(shape) + act)
     x = torch.randn(*shape, generator=g)
     if layout == "channels_last":
@@ -342,7 +403,7 @@ def test_dense_cpu_size_dispatch(shape, cout, layout, act, grad, ours):
         return F.relu(out) if act else out
 
     def run(a, w, b):
-        return detops.conv_transpose2d(a, w, b, stride=2, activation=activation)
+        return conv(a, w, b, stride=2, activation=activation)
 
     if grad:
         leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
@@ -358,10 +419,50 @@ def test_dense_cpu_size_dispatch(shape, cout, layout, act, grad, ours):
             out, ref_out = run(x, weight, bias), ref(x, weight, bias)
     assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
     assert out.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
-    # float64, bfloat16 and float16 layers run ours at every size.
-    for dtype in (torch.float64, torch.bfloat16):
-        with torch.no_grad():
-            assert _ran_detops_kernel(lambda: run(x.to(dtype), weight.to(dtype), bias.to(dtype)))
+    # float64 layers run ours at every size.
+    with torch.no_grad():
+        assert _ran_detops_kernel(lambda: run(x.double(), weight.double(), bias.double()))
+
+
+_ONEDNN_NATIVE = {torch.bfloat16: torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+                  torch.float16: torch.ops.mkldnn._is_mkldnn_fp16_supported()}
+
+
+@pytest.mark.parametrize(
+    "dtype,map_size,small",
+    [
+        # torch's below 7168 (bfloat16) / 2048 (float16) map pixels H * W, ours from there
+        (torch.bfloat16, (6, 7), True),
+        (torch.bfloat16, (64, 111), True),
+        (torch.bfloat16, (64, 112), False),
+        (torch.float16, (6, 7), True),
+        (torch.float16, (32, 63), True),
+        (torch.float16, (32, 64), False),
+    ],
+)
+@pytest.mark.parametrize("native", ["0", "1", None])
+@pytest.mark.parametrize("entry", ["eager", "script"])
+def test_dense_cpu_reduced_precision_dispatch(dtype, map_size, small, native, entry, monkeypatch):
+    """bfloat16/float16 CPU dense layers on small maps run torch's
+    deconvolution where oneDNN computes the dtype natively (AVX512-BF16, AMX;
+    DETOPS_CT_ONEDNN_NATIVE overrides what the CPU reports, in eager calls),
+    ours elsewhere; torch's result within the dtype's rounding either way."""
+    if native is not None:
+        if entry == "script":
+            pytest.skip("scripted calls read the CPU's answer only")
+        monkeypatch.setenv("DETOPS_CT_ONEDNN_NATIVE", native)
+    torch_side = small and (_ONEDNN_NATIVE[dtype] if native is None else native == "1")
+    conv = detops.conv_transpose2d if entry == "eager" else _scripted_conv_transpose2d()
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(1, 4, *map_size, generator=g).to(dtype)
+    weight = (torch.randn(4, 8, 2, 2, generator=g) / 2).to(dtype)
+    bias = torch.randn(8, generator=g).to(dtype)
+    with torch.no_grad():
+        assert _ran_detops_kernel(lambda: conv(x, weight, bias, stride=2, activation="relu")) != torch_side
+        out = conv(x, weight, bias, stride=2, activation="relu")
+    ref = F.relu(F.conv_transpose2d(x.double(), weight.double(), bias.double(), stride=2))
+    assert out.dtype == dtype
+    assert_close(out.double(), ref, rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize(

@@ -24,13 +24,14 @@ Algorithms (the C++ CPU and CUDA kernels choose):
   there is nothing for the shuffle to save) with the skip add and ReLU fused
   after it, and the backward uses the column form only while one image's
   columns stay in cache, else oneDNN's deconvolution backward. On CPU a
-  bfloat16/float16 product is computed in float32 and rounded once: torch has
-  no fast reduced-precision convolution on CPUs without AVX512-BF16, and its
+  bfloat16/float16 product is computed in float32 and rounded once: on CPUs
+  without AVX512-BF16 torch has no fast reduced-precision convolution, and its
   reference path, which ``F.conv_transpose2d`` itself takes there, was slower
   than this one at every U-Net size timed (256 -> 128 channels, bf16 NCHW,
   4x4 to 32x32 maps, one thread: torch 1.4x, 1.4x, 2.1x and 2.5x slower;
-  ``bench/conv_transpose2d_crossover.py``), so there is no size crossover to
-  dispatch on.
+  ``bench/conv_transpose2d_crossover.py``). Where oneDNN computes the dtype
+  natively (AVX512-BF16, AMX), :func:`conv_transpose2d` hands such layers on
+  small maps to torch instead.
 
 The output keeps the input's memory format (channels-last in, channels-last
 out), as torch's does, and so does the input's gradient.
@@ -42,20 +43,24 @@ most 16 (input, output) channel pairs per group, and for dense layers with
 kernel == stride; every other configuration (dilation > 1, wide groups, dense
 layers with kernel != stride, integer or complex tensors) falls back to
 ``torch.nn.functional.conv_transpose2d`` (plus ``relu`` when asked). So do the
-float32 CPU dense layers that torch's oneDNN deconvolution serves faster: NCHW
-forwards without a gradient below 2**24 multiply-adds, other layers with fewer
-than 1024 input pixels (``N * H * W``), and channels-last forwards that record
-no gradient and fuse no ReLU (the measured crossovers are in
+CPU dense layers that torch's oneDNN deconvolution serves faster: float32 NCHW
+forwards without a gradient below 2**24 multiply-adds, float32 NCHW layers
+that record one below 1024 input pixels (``N * H * W``), float32 channels-last
+layers that record one below 4096, float32 channels-last forwards without one
+that fuse no ReLU, and bfloat16/float16 layers on small maps on CPUs where
+oneDNN computes them natively (the measured crossovers are in
 ``_torch_is_faster``).
 """
 
 
+import os
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import _C
 from ._common import (
     DtypeError,
     ShapeError,
@@ -75,7 +80,7 @@ IntPair = Union[int, List[int], Tuple[int, int]]
 
 # Gather costs ceil(k/s)^2 * (Cin/groups) multiply-adds per output and reuses
 # nothing across channels; past this many channel pairs per group torch's
-# matrix-product form wins.
+# matrix-product form wins. (The eager C++ entry's kMaxGatherChannelPairs.)
 _MAX_GATHER_CHANNEL_PAIRS = 16
 
 # False when detops was built without its CUDA kernels (CUDA tensors then use torch).
@@ -220,47 +225,88 @@ def _uses_kernels(input: Tensor, weight: Tensor, stride: List[int], groups: int)
 
 
 # torch's oneDNN deconvolution serves float32 CPU dense layers below these
-# sizes faster than detops' kernels; see _torch_is_faster.
-_DENSE_CPU_MIN_PIXELS = 1024  # N * H * W: layers that record a gradient, channels-last
+# sizes faster than detops' kernels; see _torch_is_faster. (The eager C++
+# entry's kDenseCpuMinPixels, kDenseCpuMinMacs and kChannelsLastBackwardMinPixels.)
+_DENSE_CPU_MIN_PIXELS = 1024  # N * H * W: NCHW layers that record a gradient, channels-last ReLU
 _DENSE_CPU_MIN_MACS = 1 << 24  # N * H * W * Cin * Cout * kH * kW: NCHW forwards without one
+_CHANNELS_LAST_BACKWARD_MIN_PIXELS = 4096  # N * H * W: channels-last layers that record one
+# bfloat16/float16 where oneDNN computes them natively: torch's below these map sizes H * W.
+_ONEDNN_BF16_MAX_MAP_PIXELS = 7168
+_ONEDNN_FP16_MAX_MAP_PIXELS = 2048
+
+# Whether torch's oneDNN convolution computes bfloat16 / float16 natively on
+# this CPU (AVX512-BF16 or AMX; AVX512-FP16 or AMX-FP16).
+_ONEDNN_NATIVE_BF16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+_ONEDNN_NATIVE_FP16 = bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+
+
+def _onednn_native(dtype: torch.dtype) -> bool:
+    """Whether torch's oneDNN convolution computes ``dtype`` (bfloat16 or
+    float16) natively on this CPU; ``DETOPS_CT_ONEDNN_NATIVE=1|0`` overrides."""
+    bf16 = dtype == torch.bfloat16
+    if not torch.jit.is_scripting():
+        forced = os.environ.get("DETOPS_CT_ONEDNN_NATIVE")
+        if forced is not None:
+            return forced == "1"
+        return _ONEDNN_NATIVE_BF16 if bf16 else _ONEDNN_NATIVE_FP16
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported() if bf16 else torch.ops.mkldnn._is_mkldnn_fp16_supported()
 
 
 def _torch_is_faster(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int], groups: int,
                      act: int) -> bool:
-    """Whether torch's own conv_transpose2d serves this float32 CPU dense layer
+    """Whether torch's own conv_transpose2d serves this CPU dense layer
     (``kernel == stride``, one group) faster than detops' kernel.
 
-    Measured on the 2-core CPU (``bench/conv_transpose2d_crossover.py --fp32``
-    and the size sweep), U-Net's 256->128 and Mask R-CNN's 256->256 layers:
+    float32, measured with ``bench/conv_transpose2d_crossover.py --fp32`` and
+    the size sweep on two 2-core CPUs (an AMD EPYC; an Intel Xeon with
+    AVX512 and AMX), U-Net's 256->128 and Mask R-CNN's 256->256 layers:
 
     * an NCHW forward that records no gradient runs ours (one matrix product
       and the shuffle) from 2**24 multiply-adds: U-Net 16x16 (3.4e7) 1.24-1.46x,
       a one-RoI mask head (5.1e7) 1.06-1.41x; below, torch's wins (U-Net 8x8,
       8.4e6: ours 0.93x);
-    * a layer that records a gradient, or a channels-last one, runs ours from
-      1024 input pixels ``N * H * W``; below, torch's forward and backward win
-      (U-Net 16x16 forward+backward: ours 0.89x);
-    * a channels-last forward that needs no gradient and fuses no ReLU is
-      oneDNN's deconvolution either way, so torch's call, with less overhead,
-      serves it at every size.
+    * an NCHW layer that records a gradient runs ours from 1024 input pixels
+      ``N * H * W``; below, torch's forward and backward win (U-Net 16x16
+      forward+backward: ours 0.89x);
+    * a channels-last layer that records a gradient runs ours from 4096 input
+      pixels: U-Net 32x32 forward+backward read 1.13x on the EPYC but 0.82x on
+      the Xeon, 64x64 2.53x and 1.06x;
+    * a channels-last forward that needs no gradient is oneDNN's deconvolution
+      either way, so torch's call, with less overhead, serves it at every size
+      unless it fuses a ReLU (ours from 1024 pixels).
 
-    bfloat16/float16 (ours at every size, 1.25-6.2x: torch takes its reference
-    path on CPUs without AVX512-BF16) and float64 (torch has no oneDNN path)
-    always run ours.
+    bfloat16/float16, where oneDNN computes them natively
+    (:func:`_onednn_native`), run torch's on maps below 7168 (bfloat16) or
+    2048 (float16) pixels ``H * W``, ours from there. On the Xeon (AMX,
+    AVX512-FP16), ReLU fused, torch/ours time: U-Net 256->128 bfloat16 4x4 to
+    80x80 1.6-2.7x, 90x90 0.70x; float16 4x4 to 40x40 1.1-1.6x, 48x48 0.80x,
+    90x90 0.75x; Mask R-CNN's 256->256 head on 1 to 32 RoIs of 14x14,
+    bfloat16 1.6-3.3x, float16 1.02-1.6x. Elsewhere ours (1.25-6.2x on the
+    EPYC, where torch takes its reference path). float64 always runs ours
+    (torch has no oneDNN path).
+
+    Eager CPU calls take the same rule in C++ (``torch_is_faster`` in
+    ``csrc/conv_transpose2d/conv_transpose2d_eager.cpp``, with the constants);
+    this one serves TorchScript, ``torch.compile`` and the calls the C++ entry
+    declines. ``test_dense_cpu_size_dispatch`` runs both on both sides.
     """
-    if input.dtype != torch.float32 or not input.is_cpu or groups != 1:
+    if not input.is_cpu or groups != 1:
         return False
     in_shape, kernel_shape = input.shape, weight.shape
     if kernel_shape[2] != stride[0] or kernel_shape[3] != stride[1]:
         return False
-    channels_last = is_channels_last(input)
+    dtype = input.dtype
+    if dtype == torch.bfloat16 or dtype == torch.float16:
+        # The literals are _ONEDNN_BF16_MAX_MAP_PIXELS and _ONEDNN_FP16_MAX_MAP_PIXELS.
+        return _onednn_native(dtype) and in_shape[2] * in_shape[3] < (7168 if dtype == torch.bfloat16 else 2048)
+    if dtype != torch.float32:
+        return False
     pixels = in_shape[0] * in_shape[2] * in_shape[3]
-    # TorchScript reads no globals: the literals are _DENSE_CPU_MIN_PIXELS and _DENSE_CPU_MIN_MACS.
-    if channels_last:
-        if pixels < 1024:
-            return True
-        # Our column backward wins from 1024 px, so a forward that records a gradient stays ours.
-        return act == 0 and not _records_grad(input, weight, bias)
+    # TorchScript reads no globals: the literals are the _DENSE_CPU_* and _CHANNELS_LAST_* constants.
+    if is_channels_last(input):
+        if _records_grad(input, weight, bias):
+            return pixels < 4096
+        return act == 0 or pixels < 1024
     macs = pixels * in_shape[1] * kernel_shape[1] * kernel_shape[2] * kernel_shape[3]
     if pixels >= 1024 and macs >= 16777216:
         return False
@@ -308,10 +354,19 @@ def conv_transpose2d(
     Depthwise/grouped layers (at most 16 channel pairs per group) and dense layers
     with ``kernel == stride`` run detops' kernels; any other configuration
     (including ``dilation > 1``) falls back to torch's implementation, as do the
-    float32 CPU dense layers torch serves faster: an NCHW forward without a
-    gradient below 2**24 multiply-adds, another layer below 1024 input pixels
-    ``N * H * W``, or a channels-last forward with no gradient and no ReLU.
+    CPU dense layers torch serves faster (float32 below measured sizes;
+    bfloat16/float16 where oneDNN computes them natively): see the module
+    docstring.
     """
+    if not torch.jit.is_scripting():
+        if not torch.compiler.is_compiling():
+            # Plain CPU tensors and valid arguments: the checks and routing below, in C++
+            # (_C.conv_transpose2d_eager), at the cost of torch's own binding; None otherwise.
+            fast = _C.conv_transpose2d_eager(
+                input, weight, bias, stride, padding, output_padding, groups, dilation, activation
+            )
+            if fast is not None:
+                return fast
     check_tensor(input, "input")
     unbatched = input.dim() == 3
     if unbatched:
