@@ -12,7 +12,7 @@ ground truth x anchors).
 detops and its baseline are timed in alternating samples (so that the load of
 other processes hits both alike) until a time budget per point is spent; the
 ratio is the baseline's median over detops' median. Points below 1x are timed
-again with twice the budget and both readings are kept, with the ratio over
+again with three times the budget and both readings are kept, with the ratio over
 both readings' samples together (``pooled_speedup``), which the summary and
 the chart show. Writes
 ``<out>/sweep-<device>.json`` (environment, every point's medians, samples and
@@ -582,12 +582,13 @@ def run_sweep(device: str, ops: list[str], out: Path, budget: float, env: dict, 
         out.mkdir(parents=True, exist_ok=True)
         (out / f"sweep-{device.split(':')[0]}.partial.json").write_text(json.dumps({"environment": env, "results": rows}))
     progress.close()
-    # Confirm the losses: time every point below 1x again, with twice the budget.
+    # Confirm the losses: time every point below 1x again, with three times the budget (a point
+    # where both sides run the same torch call reads 1x within +-5% on a 2-core machine).
     slow = [r for r in rows if r.get("speedup", 1.0) < 1.0]
     for r in tqdm(slow, desc="rerun below 1x", unit="point", file=sys.stderr):
         case = next(c for c in SWEEPS[r["op"]](device)
                     if c.name == r["name"] and c.size == r["size"] and c.params["series"] == r["series"])
-        again = measure(case, device, 2 * budget, max_call)
+        again = measure(case, device, 3 * budget, max_call)
         r["rerun_detops_ms"], r["rerun_baseline_ms"] = again["detops_ms"], again["baseline_ms"]
         r["rerun_speedup"] = again["speedup"]
         ours = r["_samples"][0] + again["_samples"][0]
