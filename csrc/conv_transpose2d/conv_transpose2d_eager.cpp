@@ -20,9 +20,11 @@
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/conv_transpose2d.h>
 #include <ATen/ops/relu.h>
+#include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 
 #include <array>
+#include <cstdint>
 #include <cstdlib>
 #include <optional>
 #include <string_view>
@@ -48,11 +50,17 @@ std::optional<at::Tensor> plain_cpu_tensor(PyObject* obj) {
   return t;
 }
 
+// Stride, padding and the like within +-2**24, and map sizes below 2**31, keep
+// the output size arithmetic below 2**58. Larger values (and bools) go to the
+// Python function, whose integers cannot overflow.
+constexpr int64_t kMaxArgument = int64_t{1} << 24;
+constexpr int64_t kMaxMapSize = INT32_MAX;
+
 std::optional<int64_t> exact_int(PyObject* obj) {
-  if (!PyLong_CheckExact(obj)) return std::nullopt;  // (bool is an int subclass: not taken)
+  if (!PyLong_CheckExact(obj)) return std::nullopt;
   int overflow = 0;
   const long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
-  if (overflow != 0) return std::nullopt;
+  if (overflow != 0 || v < -kMaxArgument || v > kMaxArgument) return std::nullopt;
   return static_cast<int64_t>(v);
 }
 
@@ -143,8 +151,11 @@ bool torch_is_faster(const at::Tensor& input, const at::Tensor& weight, const st
     if (grad) return pixels < kChannelsLastBackwardMinPixels;
     return activation == 0 || pixels < kDenseCpuMinPixels;
   }
-  const int64_t macs = pixels * input.size(1) * weight.size(1) * weight.size(2) * weight.size(3);
-  return grad ? pixels < kDenseCpuMinPixels : macs < kDenseCpuMinMacs;
+  if (grad) return pixels < kDenseCpuMinPixels;
+  // In double: an expanded (stride 0) input can make the product overflow 64 bits.
+  const double macs = static_cast<double>(pixels) * static_cast<double>(input.size(1)) *
+                      static_cast<double>(weight.size(1) * weight.size(2) * weight.size(3));
+  return macs < static_cast<double>(kDenseCpuMinMacs);
 }
 
 pybind11::object eager_forward(pybind11::handle input_obj, pybind11::handle weight_obj, pybind11::handle bias_obj,
@@ -173,6 +184,9 @@ pybind11::object eager_forward(pybind11::handle input_obj, pybind11::handle weig
   at::Tensor x = unbatched ? input->unsqueeze(0) : *input;
   const at::Tensor& w = *weight;
   if (x.dim() != 4 || w.dim() != 4 || x.numel() == 0 || w.numel() == 0) return decline;
+  for (int i = 2; i < 4; ++i) {
+    if (x.size(i) > kMaxMapSize || w.size(i) > kMaxMapSize) return decline;
+  }
   const at::ScalarType dtype = x.scalar_type();
   if (w.scalar_type() != dtype || (bias && bias->scalar_type() != dtype)) return decline;
   const int64_t cin = x.size(1);
@@ -192,6 +206,7 @@ pybind11::object eager_forward(pybind11::handle input_obj, pybind11::handle weig
   const bool ours = (*dilation)[0] == 1 && (*dilation)[1] == 1 && uses_kernels &&
                     !torch_is_faster(x, w, bias, *stride, *groups, *activation);
   at::Tensor out;
+  HANDLE_TH_ERRORS  // torch's error types and Python warnings, as torch's own bindings give them
   {
     pybind11::gil_scoped_release no_gil;
     if (ours) {
@@ -201,6 +216,7 @@ pybind11::object eager_forward(pybind11::handle input_obj, pybind11::handle weig
       if (*activation == 1) out = at::relu(out);
     }
   }
+  END_HANDLE_TH_ERRORS_PYBIND
   if (unbatched) out = out.squeeze(0);
   return pybind11::reinterpret_steal<pybind11::object>(THPVariable_Wrap(std::move(out)));
 }

@@ -348,6 +348,8 @@ def test_eager_entry_serves_plain_cpu_calls_only():
     ]
     for change in declined:
         assert call(**change) is None, change
+    assert call(stride=2**40) is None  # past 2**24: the Python function's unbounded integers
+    assert call(input=x[:, :, :1, :1].expand(2, 4, 2**31, 1)) is None  # a map of 2**31 rows
     with torch.overrides.TorchFunctionMode():
         assert call() is None  # a mode must see the call
     for change in declined[3:-1]:  # the Python function raises for these, with detops' error types
