@@ -3,10 +3,12 @@ torchvision model and a detops model with the same (random, seeded) weights."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import pytest
 import torch
+import torchvision.ops.boxes as tv_boxes
 from torchvision.models import detection as tvd
 
 import detops.models.detection as dd
@@ -19,6 +21,33 @@ THRESH = {"retinanet": dict(score_thresh=0.0, detections_per_img=100),
           "maskrcnn": dict(box_score_thresh=0.0, box_detections_per_img=30)}
 BUILDERS = {f"{name}{v}": (getattr(tvd, f"{name}_resnet50_fpn{v}"), getattr(dd, f"{name}_resnet50_fpn{v}"))
             for name in THRESH for v in ("", "_v2")}
+
+
+@contextlib.contextmanager
+def torchvision_ties_by_index():
+    """torchvision's batched NMS, on CPU past 1000 boxes, runs NMS per class
+    and orders the kept boxes with ``torch.sort(descending=True)``, which is
+    not stable where torch sorts with AVX512 (x86-simd-sort): boxes with equal
+    scores (an RPN's anchors over an image's zero padding) then come out in an
+    order that depends on the CPU, and a sampler drawing positions from that
+    list draws different proposals. detops orders equal scores by index.
+    Within this block torchvision's path does too: the same sampling in both
+    models."""
+
+    def batched_nms_ties_by_index(boxes, scores, idxs, iou_threshold):
+        keep_mask = torch.zeros_like(scores, dtype=torch.bool)
+        for class_id in torch.unique(idxs):
+            curr = torch.where(idxs == class_id)[0]
+            keep_mask[curr[tv_boxes.nms(boxes[curr], scores[curr], iou_threshold)]] = True
+        keep = torch.where(keep_mask)[0]
+        return keep[scores[keep].sort(descending=True, stable=True)[1]]
+
+    original = tv_boxes._batched_nms_vanilla
+    tv_boxes._batched_nms_vanilla = batched_nms_ties_by_index
+    try:
+        yield
+    finally:
+        tv_boxes._batched_nms_vanilla = original
 
 
 def torchvision_resnet18(name: str, **kwargs) -> torch.nn.Module:

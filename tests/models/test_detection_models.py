@@ -9,7 +9,15 @@ from torchvision.models import detection as tvd
 
 import detops.models.detection as dd
 
-from ._detection_common import BUILDERS, SMALL, assert_same_detections, model_pair, real_images, torchvision_resnet18
+from ._detection_common import (
+    BUILDERS,
+    SMALL,
+    assert_same_detections,
+    model_pair,
+    real_images,
+    torchvision_resnet18,
+    torchvision_ties_by_index,
+)
 
 
 def _random_images(seed: int) -> list[torch.Tensor]:
@@ -57,7 +65,8 @@ def _targets(images, seed: int, masks: bool):
 def test_train_losses_equal_torchvision(name):
     # The samplers draw from torch's global generator in the same order in both
     # models (the same sampler code runs on the same proposals), so seeding it
-    # identically before each forward makes the sampling equal.
+    # identically before each forward, with equal scores in the same order
+    # (torchvision_ties_by_index), makes the sampling equal.
     torch.manual_seed(0)
     tv = torchvision_resnet18(name, **SMALL).train()
     ours = BUILDERS[name][1](weights=None, weights_backbone=None, backbone_name="resnet18", **SMALL).train()
@@ -65,7 +74,8 @@ def test_train_losses_equal_torchvision(name):
     images = _random_images(3)
     targets = _targets(images, 4, masks=name == "maskrcnn")
     torch.manual_seed(1)
-    ref = tv(images, [dict(t) for t in targets])
+    with torchvision_ties_by_index():
+        ref = tv(images, [dict(t) for t in targets])
     torch.manual_seed(1)
     out = ours(images, [dict(t) for t in targets])
     assert ref.keys() == out.keys()
