@@ -12,9 +12,9 @@ ground truth x anchors).
 detops and its baseline are timed in alternating samples (so that the load of
 other processes hits both alike) until a time budget per point is spent; the
 ratio is the baseline's median over detops' median. Points below 1x are timed
-again with three times the budget and both readings are kept, with the ratio over
-both readings' samples together (``pooled_speedup``), which the summary and
-the chart show. Writes
+again with three times the budget and both readings are kept, with the median
+of the per-pair ratios over both readings (``pooled_speedup``), which the
+summary and the chart show. Writes
 ``<out>/sweep-<device>.json`` (environment, every point's medians, samples and
 ratio) and ``<out>/sweep-<device>.png`` (speed-up against size, one panel per
 op family, log x axis, a line at 1x).
@@ -132,9 +132,10 @@ def measure(case: BenchCase, device: str, budget: float, max_call: float = math.
 
 
 def point_speedup(row: dict) -> float:
-    """A point's speed-up: over the first reading's and the rerun's samples
-    together where it was rerun (three times the budget: the most precise
-    estimate there is), else the first reading's."""
+    """A point's speed-up: where it was rerun, the median of the per-pair
+    ratios over both readings (each pair is taken back to back, so a drift of
+    the machine between the readings cancels; four times the budget), else
+    the first reading's ratio of medians."""
     return row.get("pooled_speedup", row["speedup"])
 
 
@@ -591,9 +592,8 @@ def run_sweep(device: str, ops: list[str], out: Path, budget: float, env: dict, 
         again = measure(case, device, 3 * budget, max_call)
         r["rerun_detops_ms"], r["rerun_baseline_ms"] = again["detops_ms"], again["baseline_ms"]
         r["rerun_speedup"] = again["speedup"]
-        ours = r["_samples"][0] + again["_samples"][0]
-        ref = r["_samples"][1] + again["_samples"][1]
-        r["pooled_speedup"] = statistics.median(ref) / statistics.median(ours)
+        pairs = [b / a for first in (r, again) for a, b in zip(*first["_samples"])]
+        r["pooled_speedup"] = statistics.median(pairs)
     for r in rows:
         r.pop("_samples", None)
     wall = time.perf_counter() - start
