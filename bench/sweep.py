@@ -581,7 +581,8 @@ def run_sweep(device: str, ops: list[str], out: Path, budget: float, env: dict, 
             traceback.print_exc()
         # A partial record survives an interrupted run.
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"sweep-{device.split(':')[0]}.partial.json").write_text(json.dumps({"environment": env, "results": rows}))
+        written = [{k: v for k, v in r.items() if k != "_samples"} for r in rows]
+        (out / f"sweep-{device.split(':')[0]}.partial.json").write_text(json.dumps({"environment": env, "results": written}))
     progress.close()
     # Confirm the losses: time every point below 1x again, with three times the budget (a point
     # where both sides run the same torch call reads 1x within +-5% on a 2-core machine).
