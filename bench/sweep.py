@@ -49,6 +49,7 @@ from .ops import box_iou as b_iou
 from .ops import conv_transpose2d as b_convt
 from .ops import corner_pool as b_corner
 from .ops import nms as b_nms
+from .ops import paste_masks as b_paste
 from .ops import roi_align as b_roi
 from .ops import sigmoid_focal_loss as b_focal
 
@@ -353,6 +354,16 @@ def sweep_box_coder(device: str) -> Iterator[BenchCase]:
                         lambda c=rc, b=rb: ours.decode_single(c, b), lambda c=rc, b=rb: tv.decode_single(c, b))
 
 
+def sweep_paste_masks(device: str) -> Iterator[BenchCase]:
+    from torchvision.models.detection.roi_heads import paste_masks_in_image as tv_paste
+
+    for n, side in ((1, 64), (8, 128), (32, 256), (100, 512), (100, 800)):
+        masks, boxes = b_paste.inputs(n, side, side, device, seed=n)
+        yield _case("paste_masks", "paste_masks_in_image", f"{n} masks, {side}x{side}", n * side * side,
+                    lambda m=masks, b=boxes, s=side: detops.paste_masks_in_image(m, b, (s, s)),
+                    lambda m=masks, b=boxes, s=side: tv_paste(m, b, (s, s)))
+
+
 def sweep_sigmoid_focal_loss(device: str) -> Iterator[BenchCase]:
     op = "sigmoid_focal_loss"
     for rows in (16, 256, 4096, 32_768, 100_000, 240_000):
@@ -485,6 +496,7 @@ SWEEPS = {
     "conv_transpose2d": sweep_conv_transpose2d,
     "corner_pool": sweep_corner_pool,
     "nms": sweep_nms,
+    "paste_masks": sweep_paste_masks,
     "ps_roi_align": sweep_ps_roi_align,
     "ps_roi_pool": sweep_ps_roi_pool,
     "roi_align": sweep_roi_align,

@@ -106,6 +106,8 @@ def _run_models(name: str, built_before_patch: bool) -> None:
         assert "detops::box_decode" in used
     if name in ROI_MODELS:
         assert "detops::multi_scale_roi_align" in used
+    if name == "maskrcnn":
+        assert "detops::paste_masks" in used
     _assert_same_detections(ref, out)
 
 
@@ -348,3 +350,24 @@ def test_context_manager_undoes_on_error():
         with detops.patch_torchvision():
             raise RuntimeError("inside")
     assert not patch_module.is_patched()
+
+
+def test_paste_masks_routed_and_falls_back_where_detops_does_not_serve():
+    from torchvision.models.detection import roi_heads, transform
+
+    g = torch.Generator().manual_seed(3)
+    masks = torch.rand(6, 1, 28, 28, generator=g)
+    xy = torch.rand(6, 2, generator=g) * 80
+    boxes = torch.cat([xy, xy + torch.rand(6, 2, generator=g) * 60 + 4], 1)
+    expected = roi_heads.paste_masks_in_image(masks, boxes, (120, 110))
+    grad_masks = masks.clone().requires_grad_()
+    expected_grad = torch.autograd.grad(roi_heads.paste_masks_in_image(grad_masks, boxes, (120, 110)).sum(), grad_masks)
+    with detops.patch_torchvision():
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            # transform.py binds the function by name, as Mask R-CNN's postprocessing calls it
+            out = transform.paste_masks_in_image(masks, boxes, (120, 110))
+        assert "detops::paste_masks" in _detops_ops(prof)
+        assert torch.equal(out, expected)
+        # a gradient is torchvision's own code, with its gradient
+        grad = torch.autograd.grad(roi_heads.paste_masks_in_image(grad_masks, boxes, (120, 110)).sum(), grad_masks)
+        assert torch.equal(grad[0], expected_grad[0])

@@ -66,6 +66,9 @@ FUNCTIONS = {
     "decode_boxes": (detops.decode_boxes, (LOGITS[:, :4] * 0.1, B[:6], [10.0, 10.0, 5.0, 5.0], 4.0)),
     "conv_transpose2d": (detops.conv_transpose2d, (X, W, None, 2, 1, 0, 4)),
     "conv_transpose2d defaults": (detops.conv_transpose2d, (X, W.expand(4, 4, 4, 4).contiguous())),
+    "paste_masks_in_image": (detops.paste_masks_in_image, (X[:1, :1].expand(12, 1, 16, 16), B, (30, 25))),
+    "paste_masks": (detops.paste_masks, (X[:1, :1].expand(12, 1, 16, 16), B, IDX[:, None].expand(12, 2) + 20,
+                                         [30, 25], 2)),
 }
 
 

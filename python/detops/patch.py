@@ -53,13 +53,16 @@ What is routed, and how:
      of every image in one launch)
    * ``BoxCoder.encode_single`` / ``decode_single`` -> ``detops::box_encode`` /
      ``detops::box_decode``
+   * ``torchvision.models.detection.roi_heads.paste_masks_in_image`` (Mask
+     R-CNN's postprocessing) -> ``detops::paste_masks`` (all masks of an
+     image in one kernel, bit-equal on CPU)
 
    Inputs detops does not handle (rotated box formats, feature maps of mixed
    dtypes, ``torch.jit`` tracing, where torchvision takes ONNX-friendly
    paths) run torchvision's original code.
 
 Not routed: ``deform_conv2d``, ``BoxLinearCoder`` (FCOS), ``Matcher``,
-``DefaultBoxGenerator`` (SSD), mask pasting and keypoint decoding (plain torch).
+``DefaultBoxGenerator`` (SSD) and keypoint decoding (plain torch).
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ import torch
 from torch import Tensor
 
 from . import ops
+from .ops._common import is_kernel_float
 
 __all__ = ["patch_torchvision", "unpatch_torchvision", "is_patched"]
 
@@ -257,16 +261,26 @@ def _decode_single(self, rel_codes, boxes):
     return ops.decode_boxes(rel_codes, boxes, self.weights, self.bbox_xform_clip)
 
 
+def _paste_masks_in_image(masks, boxes, img_shape, padding=1):
+    if (torch.jit.is_tracing() or (masks.requires_grad and torch.is_grad_enabled())
+            or masks.dim() != 4 or not is_kernel_float(masks.dtype)
+            or (boxes.is_floating_point() and not bool(torch.isfinite(boxes).all()))):
+        # ONNX tracing, a gradient, odd shapes and non-finite boxes: torchvision's own code
+        return _original(_tv().roi_heads.paste_masks_in_image)(masks, boxes, img_shape, padding)
+    return ops.paste_masks_in_image(masks, boxes, img_shape, padding)
+
+
 def _tv():
     """torchvision's modules that hold the routed functions (imported on demand)."""
     import torchvision.models.detection._utils as det_utils
     import torchvision.models.detection.anchor_utils as anchor_utils
+    import torchvision.models.detection.roi_heads as roi_heads
     import torchvision.ops
     import torchvision.ops.boxes as boxes
     import torchvision.ops.poolers as poolers
 
     return types.SimpleNamespace(ops=torchvision.ops, boxes=boxes, poolers=poolers, det_utils=det_utils,
-                                 anchor_utils=anchor_utils)
+                                 anchor_utils=anchor_utils, roi_heads=roi_heads)
 
 
 def _python_routes() -> list[tuple[types.FunctionType, Callable[..., Any]]]:
@@ -293,6 +307,7 @@ def _python_routes() -> list[tuple[types.FunctionType, Callable[..., Any]]]:
         (tv.anchor_utils.AnchorGenerator.forward, _anchor_forward),
         (tv.det_utils.BoxCoder.encode_single, _encode_single),
         (tv.det_utils.BoxCoder.decode_single, _decode_single),
+        (tv.roi_heads.paste_masks_in_image, _paste_masks_in_image),
     ]
 
 

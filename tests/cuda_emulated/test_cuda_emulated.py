@@ -323,6 +323,7 @@ INDEXED_KERNELS = {
     "conv_transpose2d::{anonymous}::gather_forward_kernel",
     "corner_pool::{anonymous}::backward_kernel",
     "corner_pool::{anonymous}::forward_kernel",
+    "paste_masks::{anonymous}::paste_kernel",
     "ps_roi::{anonymous}::align_backward_atomic_kernel",
     "ps_roi::{anonymous}::align_backward_gather_kernel",
     "ps_roi::{anonymous}::align_forward_kernel",
@@ -358,11 +359,13 @@ def test_index_widths(bits, channels_last):
     ps_grad = torch.randn(15, 2, 3, 2, generator=g)
     mapping = torch.ops.detops.ps_roi_pool(ps_x, rois, 0.5, 3, 2)[1]
     rel, prop = torch.randn(9, 8, generator=g) * 0.5, boxes(9, g, 80)
+    paste_args = _paste_case(g, torch.float32, 5, 7, 30, 40)
     cells = torch.tensor([[-8.0, -8.0, 8.0, 8.0], [-16.0, -8.0, 16.0, 8.0], [-32.0, -32.0, 32.0, 32.0]])
 
     def run():
         check("box_iou_matrix", b1, b2, "giou", 1e-7, "xyxy")
         check("box_decode", rel, prop, [10.0, 10.0, 5.0, 5.0], 4.135)
+        check("paste_masks", *paste_args, exact=_FUSED_CPU_RESIZE)
         check("grid_anchors", cells, [2, 1], [7, 5, 3, 4], [8, 8, 16, 16], 2, exact=True)
         out = check("corner_pool", x, "left", exact=True)
         check("corner_pool_backward", torch.ones_like(x), x, out, "left")
@@ -397,7 +400,33 @@ def test_index_widths(bits, channels_last):
     assert not (narrow if bits == 64 else wide), names
 
 
-# ------------------------------------------------------------------ box coder and anchors
+# ------------------------------------------------------------------ box coder, anchors, mask pasting
+
+# The CUDA paste always fuses its multiply-adds; the CPU kernel fuses where
+# torch's own resize does (its AVX2/AVX512 builds): there the two are equal.
+_FUSED_CPU_RESIZE = torch.backends.cpu.get_cpu_capability() != "DEFAULT"
+
+
+def _paste_case(g: torch.Generator, dtype, n: int, m: int, height: int, width: int):
+    masks = torch.rand(n, 1, m, m, generator=g).to(dtype)
+    xy = torch.randint(-6, max(width, height), (n, 2), generator=g)
+    wh = torch.randint(-2, 2 * max(width, height), (n, 2), generator=g)
+    int_boxes = torch.cat([xy, xy + wh], 1)
+    sizes = torch.stack([torch.randint(0, height + 1, (n,), generator=g),
+                         torch.randint(0, width + 1, (n,), generator=g)], 1)
+    return masks, int_boxes, sizes, height, width, 1
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_paste_masks(dtype):
+    g = torch.Generator().manual_seed(29)
+    for n, m, height, width in ((0, 28, 10, 12), (1, 1, 9, 7), (13, 28, 60, 90), (6, 14, 200, 140)):
+        check("paste_masks", *_paste_case(g, dtype, n, m, height, width),
+              exact=_FUSED_CPU_RESIZE and dtype in (torch.float32, torch.float64))
+    far = torch.tensor([[2**50, -2**50, 2**62, 2**62], [-2**62, -2**62, -2**61, 5]])
+    masks = torch.rand(2, 1, 28, 28, generator=g).to(dtype)
+    out = check("paste_masks", masks, far, torch.tensor([[20, 20], [2**62, 2**62]]), 20, 20, 1, exact=True)
+    assert not out.any()
 
 
 @pytest.mark.parametrize("dtype", FLOATS)

@@ -17,6 +17,8 @@ from .corner_pool import *  # noqa: F401,F403
 from .corner_pool import __all__ as _corner_pool_all
 from .nms import *  # noqa: F401,F403
 from .nms import __all__ as _nms_all
+from .paste_masks import *  # noqa: F401,F403
+from .paste_masks import __all__ as _paste_masks_all
 from .ps_roi_align import *  # noqa: F401,F403
 from .ps_roi_align import __all__ as _ps_roi_align_all
 from .ps_roi_pool import *  # noqa: F401,F403
@@ -29,7 +31,7 @@ from .sigmoid_focal_loss import *  # noqa: F401,F403
 from .sigmoid_focal_loss import __all__ as _sigmoid_focal_loss_all
 from ._common import DeviceError, DtypeError, ShapeError
 
-_public = ["ShapeError", "DtypeError", "DeviceError", *_anchor_generator_all, *_box_coder_all, *_box_iou_all, *_boxes_all, *_conv_transpose2d_all, *_corner_pool_all, *_nms_all, *_ps_roi_align_all, *_ps_roi_pool_all, *_roi_align_all, *_roi_pool_all, *_sigmoid_focal_loss_all]
+_public = ["ShapeError", "DtypeError", "DeviceError", *_anchor_generator_all, *_box_coder_all, *_box_iou_all, *_boxes_all, *_conv_transpose2d_all, *_corner_pool_all, *_nms_all, *_paste_masks_all, *_ps_roi_align_all, *_ps_roi_pool_all, *_roi_align_all, *_roi_pool_all, *_sigmoid_focal_loss_all]
 if not TYPE_CHECKING:  # type checkers cannot read a computed __all__; without one they export every public name
     __all__ = _public
 

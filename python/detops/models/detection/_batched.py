@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ... import ops as dops
+from ...ops.paste_masks import paste_boxes
 
 # (height, width) of each image as a [B, 2] tensor, or one (height, width) pair for all.
 Sizes = Union[Tensor, Sequence[Union[int, torch.SymInt]]]
@@ -100,62 +101,15 @@ def resize_boxes(boxes: Tensor, new_sizes: Tensor, original_sizes: Tensor) -> Te
     return torch.stack((x1 * rw, y1 * rh, x2 * rw, y2 * rh), dim=-1)
 
 
-def _expand_boxes(boxes: Tensor, scale: float) -> Tensor:
-    # torchvision's expand_boxes, op for op
-    w_half = (boxes[..., 2] - boxes[..., 0]) * 0.5
-    h_half = (boxes[..., 3] - boxes[..., 1]) * 0.5
-    x_c = (boxes[..., 2] + boxes[..., 0]) * 0.5
-    y_c = (boxes[..., 3] + boxes[..., 1]) * 0.5
-    w_half = w_half * scale
-    h_half = h_half * scale
-    return torch.stack((x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half), dim=-1)
-
-
-def _axis_taps(start: Tensor, end: Tensor, limit: Tensor, size: int, length: int):
-    """Bilinear taps (``F.interpolate``'s, align_corners=False) of one axis of
-    every pasted mask: output pixel ``p`` of ``[0, length)`` reads the mask
-    resized to ``end - start + 1`` pixels at ``p - start``, inside
-    ``[max(start, 0), min(end + 1, limit))`` only."""
-    extent = (end - start + 1).clamp(min=1)
-    p = torch.arange(length, device=start.device)[None, :]
-    inside = (p >= start.clamp(min=0)) & (p < torch.minimum(end + 1, limit))
-    local = (p - start).to(torch.float32)
-    scale = size / extent.to(torch.float32)
-    src = (scale * (local + 0.5) - 0.5).clamp(min=0)
-    i0 = src.to(torch.int64).clamp(max=size - 1)
-    lam1 = (src - i0.to(torch.float32)).clamp(0, 1)
-    i1 = torch.where(i0 < size - 1, i0 + 1, i0)
-    return i0, i1, 1 - lam1, lam1, inside
-
-
-def paste_masks(masks: Tensor, boxes: Tensor, image_h: Tensor, image_w: Tensor, height: int, width: int,
+def paste_masks(masks: Tensor, boxes: Tensor, image_sizes: Tensor, height: int, width: int,
                 padding: int = 1) -> Tensor:
-    """torchvision's ``paste_masks_in_image`` for all detections of a batch at once.
-
-    Args:
-        masks: ``[N, 1, M, M]`` mask probabilities.
-        boxes: ``[N, 4]`` boxes in the original image's pixels.
-        image_h, image_w: ``[N]`` int64 size of each detection's image.
-        height, width: the output canvas (at least every image's size).
-
-    Returns:
-        ``[N, 1, height, width]``: each mask resized into its box (as torchvision:
-        the box grown by ``padding`` mask pixels, rounded down to integers),
-        zero outside the box and outside its image.
-    """
-    n, m = masks.shape[0], masks.shape[-1]
-    size = m + 2 * padding
-    padded = F.pad(masks[:, 0].float(), (padding,) * 4)
-    b = _expand_boxes(boxes, float(size) / m).to(torch.int64)
-    xi0, xi1, xl0, xl1, xin = _axis_taps(b[:, 0:1], b[:, 2:3], image_w[:, None], size, width)
-    yi0, yi1, yl0, yl1, yin = _axis_taps(b[:, 1:2], b[:, 3:4], image_h[:, None], size, height)
-    # columns first, then rows: F.interpolate's order of the two linear steps
-    cols = (padded.gather(2, xi0[:, None, :].expand(n, size, width)) * xl0[:, None, :]
-            + padded.gather(2, xi1[:, None, :].expand(n, size, width)) * xl1[:, None, :])
-    out = (cols.gather(1, yi0[:, :, None].expand(n, height, width)) * yl0[:, :, None]
-           + cols.gather(1, yi1[:, :, None].expand(n, height, width)) * yl1[:, :, None])
-    out = torch.where(yin[:, :, None] & xin[:, None, :], out, out.new_zeros(()))
-    return out.to(masks.dtype)[:, None]
+    """torchvision's ``paste_masks_in_image`` for all detections of a batch at once
+    (``detops::paste_masks``, bit-equal on CPU), without the public function's
+    host-side checks: ``masks`` ``[N, 1, M, M]``, ``boxes`` ``[N, 4]`` in the
+    original image's pixels, ``image_sizes`` ``[N, 2]`` int64 ``(h, w)``, onto a
+    ``height`` x ``width`` canvas."""
+    int_boxes = paste_boxes(boxes, masks.shape[-1], padding)
+    return torch.ops.detops.paste_masks(masks, int_boxes, image_sizes, height, width, padding)
 
 
 def export_transform(transform, images: Union[Tensor, Sequence[Tensor]]) -> tuple[Tensor, tuple]:

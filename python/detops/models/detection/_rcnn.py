@@ -328,7 +328,7 @@ def finish(model, det: dict[str, Tensor], new: Tensor, orig: Tensor, original) -
             oh, ow = original
             sizes = orig.to(torch.int64).repeat_interleave(d, dim=0)
             masks = bt.paste_masks(det["masks"].reshape((b * d,) + det["masks"].shape[2:]), boxes.reshape(-1, 4),
-                                   sizes[:, 0], sizes[:, 1], oh, ow)
+                                   sizes, oh, ow)
             valid = bt.valid_slots(det["num_detections"], d).reshape(-1, 1, 1, 1)
             out["masks"] = torch.where(valid, masks, masks.new_zeros(())).reshape((b, d) + masks.shape[1:])
         return out
@@ -341,8 +341,7 @@ def finish(model, det: dict[str, Tensor], new: Tensor, orig: Tensor, original) -
         probs = det["masks"].reshape((b * d,) + det["masks"].shape[2:]).index_select(0, index)
         height = max(h for h, _ in original)
         width = max(w for _, w in original)
-        pasted = bt.paste_masks(probs, boxes.reshape(-1, 4).index_select(0, index), sizes[:, 0], sizes[:, 1],
-                                height, width)
+        pasted = bt.paste_masks(probs, boxes.reshape(-1, 4).index_select(0, index), sizes, height, width)
         for r, m, (h, w) in zip(result, pasted.split(counts), original):
             r["masks"] = m[..., :h, :w]
     return result
