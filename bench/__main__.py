@@ -22,7 +22,7 @@ import torch
 
 from detops._extras import optional_import
 
-from .harness import BenchCase, median_ms, time_callable
+from .harness import BenchCase, median_ms, pair_speedup, time_callable, time_pair
 
 
 def device_name(device: str) -> str:
@@ -76,11 +76,12 @@ def discover_ops() -> list[str]:
 def run_case(case: BenchCase, device: str, args) -> dict:
     row = {"op": case.op, "name": case.name, "size": case.size, "baseline_name": case.baseline_name,
            "params": case.params}
-    samples = time_callable(case.detops, device, repeats=args.repeats, min_time=args.min_time)
-    row["detops_ms"] = median_ms(samples)
-    samples = time_callable(case.baseline, device, repeats=args.repeats, min_time=args.min_time)
-    row["baseline_ms"] = median_ms(samples)
-    row["speedup"] = row["baseline_ms"] / row["detops_ms"]
+    # Alternating samples of the two sides: a drift of a shared machine hits both.
+    ours, ref = time_pair(case.detops, case.baseline, device, budget=0.0, sample_time=args.min_time,
+                          min_samples=args.repeats, max_samples=args.repeats)
+    row["detops_ms"] = median_ms(ours)
+    row["baseline_ms"] = median_ms(ref)
+    row["speedup"] = pair_speedup(ours, ref)
     if case.compiled is not None and args.compile:
         try:
             compiled = case.compiled()

@@ -42,7 +42,7 @@ import torchvision.ops as tvo
 import detops
 from detops._extras import optional_import
 
-from .harness import BenchCase, synchronize
+from .harness import BenchCase, synchronize, time_pair
 from .ops import anchor_generator as b_anchor
 from .ops import box_coder as b_coder
 from .ops import box_iou as b_iou
@@ -64,58 +64,6 @@ def _case(op: str, name: str, size: str, x: float, ours, ref, *, baseline_name: 
 
 
 # ---------------------------------------------------------------- timing
-
-def _calibrate(fn: Callable, device: str, sample_time: float) -> tuple[int, float]:
-    """Calls per sample so that a sample lasts about sample_time; and one call's time."""
-    fn()  # warm-up (allocator, lazy init)
-    synchronize(device)
-    inner = 1
-    while True:
-        start = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        synchronize(device)
-        elapsed = time.perf_counter() - start
-        if elapsed >= sample_time or inner >= 1 << 16:
-            return inner, elapsed / inner
-        inner = max(inner * 2, min(1 << 16, int(inner * sample_time / max(elapsed, 1e-9))))
-
-
-def _sample(fn: Callable, inner: int, device: str) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(inner):
-        fn()
-    synchronize(device)
-    return (time.perf_counter() - start) / inner
-
-
-def time_pair(ours: Callable, ref: Callable, device: str, budget: float, sample_time: float = 0.02,
-              min_samples: int = 3, max_samples: int = 25,
-              max_call: float = math.inf) -> tuple[list[float], list[float]]:
-    """Alternating samples (seconds per call) of ours and ref until ``budget``
-    seconds are spent (at least ``min_samples`` each). Where one call of either
-    side takes longer than ``max_call`` seconds, the calibration's single calls
-    are the only samples."""
-    inner_a, one_a = _calibrate(ours, device, sample_time)
-    inner_b, one_b = _calibrate(ref, device, sample_time)
-    if max(one_a, one_b) > max_call:
-        return [one_a], [one_b]
-    a: list[float] = []
-    b: list[float] = []
-    start = time.perf_counter()
-    while len(a) < max_samples:
-        # Alternate which side goes first, so neither always follows the other's cache footprint.
-        if len(a) % 2:
-            b.append(_sample(ref, inner_b, device))
-            a.append(_sample(ours, inner_a, device))
-        else:
-            a.append(_sample(ours, inner_a, device))
-            b.append(_sample(ref, inner_b, device))
-        if len(a) >= min_samples and time.perf_counter() - start >= budget:
-            break
-    return a, b
-
 
 def measure(case: BenchCase, device: str, budget: float, max_call: float = math.inf) -> dict:
     ours, ref = time_pair(case.detops, case.baseline, device, budget, max_call=max_call)
