@@ -103,6 +103,31 @@ def test_non_finite_first_pixel_poisons_bins_with_dropped_samples(channels_last)
         assert torch.equal(out.nan_to_num(0.0), ref.nan_to_num(0.0))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("sampling_ratio", [-1, 2])
+@pytest.mark.parametrize("strided", [False, True])
+def test_sparse_and_crowded_images_bit_equal(dtype, sampling_ratio, strided):
+    """The NCHW forward reads an image's planes directly when its RoIs are few
+    and far apart, and through an interleaved tile of 16 channels when they
+    read their window several times over. Both, side by side in one call,
+    equal torchvision's bits, with a channel count that leaves a partial tile,
+    a strided map, and non-finite first pixels poisoning bins that drop samples."""
+    g = torch.Generator().manual_seed(40 + sampling_ratio + strided)
+    base = torch.randn(2, 20, 64, 128 if strided else 64, generator=g, dtype=dtype)
+    x = base[..., ::2] if strided else base
+    x[0, 3, 0, 0] = float("nan")
+    x[1, 17, 0, 0] = float("inf")
+    sparse = torch.tensor([[0, 1.0, 2.0, 4.0, 5.0], [0, 55.0, 57.0, 61.0, 62.0], [0, -6.0, -5.0, 3.0, 2.0]], dtype=dtype)
+    crowded = make_rois(60, 1, (64, 64), generator=g, dtype=dtype)
+    crowded[:, 0] = 1
+    rois = torch.cat([crowded[:30], sparse, crowded[30:]])
+    out = detops.roi_align(x, rois, (5, 6), 1.0, sampling_ratio)
+    ref = torchvision.ops.roi_align(x.contiguous(), rois, (5, 6), 1.0, sampling_ratio)
+    assert ref[30:33].isnan().any() and ref[:30].isnan().any()
+    assert torch.equal(out.isnan(), ref.isnan())
+    assert torch.equal(out.nan_to_num(0.0), ref.nan_to_num(0.0))
+
+
 def test_boxes_as_list_and_module(device):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(3, 4, 10, 12, generator=g).to(device)
