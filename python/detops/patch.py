@@ -219,7 +219,9 @@ def _batched_nms(boxes, scores, idxs, iou_threshold):
     if boxes.numel() > (4000 if boxes.device.type == "cpu" else 20000):
         # torchvision's per-class path orders the kept boxes by torch.sort of their
         # scores, whose order of equal scores is its own: take the same step.
-        keep = keep.sort()[0]
+        kept = torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
+        kept[keep] = True
+        keep = torch.where(kept)[0]
         keep = keep[scores[keep].sort(descending=True)[1]]
     return keep
 
