@@ -255,38 +255,45 @@ std::vector<BucketWindow> bucket_windows(const Plan<T>& p, const RoiBuckets& buc
   return wins;
 }
 
-// One RoI's bins for kPlaneBlock channels from an interleaved tile
-// [window rows][window cols][kPlaneBlock]: per channel, the same operations in
-// the same order as plane_bin, run across the channels at once.
-template <typename scalar_t>
-inline void forward_tile_roi(const Plan<at::opmath_type<scalar_t>>& p, int64_t r, const BucketWindow& win,
-                             const at::opmath_type<scalar_t>* tile, const scalar_t* planes, int64_t sC,
-                             int64_t nc, scalar_t* out, int64_t oC, int64_t oH, int64_t oW) {
+// One RoI's bins for a block of channels stored interleaved: channel c of
+// pixel (y, x) at values[(y - y0) * sH + (x - x0) * sW + c]. Serves
+// channels-last maps (origin 0) and the NCHW path's tile (origin at its
+// window). kWidth > 0: that many channels are computed (the tile pads to it),
+// else nc; per channel, the same operations in the same order as plane_bin.
+// first[c * first_stride] is channel c of the map's pixel (0, 0), whose
+// non-finite value poisons bins that drop samples (as forward_plane_roi).
+template <int64_t kWidth, typename scalar_t, typename V>
+inline void forward_interleaved_roi(const Plan<at::opmath_type<scalar_t>>& p, int64_t r, const V* values,
+                                    int64_t sH, int64_t sW, int64_t y0, int64_t x0, int64_t nc,
+                                    const scalar_t* first, int64_t first_stride, scalar_t* out, int64_t oC,
+                                    int64_t oH, int64_t oW) {
   using T = at::opmath_type<scalar_t>;
-  const int64_t tw = win.x1 - win.x0 + 1;
+  constexpr int64_t kAcc = kWidth > 0 ? kWidth : kForwardChannelBlock;
+  const int64_t width = kWidth > 0 ? kWidth : nc;
   const T count = p.count[r];
+  T acc[kAcc];
   for (int64_t ph = 0; ph < p.PH; ++ph) {
     for (int64_t pw = 0; pw < p.PW; ++pw) {
-      T acc[kPlaneBlock] = {};
+      std::fill(acc, acc + width, T(0));
       for (const AxisSample<T>* y = p.y_begin(r, ph); y != p.y_end(r, ph); ++y) {
-        const T* rl = tile + (y->low - win.y0) * tw * kPlaneBlock;
-        const T* rh = tile + (y->high - win.y0) * tw * kPlaneBlock;
+        const V* rl = values + (y->low - y0) * sH;
+        const V* rh = values + (y->high - y0) * sH;
         for (const AxisSample<T>* x = p.x_begin(r, pw); x != p.x_end(r, pw); ++x) {
           const SampleWeights<T> w = sample_weights(*y, *x);
-          const int64_t xl = (x->low - win.x0) * kPlaneBlock, xh = (x->high - win.x0) * kPlaneBlock;
-          const T* __restrict__ p1 = rl + xl;
-          const T* __restrict__ p2 = rl + xh;
-          const T* __restrict__ p3 = rh + xl;
-          const T* __restrict__ p4 = rh + xh;
+          const int64_t xl = (x->low - x0) * sW, xh = (x->high - x0) * sW;
+          const V* __restrict__ p1 = rl + xl;
+          const V* __restrict__ p2 = rl + xh;
+          const V* __restrict__ p3 = rh + xl;
+          const V* __restrict__ p4 = rh + xh;
 #pragma omp simd
-          for (int64_t c = 0; c < kPlaneBlock; ++c) {
-            acc[c] += w.w1 * p1[c] + w.w2 * p2[c] + w.w3 * p3[c] + w.w4 * p4[c];
+          for (int64_t c = 0; c < width; ++c) {
+            acc[c] += w.w1 * T(p1[c]) + w.w2 * T(p2[c]) + w.w3 * T(p3[c]) + w.w4 * T(p4[c]);
           }
         }
       }
-      if (bin_drops_samples(p, r, ph, pw)) {  // as forward_plane_roi
+      if (bin_drops_samples(p, r, ph, pw)) {
         for (int64_t c = 0; c < nc; ++c)
-          if (!std::isfinite(static_cast<double>(planes[c * sC]))) acc[c] = std::numeric_limits<T>::quiet_NaN();
+          if (!std::isfinite(static_cast<double>(first[c * first_stride]))) acc[c] = std::numeric_limits<T>::quiet_NaN();
       }
       for (int64_t c = 0; c < nc; ++c) out[c * oC + ph * oH + pw * oW] = scalar_t(acc[c] / count);
     }
@@ -354,7 +361,8 @@ void forward_kernel(const std::vector<at::Tensor>& maps, const Plan<at::opmath_t
           }
           for (int64_t i = buckets.begin(key); i < buckets.end(key); ++i) {
             const int64_t r = buckets.rois[i];
-            forward_tile_roi<scalar_t>(p, r, win, tile.data(), planes, sC, nc, o + r * oK + c0 * oC, oC, oH, oW);
+            forward_interleaved_roi<kPlaneBlock, scalar_t>(p, r, tile.data(), tw * kPlaneBlock, kPlaneBlock, win.y0,
+                                                           win.x0, nc, planes, sC, o + r * oK + c0 * oC, oC, oH, oW);
           }
           continue;
         }
@@ -383,41 +391,14 @@ void forward_kernel(const std::vector<at::Tensor>& maps, const Plan<at::opmath_t
   if (!any_cl) return;
   const int64_t blocks = (C + kForwardChannelBlock - 1) / kForwardChannelBlock;
   at::parallel_for(0, blocks * p.K, grain_for(blocks * p.K, work), [&](int64_t begin, int64_t end) {
-    T acc[kForwardChannelBlock];
     for (int64_t t = begin; t < end; ++t) {
       const int64_t j = t / p.K, r = t % p.K;
       const at::Tensor& m = maps[p.level[r]];
       if (!is_channels_last(m)) continue;
       const int64_t c0 = j * kForwardChannelBlock, nc = std::min(kForwardChannelBlock, C - c0);
-      const int64_t sH = m.stride(2), sW = m.stride(3);
       const scalar_t* base = m.const_data_ptr<scalar_t>() + p.batch[r] * m.stride(0) + c0;
-      const T count = p.count[r];
-      for (int64_t ph = 0; ph < PH; ++ph) {
-        const AxisSample<T>* yb = p.y_begin(r, ph);
-        const AxisSample<T>* ye = p.y_end(r, ph);
-        for (int64_t pw = 0; pw < PW; ++pw) {
-          std::fill(acc, acc + nc, T(0));
-          for (const AxisSample<T>* y = yb; y != ye; ++y) {
-            for (const AxisSample<T>* x = p.x_begin(r, pw); x != p.x_end(r, pw); ++x) {
-              const SampleWeights<T> w = sample_weights(*y, *x);
-              const scalar_t* __restrict__ p1 = base + y->low * sH + x->low * sW;
-              const scalar_t* __restrict__ p2 = base + y->low * sH + x->high * sW;
-              const scalar_t* __restrict__ p3 = base + y->high * sH + x->low * sW;
-              const scalar_t* __restrict__ p4 = base + y->high * sH + x->high * sW;
-#pragma omp simd
-              for (int64_t c = 0; c < nc; ++c) {
-                acc[c] += w.w1 * T(p1[c]) + w.w2 * T(p2[c]) + w.w3 * T(p3[c]) + w.w4 * T(p4[c]);
-              }
-            }
-          }
-          if (bin_drops_samples(p, r, ph, pw)) {  // as forward_plane_roi
-            for (int64_t c = 0; c < nc; ++c)
-              if (!std::isfinite(static_cast<double>(base[c]))) acc[c] = std::numeric_limits<T>::quiet_NaN();
-          }
-          scalar_t* dst = o + r * oK + c0 * oC + ph * oH + pw * oW;
-          for (int64_t c = 0; c < nc; ++c) dst[c * oC] = scalar_t(acc[c] / count);
-        }
-      }
+      forward_interleaved_roi<0, scalar_t>(p, r, base, m.stride(2), m.stride(3), 0, 0, nc, base, 1,
+                                           o + r * oK + c0 * oC, oC, oH, oW);
     }
   });
 }
