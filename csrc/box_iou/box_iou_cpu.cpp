@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "common/huge_pages.h"
 #include "box_iou/box_iou.h"
 
 namespace detops {
@@ -123,7 +124,7 @@ at::Tensor matrix_forward_cpu(const at::Tensor& boxes1_in, const at::Tensor& box
   const BoxFormat f = parse_format(fmt, v);
   const at::Tensor boxes1 = boxes1_in.contiguous(), boxes2 = boxes2_in.contiguous();
   const int64_t B = boxes1.size(0), N = boxes1.size(1), M = boxes2.size(1);
-  at::Tensor out = at::empty({B, N, M}, boxes1.options().dtype(compute_dtype(boxes1.scalar_type())));
+  at::Tensor out = with_huge_pages(at::empty({B, N, M}, boxes1.options().dtype(compute_dtype(boxes1.scalar_type()))));
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes1.scalar_type(), "box_iou_matrix_cpu", [&] {
     using T = at::opmath_type<scalar_t>;

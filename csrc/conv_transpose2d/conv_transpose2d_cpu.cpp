@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "common/huge_pages.h"
 #include "conv_transpose2d/conv_transpose2d.h"
 
 namespace detops {
@@ -507,7 +508,7 @@ at::Tensor forward_cpu(const at::Tensor& input, const at::Tensor& weight, const 
   const at::Tensor x = input.contiguous(), w = weight.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   const at::Tensor s = skip.has_value() ? skip->contiguous() : at::Tensor();
-  at::Tensor out = at::empty({g.N, g.Cout, g.OH, g.OW}, x.options());
+  at::Tensor out = with_huge_pages(at::empty({g.N, g.Cout, g.OH, g.OW}, x.options()));
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "conv_transpose2d_cpu", [&] {
     DETOPS_CT_CALL(gather_forward<scalar_t>, g, x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
@@ -527,7 +528,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& gr
     return dense_backward(grad_in, input, weight, g, mask, &unshuffle_cpu, DenseGemm::kConv1x1, &relayout_cpu);
   }
   const at::Tensor grad = grad_in.contiguous(), x = input.contiguous(), w = weight.contiguous();
-  at::Tensor grad_input = mask[0] ? at::empty_like(x) : at::empty({0}, x.options());
+  at::Tensor grad_input = mask[0] ? with_huge_pages(at::empty_like(x)) : at::empty({0}, x.options());
   at::Tensor grad_weight = mask[1] ? at::empty_like(w) : at::empty({0}, x.options());
   at::Tensor grad_bias = mask[2] ? grad.sum({0, 2, 3}) : at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "conv_transpose2d_backward_cpu", [&] {

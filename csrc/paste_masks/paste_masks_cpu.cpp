@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "common/huge_pages.h"
 #include "paste_masks/paste_masks.h"
 
 namespace detops {
@@ -113,7 +114,8 @@ at::Tensor paste_masks_cpu(const at::Tensor& masks_in, const at::Tensor& boxes_i
                            int64_t height, int64_t width, int64_t padding) {
   check_args(masks_in, boxes_in, sizes_in, height, width, padding);
   const int64_t N = masks_in.size(0);
-  at::Tensor out = at::empty({N, 1, height, width}, masks_in.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor out = with_huge_pages(
+      at::empty({N, 1, height, width}, masks_in.options().memory_format(at::MemoryFormat::Contiguous)));
   if (out.numel() == 0) return out;
   const at::Tensor masks = masks_in.contiguous(), boxes = boxes_in.contiguous(), sizes = sizes_in.contiguous();
   const Canvas cv{height, width, padding, masks.size(2), masks.size(3)};

@@ -33,6 +33,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/huge_pages.h"
 #include "common/memory_format.h"
 #include "ps_roi/ps_roi.h"
 
@@ -197,8 +198,8 @@ void forward_tasks(const at::Tensor& input, const std::vector<int64_t>& batch, i
 
 std::tuple<at::Tensor, at::Tensor> allocate_outputs(const at::Tensor& input, int64_t K, int64_t C_out, int64_t PH,
                                                     int64_t PW) {
-  return {at::empty({K, C_out, PH, PW}, input.options()),
-          at::empty({K, C_out, PH, PW}, input.options().dtype(at::kInt))};
+  return {with_huge_pages(at::empty({K, C_out, PH, PW}, input.options())),
+          with_huge_pages(at::empty({K, C_out, PH, PW}, input.options().dtype(at::kInt)))};
 }
 
 std::tuple<at::Tensor, at::Tensor> ps_roi_align_cpu(const at::Tensor& input, const at::Tensor& rois,
@@ -261,7 +262,7 @@ template <typename scalar_t, typename Add>
 at::Tensor backward_tasks(const at::Tensor& grad, const std::vector<int64_t>& batch, int64_t PH, int64_t PW,
                           int64_t N, int64_t C, int64_t H, int64_t W, double work, const Add& add) {
   using T = at::opmath_type<scalar_t>;
-  at::Tensor grad_input = at::empty({N, C, H, W}, grad.options());
+  at::Tensor grad_input = with_huge_pages(at::empty({N, C, H, W}, grad.options()));
   std::vector<int64_t> keys(batch);
   const RoiBuckets buckets(keys, N);
   const scalar_t* g = grad.const_data_ptr<scalar_t>();

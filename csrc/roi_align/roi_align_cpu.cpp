@@ -43,6 +43,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/huge_pages.h"
 #include "roi_align/roi_align.h"
 
 namespace detops {
@@ -408,7 +409,7 @@ at::Tensor forward_impl(const std::vector<at::Tensor>& maps, const at::Tensor& r
                         bool aligned) {
   const at::Tensor& first = maps[0];
   const int64_t K = rois.size(0), C = first.size(1);
-  at::Tensor out = at::empty({K, C, PH, PW}, first.options(), format_of(is_channels_last(first)));
+  at::Tensor out = with_huge_pages(at::empty({K, C, PH, PW}, first.options(), format_of(is_channels_last(first))));
   if (out.numel() == 0) return out;
   std::vector<MapMeta> metas;
   for (size_t l = 0; l < maps.size(); ++l) metas.push_back(meta_of(maps[l], scales[l]));
@@ -587,7 +588,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad_in, const std::vect
   std::vector<at::Tensor> grads;
   for (const MapMeta& m : metas) {
     grads.push_back(K == 0 ? at::zeros({m.N, m.C, m.H, m.W}, options).contiguous(format_of(m.channels_last))
-                           : at::empty({m.N, m.C, m.H, m.W}, options, format_of(m.channels_last)));
+                           : with_huge_pages(at::empty({m.N, m.C, m.H, m.W}, options, format_of(m.channels_last))));
   }
   if (K == 0 || C == 0) return grads;
   const at::Tensor grad = grad_in.to(options.dtype()).contiguous(format_of(metas[0].channels_last));

@@ -20,6 +20,7 @@
 #include <emmintrin.h>
 #endif
 
+#include "common/huge_pages.h"
 #include "roi_pool/roi_pool.h"
 
 namespace detops {
@@ -165,8 +166,8 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_cpu(const at::Tensor& input, const a
   check_forward_args(input, rois, spatial_scale, PH, PW);
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3), K = rois.size(0);
   const bool cl = is_channels_last(input);
-  at::Tensor out = at::empty({K, C, PH, PW}, input.options(), format_of(cl));
-  at::Tensor argmax = at::empty({K, C, PH, PW}, input.options().dtype(at::kLong), format_of(cl));
+  at::Tensor out = with_huge_pages(at::empty({K, C, PH, PW}, input.options(), format_of(cl)));
+  at::Tensor argmax = with_huge_pages(at::empty({K, C, PH, PW}, input.options().dtype(at::kLong), format_of(cl)));
   if (out.numel() == 0) return {out, argmax};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
@@ -290,7 +291,7 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad_in, const at::Tensor& ro
   TORCH_CHECK(grad_in.size(1) == C, "grad must have ", C, " channels, got ", grad_in.size(1));
   const bool cl = channels_last && C > 1;
   const int64_t K = rois.size(0);
-  at::Tensor grad_input = at::empty({N, C, H, W}, grad_in.options(), format_of(cl));
+  at::Tensor grad_input = with_huge_pages(at::empty({N, C, H, W}, grad_in.options(), format_of(cl)));
   if (grad_input.numel() == 0) return grad_input;
   const at::Tensor grad = grad_in.contiguous(format_of(cl));
   const at::Tensor argmax = argmax_in.contiguous(format_of(cl));
