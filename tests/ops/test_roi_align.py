@@ -4,6 +4,9 @@ edge-case boxes, opcheck, torch.compile and bad inputs."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections import OrderedDict
 
 import pytest
@@ -126,6 +129,29 @@ def test_sparse_and_crowded_images_bit_equal(dtype, sampling_ratio, strided):
     assert ref[30:33].isnan().any() and ref[:30].isnan().any()
     assert torch.equal(out.isnan(), ref.isnan())
     assert torch.equal(out.nan_to_num(0.0), ref.nan_to_num(0.0))
+
+
+_CAPABILITY_SCRIPT = """
+import itertools, sys, torch
+from tests.ops.test_roi_align import test_sparse_and_crowded_images_bit_equal as check
+for dtype, ratio, strided in itertools.product((torch.float32, torch.float64), (-1, 2), (False, True)):
+    check(dtype, ratio, strided)
+print(torch.backends.cpu.get_cpu_capability())
+"""
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
+def test_every_torch_cpu_build(capability):
+    """The interleaved tile's RoI loop runs the vector width of torch's CPU build
+    (ATEN_CPU_CAPABILITY lowers it): each build equals torchvision's bits."""
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-c", _CAPABILITY_SCRIPT], env=env, cwd=root, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ran = proc.stdout.strip().splitlines()[-1]
+    if ran.lower() != capability:
+        pytest.skip(f"this CPU runs torch's {ran} build, not {capability}")
 
 
 def test_boxes_as_list_and_module(device):
